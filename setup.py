@@ -1,0 +1,28 @@
+from setuptools import setup
+
+setup(
+    name="nnunet-cin",
+    version="0.1.0",
+    description="Cross-modality nnU-Net: one model for CT and MRI via conditional instance normalization",
+    python_requires=">=3.10",
+    # trainers/ and planners/ live at the top of the repository (nnU-Net's nnUNet_extTrainer points at a
+    # folder), but are installed inside the package so that a non-editable install carries them too.
+    packages=["nnunet_cin", "nnunet_cin.trainers", "nnunet_cin.planners"],
+    package_dir={"nnunet_cin": "nnunet_cin", "nnunet_cin.trainers": "trainers", "nnunet_cin.planners": "planners"},
+    install_requires=[
+        "nnunetv2==2.8.*",
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "nnunet-cin=nnunet_cin.cli:main",
+            "nnUNetv2_plan_and_preprocess_cin=nnunet_cin.plan_and_preprocess:main",
+            "nnUNetv2_predict_cin=nnunet_cin.predict:predict_entry_point",
+            "nnUNetv2_predict_cin_from_modelfolder=nnunet_cin.predict:predict_from_modelfolder_entry_point",
+            "nnUNetv2_evaluate_cin=nnunet_cin.evaluate:main",
+            "nnUNetv2_convert_mmwhs=nnunet_cin.mmwhs:main",
+        ]
+    },
+)

@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+# Tests run on CPU with few threads; nnU-Net's multiprocessing defaults would oversubscribe 2 cores.
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
+os.environ.setdefault("nnUNet_compile", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders, and our trainers on nnUNet_extTrainer."""
+    import nnunet_cin.trainers
+
+    paths = SimpleNamespace(raw=tmp_path / "raw", preprocessed=tmp_path / "preprocessed",
+                            results=tmp_path / "results")
+    for name, p in (("nnUNet_raw", paths.raw), ("nnUNet_preprocessed", paths.preprocessed),
+                    ("nnUNet_results", paths.results)):
+        p.mkdir()
+        monkeypatch.setenv(name, str(p))
+    monkeypatch.setenv("nnUNet_extTrainer", nnunet_cin.trainers.__path__[0])
+    return paths
