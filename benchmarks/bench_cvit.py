@@ -79,7 +79,7 @@ def main():
           f"{args.hidden}, depth {args.depth}, heads {args.heads}, feature size {args.feature_size}; median of "
           f"{args.repeats}")
     print(f"| {'':28} | {'C-ViT (cin)':>12} | {'LayerNorm ref':>13} | {'ratio':>6} |")
-    print(f"|{'-' * 30}|{'-' * 14}:|{'-' * 15}:|{'-' * 7}:|")
+    print(f"|{'-' * 30}|{'-' * 13}:|{'-' * 14}:|{'-' * 7}:|")
     rows = [("parameters", params["cin"], params["layernorm"], "{:,}"),
             ("UNETR fwd+bwd (ms)", whole["cin"] * 1e3, whole["layernorm"] * 1e3, "{:.1f}"),
             ("ViT encoder fwd+bwd (ms)", vit["cin"] * 1e3, vit["layernorm"] * 1e3, "{:.1f}")]
