@@ -34,13 +34,14 @@ class _ConditionalInstanceNorm(nn.Module):
         if x.dim() != self.expected_dim + 2:
             raise ValueError(f"{type(self).__name__} expects a {self.expected_dim + 2}D input (batch, channels, "
                              f"{self.expected_dim} spatial), got shape {tuple(x.shape)}")
-        if modality is None:
-            modality = self.context_modality
+        from_context = modality is None
+        if from_context:
+            modality = self.context_modality  # range-checked once by condition(), not in every layer
         if modality is None:
             raise RuntimeError(f"{type(self).__name__} was called without a modality. Pass forward(x, modality) or "
                                f"run the network inside `with nnunet_cin.condition(network, modality):`.")
         b, c = x.shape[:2]
-        m = self._modality_index(modality, b, x.device)
+        m = self._modality_index(modality, b, x.device, check_range=not from_context)
         # Fused: instance norm of (b, c, ...) is batch norm of (1, b*c, ...), so the per-sample affine
         # rows can be handed to the same kernel as one (b*c,) weight/bias. Indexing keeps every modality's
         # rows in the graph (unused rows get zero gradients), which DDP needs.
@@ -49,7 +50,7 @@ class _ConditionalInstanceNorm(nn.Module):
         y = F.instance_norm(x.reshape(1, b * c, *x.shape[2:]), weight=w, bias=bias, eps=self.eps)
         return y.reshape(x.shape)
 
-    def _modality_index(self, modality: ModalityLike, batch: int, device) -> torch.Tensor:
+    def _modality_index(self, modality: ModalityLike, batch: int, device, check_range: bool = True) -> torch.Tensor:
         if isinstance(modality, bool) or not isinstance(modality, (int, torch.Tensor)):
             raise TypeError(f"modality must be an int or an integer tensor of shape (batch,), got {type(modality)}")
         if isinstance(modality, int):
@@ -63,11 +64,16 @@ class _ConditionalInstanceNorm(nn.Module):
             modality = modality.expand(batch)
         if modality.dim() != 1 or modality.shape[0] != batch:
             raise ValueError(f"modality tensor must have shape (batch,) = ({batch},), got {tuple(modality.shape)}")
-        if not torch.compiler.is_compiling():
-            # a data-dependent check; skipped inside a compiled graph (the index op still bounds-checks)
-            if bool((modality < 0).any()) or bool((modality >= self.num_modalities).any()):
-                raise ValueError(f"modality values {modality.tolist()} out of range 0..{self.num_modalities - 1}")
+        if check_range and not torch.compiler.is_compiling():
+            _check_range(modality, self.num_modalities)
         return modality.to(device=device, dtype=torch.long)
+
+
+def _check_range(modality: torch.Tensor, num_modalities: int):
+    # data-dependent (a host sync on GPU), hence done once per condition() rather than in every layer
+    if bool((modality < 0).any()) or bool((modality >= num_modalities).any()):
+        raise ValueError(f"modality values {modality.tolist()} out of range: the network knows {num_modalities} "
+                         f"modalities (0..{num_modalities - 1})")
 
 
 class ConditionalInstanceNorm1d(_ConditionalInstanceNorm):
@@ -98,6 +104,13 @@ def condition(network: nn.Module, modality: ModalityLike):
     if modality is None:
         raise ValueError("condition() needs a modality (an int or an integer tensor of shape (batch,))")
     layers = cin_layers(network)
+    if layers:
+        # validates type, dtype and range once for all layers (shape is checked per layer against its input)
+        fewest = min(layers, key=lambda layer: layer.num_modalities)
+        if isinstance(modality, torch.Tensor):
+            fewest._modality_index(modality, modality.numel(), modality.device)
+        else:
+            fewest._modality_index(modality, 1, None)
     previous = [layer.context_modality for layer in layers]
     for layer in layers:
         layer.context_modality = modality
