@@ -1,0 +1,210 @@
+"""Which modality is each case? The dataset.json rules, validated, in one place.
+
+dataset.json is nnU-Net v2's, plus three keys (see INTERFACE.md):
+
+    "modalities":        ["CT", "MR"]                      ordered names; order = conditioning index
+    "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}      modality -> regular expression (re.search on the case id)
+    "case_modalities":   {"odd_case_017": "MR"}            optional per-case overrides (win over the patterns)
+
+A case's modality is `case_modalities[case]` if present, else the one modality whose pattern matches its identifier.
+No match, several matches, or a name that is not in `modalities` is a ModalityError that names the case (or key) and
+says what to change. A dataset with a single modality may leave out `modality_patterns`: every case is that modality.
+
+Used by fingerprinting, planning, preprocessing, training, prediction and evaluation alike; `case_id_from_image_file`
+maps an input image file (CASE_0000.nii.gz) to its case identifier for inference on new files.
+"""
+import json
+import os
+import re
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+MODALITY_KEYS = ("modalities", "modality_patterns", "case_modalities")
+
+EXAMPLE = ('  "modalities": ["CT", "MR"],\n'
+           '  "modality_patterns": {"CT": "^ct_", "MR": "^mr_"},\n'
+           '  "case_modalities": {"odd_case_017": "MR"}    (optional: per-case overrides)')
+
+
+class ModalityError(ValueError):
+    """A dataset.json modality key, or a case, that the rules cannot handle. The message says what to change."""
+
+
+def _where(source: Optional[str]) -> str:
+    return f"dataset.json ({source})" if source else "dataset.json"
+
+
+def has_modality_keys(dataset_json: Mapping) -> bool:
+    return "modalities" in dataset_json
+
+
+class ModalityRules:
+    """The validated modality rules of one dataset.json. Build with `ModalityRules.from_dataset_json`."""
+
+    def __init__(self, modalities: Sequence[str], patterns: Optional[Mapping[str, str]] = None,
+                 case_modalities: Optional[Mapping[str, str]] = None, source: Optional[str] = None):
+        where = _where(source)
+        self.source = source
+        if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)) or not modalities:
+            raise ModalityError(f'{where}: "modalities" must be a non-empty list of names, e.g. ["CT", "MR"]; got '
+                                f'{modalities!r}')
+        bad = [m for m in modalities if not isinstance(m, str) or not m.strip()]
+        if bad:
+            raise ModalityError(f'{where}: "modalities" holds invalid name(s) {bad!r}; use non-empty strings such as '
+                                f'"CT" or "MR"')
+        dupes = sorted({m for m in modalities if list(modalities).count(m) > 1})
+        if dupes:
+            raise ModalityError(f'{where}: "modalities" lists {dupes} more than once; list each name once')
+        self.modalities: List[str] = list(modalities)
+
+        if patterns is None:
+            if len(self.modalities) > 1:
+                raise ModalityError(
+                    f'{where} has "modalities" {self.modalities} but no "modality_patterns": add one regular '
+                    f'expression per modality that matches its case identifiers, e.g.\n{EXAMPLE}')
+            patterns = {self.modalities[0]: ""}  # one modality: every case
+        if not isinstance(patterns, Mapping):
+            raise ModalityError(f'{where}: "modality_patterns" must be an object {{modality: regex}}, e.g. '
+                                f'{{"CT": "^ct_", "MR": "^mr_"}}; got {patterns!r}')
+        self.patterns: Dict[str, str] = {}
+        self._compiled = {}
+        for name, pattern in patterns.items():
+            if name not in self.modalities:
+                raise ModalityError(f'{where}: "modality_patterns" has key "{name}", which is not in "modalities" '
+                                    f'{self.modalities}; rename the key or add "{name}" to "modalities"')
+            if not isinstance(pattern, str):
+                raise ModalityError(f'{where}: "modality_patterns"["{name}"] must be a regular expression string, '
+                                    f'got {pattern!r}')
+            try:
+                self._compiled[name] = re.compile(pattern)
+            except re.error as e:
+                raise ModalityError(f'{where}: "modality_patterns"["{name}"] = {pattern!r} is not a valid regular '
+                                    f'expression ({e}); fix the pattern (Python re syntax, matched with re.search)'
+                                    ) from None
+            self.patterns[name] = pattern
+
+        if case_modalities is None:
+            case_modalities = {}
+        if not isinstance(case_modalities, Mapping):
+            raise ModalityError(f'{where}: "case_modalities" must be an object {{case identifier: modality}}, e.g. '
+                                f'{{"odd_case_017": "MR"}}; got {case_modalities!r}')
+        bad = {c: m for c, m in case_modalities.items() if m not in self.modalities}
+        if bad:
+            raise ModalityError(f'{where}: "case_modalities" assigns unknown modality name(s): '
+                                + ", ".join(f'case "{c}" -> "{m}"' for c, m in bad.items())
+                                + f'; use one of {self.modalities} or add the name to "modalities"')
+        self.case_modalities: Dict[str, str] = {str(c): m for c, m in case_modalities.items()}
+        self._name_index = {m: i for i, m in enumerate(self.modalities)}
+
+    # ------------------------------------------------------------------------------------------------------- build
+    @classmethod
+    def from_dataset_json(cls, dataset_json: Union[Mapping, str, os.PathLike],
+                          source: Optional[str] = None) -> "ModalityRules":
+        """Rules from a dataset.json dict (or its path). `source` names the file in error messages."""
+        if isinstance(dataset_json, (str, os.PathLike)):
+            source = source or str(dataset_json)
+            with open(dataset_json) as f:
+                dataset_json = json.load(f)
+        if not has_modality_keys(dataset_json):
+            raise ModalityError(
+                f'{_where(source)} has no "modalities" key, so the modality of each case is unknown. Add the '
+                f'modality keys next to "channel_names", e.g.\n{EXAMPLE}')
+        return cls(dataset_json["modalities"], dataset_json.get("modality_patterns"),
+                   dataset_json.get("case_modalities"), source)
+
+    def to_dict(self) -> dict:
+        """The dataset.json keys these rules were made from (JSON-ready)."""
+        d = {"modalities": list(self.modalities), "modality_patterns": dict(self.patterns)}
+        if self.case_modalities:
+            d["case_modalities"] = dict(self.case_modalities)
+        return d
+
+    # ------------------------------------------------------------------------------------------------------ lookup
+    def _match(self, case_id: str) -> Union[str, ModalityError]:
+        case_id = str(case_id)
+        if case_id in self.case_modalities:
+            return self.case_modalities[case_id]
+        hits = [m for m in self.modalities if m in self._compiled and self._compiled[m].search(case_id)]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            return ModalityError(
+                f'case "{case_id}" matches none of the "modality_patterns" {self.patterns}: change a pattern so that '
+                f'it matches, or add "{case_id}" to "case_modalities" (e.g. "case_modalities": {{"{case_id}": '
+                f'"{self.modalities[0]}"}}) in {_where(self.source)}')
+        return ModalityError(
+            f'case "{case_id}" matches several "modality_patterns" ({", ".join(f"{m}: {self.patterns[m]!r}" for m in hits)}): '
+            f'make the patterns exclusive (e.g. anchor them with ^), or add "{case_id}" to "case_modalities" in '
+            f'{_where(self.source)}')
+
+    def modality_of(self, case_id: str) -> str:
+        """Modality name of a case identifier (raises ModalityError naming the case)."""
+        r = self._match(case_id)
+        if isinstance(r, ModalityError):
+            raise r
+        return r
+
+    def index_of(self, case_id: str) -> int:
+        """Conditioning index of a case identifier."""
+        return self._name_index[self.modality_of(case_id)]
+
+    def index_of_name(self, name: str) -> int:
+        """Conditioning index of a modality name (raises ModalityError listing the valid names)."""
+        if name not in self._name_index:
+            raise ModalityError(f'unknown modality "{name}"; this dataset\'s modalities are {self.modalities}')
+        return self._name_index[name]
+
+    def resolve(self, case_ids: Iterable[str]) -> Dict[str, str]:
+        """{case id: modality name} for all cases; one ModalityError listing EVERY case that cannot be resolved."""
+        out, errors = {}, []
+        for c in case_ids:
+            r = self._match(c)
+            if isinstance(r, ModalityError):
+                errors.append(str(r))
+            else:
+                out[str(c)] = r
+        if errors:
+            head = f"{len(errors)} case(s) have no modality:\n" if len(errors) > 1 else ""
+            raise ModalityError(head + "\n".join(f"- {e}" if len(errors) > 1 else e for e in errors))
+        return out
+
+    def check_case_modalities_exist(self, case_ids: Iterable[str]) -> None:
+        """Every `case_modalities` entry must name an existing case (a typo would otherwise be silently ignored)."""
+        existing = set(map(str, case_ids))
+        missing = [c for c in self.case_modalities if c not in existing]
+        if missing:
+            raise ModalityError(
+                f'{_where(self.source)}: "case_modalities" names case(s) that do not exist in the dataset: '
+                f'{", ".join(missing)}; fix the identifier(s) (the file name without _0000 and the file ending) or '
+                f'remove the entries')
+
+    def cases_of(self, mapping: Mapping[str, str]) -> Dict[str, List[str]]:
+        """{modality: [case ids]} from a resolved {case: modality} map, in conditioning order (empty lists kept)."""
+        out = {m: [] for m in self.modalities}
+        for c, m in mapping.items():
+            out[m].append(c)
+        return out
+
+    def __repr__(self):
+        return (f"ModalityRules(modalities={self.modalities}, patterns={self.patterns}, "
+                f"case_modalities={self.case_modalities})")
+
+
+# ------------------------------------------------------------------------------------------------------------ files
+_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+
+
+def case_id_from_image_file(file: str, file_ending: str) -> str:
+    """nnU-Net input image file (CASE_0000.nii.gz) -> case identifier (CASE). A name without the channel suffix is
+    returned without the file ending only."""
+    name = os.path.basename(str(file))
+    if name.endswith(file_ending):
+        name = name[:-len(file_ending)]
+    return _CHANNEL_SUFFIX.sub("", name)
+
+
+def case_ids_from_image_files(files: Iterable[str], file_ending: str) -> List[str]:
+    """Unique case identifiers of nnU-Net input image files, in first-seen order."""
+    seen = {}
+    for f in files:
+        seen.setdefault(case_id_from_image_file(f, file_ending), None)
+    return list(seen)
