@@ -1,0 +1,60 @@
+"""`nnunet-cin`: helper commands around nnU-Net's own (`nnunet-cin env`, `nnunet-cin demo`, ...)."""
+import argparse
+import os
+import shlex
+import sys
+from typing import Dict, List, Mapping, Optional, Sequence
+
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def trainer_folder() -> str:
+    """The folder nnU-Net must search for our trainers (the installed `nnunet_cin.trainers` package)."""
+    import nnunet_cin.trainers
+
+    return os.path.abspath(nnunet_cin.trainers.__path__[0])
+
+
+def env_exports(environ: Mapping[str, str], root: Optional[str] = None) -> List[str]:
+    """Shell `export` lines for what `environ` lacks: nnU-Net's three folders (under `root`, only if `root` is
+    given) and our trainer folder on nnUNet_extTrainer (appended, so the user's own trainer folders stay first)."""
+    lines = []
+    if root is not None:
+        for name in NNUNET_FOLDERS:
+            if not environ.get(name):
+                lines.append(f"export {name}={shlex.quote(os.path.join(os.path.abspath(root), name))}")
+    ours = trainer_folder()
+    current = environ.get("nnUNet_extTrainer", "")
+    known = [os.path.abspath(p) for p in current.split(os.pathsep) if p]
+    if ours not in known:
+        value = os.pathsep.join([*filter(None, current.split(os.pathsep)), ours])
+        lines.append(f"export nnUNet_extTrainer={shlex.quote(value)}")
+    return lines
+
+
+def _env(args) -> int:
+    lines = env_exports(os.environ, args.root)
+    print("\n".join(lines) if lines else "# nothing to export: your environment already has everything")
+    missing = [n for n in NNUNET_FOLDERS if not os.environ.get(n)]
+    if missing and args.root is None:
+        print(f"# not set: {', '.join(missing)} (set them as for nnU-Net, or: nnunet-cin env --root DIR)",
+              file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="nnunet-cin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("env", help="print the shell export lines nnU-Net needs to find our trainers: "
+                                   "eval \"$(nnunet-cin env)\"")
+    p.add_argument("--root", default=None, help="also export nnUNet_raw/_preprocessed/_results under this folder "
+                                                "for those not set yet")
+    p.set_defaults(func=_env)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
