@@ -1,0 +1,199 @@
+"""Per-modality dataset fingerprint: nnU-Net's fingerprint plus, for every modality, statistics of its cases only.
+
+`CINFingerprintExtractor` runs nnU-Net's per-case analysis (`DatasetFingerprintExtractor.analyze_case`: read, crop
+to nonzero, sample foreground intensities) once per case, exactly as nnU-Net does, and derives from the same
+per-case results both nnU-Net's dataset-wide fingerprint (unchanged keys, so nnU-Net's planners and plain
+`nnUNetv2_plan_experiment` still read it) and one extra key:
+
+    fingerprint["cin"] = {
+        "rules": {dataset.json modality keys},
+        "modalities": [...],                                      conditioning order
+        "case_modality": {case: modality},
+        "foreground_intensity_properties_per_modality": {modality: {"0": {mean, median, std, min, max,
+                                                                          percentile_99_5, percentile_00_5}, ...}},
+        "per_modality": {modality: {num_cases, median_spacing, min_spacing, max_spacing, median_shape_after_crop,
+                                    min_shape_after_crop, max_shape_after_crop, median_relative_size_after_cropping}},
+    }
+
+Intensity statistics are computed from the foreground samples of that modality's cases only (nnU-Net's sampling,
+same number of samples per case). Spacing and shape statistics remain dataset-wide for planning (as in nnU-Net);
+the per-modality ones are recorded for the user.
+
+Cost: the per-case work is nnU-Net's and is done once. The pooled-sample statistics are computed on a single array
+whose cases are grouped by modality, so that every modality is a contiguous view: per-modality percentiles partition
+their view in place, the dataset-wide percentiles partition the whole array in place (no copies, unlike nnU-Net's
+np.percentile), and dataset-wide mean/std/min/max are combined from the per-modality ones.
+"""
+import multiprocessing
+import os
+from time import sleep
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, save_json
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+from nnunetv2.paths import nnUNet_preprocessed
+from tqdm import tqdm
+
+from nnunet_cin.modalities import ModalityError, ModalityRules
+
+PERCENTILES = np.array((0.5, 50.0, 99.5))
+
+
+def intensity_stats(samples: np.ndarray) -> dict:
+    """nnU-Net's foreground intensity statistics of a 1d sample array. The array is partitioned IN PLACE (order is
+    lost, the values are not changed); results equal nnU-Net's np.percentile/np.mean/np.std on the same values."""
+    p00_5, median, p99_5 = np.percentile(samples, PERCENTILES, overwrite_input=True)
+    return {'mean': float(np.mean(samples)), 'median': float(median), 'std': float(np.std(samples)),
+            'min': float(np.min(samples)), 'max': float(np.max(samples)),
+            'percentile_99_5': float(p99_5), 'percentile_00_5': float(p00_5)}
+
+
+def _combine_moments(parts: Sequence[dict], counts: Sequence[int]) -> dict:
+    """Dataset-wide mean/std/min/max from per-part ones (parallel-variance formula, float64)."""
+    n = float(sum(counts))
+    mean = sum(c * p['mean'] for p, c in zip(parts, counts)) / n
+    var = sum(c * (p['std'] ** 2 + (p['mean'] - mean) ** 2) for p, c in zip(parts, counts)) / n
+    return {'mean': float(mean), 'std': float(np.sqrt(max(var, 0.0))),
+            'min': float(min(p['min'] for p in parts)), 'max': float(max(p['max'] for p in parts))}
+
+
+def _geometry_stats(spacings: List, shapes: List, rel_sizes: List) -> dict:
+    sp, sh = np.array(spacings, dtype=float), np.array(shapes, dtype=float)
+    return {'num_cases': len(spacings),
+            'median_spacing': np.median(sp, 0).tolist(), 'min_spacing': sp.min(0).tolist(),
+            'max_spacing': sp.max(0).tolist(),
+            'median_shape_after_crop': np.median(sh, 0).tolist(), 'min_shape_after_crop': sh.min(0).astype(int).tolist(),
+            'max_shape_after_crop': sh.max(0).astype(int).tolist(),
+            'median_relative_size_after_cropping': float(np.median(rel_sizes))}
+
+
+def fingerprint_is_current(fingerprint: dict, rules: ModalityRules, case_modality: Dict[str, str]) -> bool:
+    """Whether a stored fingerprint has our per-modality part and was made with these rules for these cases."""
+    cin = fingerprint.get('cin')
+    return bool(cin) and cin.get('rules') == rules.to_dict() and cin.get('case_modality') == case_modality
+
+
+class CINFingerprintExtractor(DatasetFingerprintExtractor):
+    """nnU-Net's DatasetFingerprintExtractor plus per-modality statistics (see module docstring)."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], num_processes: int = 8, verbose: bool = False):
+        super().__init__(dataset_name_or_id, num_processes, verbose)
+        self.rules = ModalityRules.from_dataset_json(self.dataset_json, join(self.input_folder, 'dataset.json'))
+        self.rules.check_case_modalities_exist(self.dataset.keys())
+        self.case_modality = self.rules.resolve(self.dataset.keys())
+        empty = [m for m, cases in self.rules.cases_of(self.case_modality).items() if not cases]
+        if empty:
+            raise ModalityError(f'modality/modalities {empty} have no training case: every modality listed in '
+                                f'"modalities" needs training cases (check "modality_patterns"/"case_modalities" in '
+                                f'{join(self.input_folder, "dataset.json")}, or remove the name)')
+
+    # nnU-Net's run() with the pool loop copied (DatasetFingerprintExtractor.run has no hook between the per-case
+    # analysis and the statistics; its results are not kept). The per-case function is nnU-Net's own.
+    def _analyze_cases(self) -> List[tuple]:
+        reader_writer_class = determine_reader_writer_from_dataset_json(
+            self.dataset_json, self.dataset[next(iter(self.dataset.keys()))]['images'][0])
+        num_foreground_samples_per_case = int(self.num_foreground_voxels_for_intensitystats // len(self.dataset))
+        r = []
+        with multiprocessing.get_context("spawn").Pool(self.num_processes) as p:
+            for k in self.dataset.keys():
+                r.append(p.starmap_async(DatasetFingerprintExtractor.analyze_case,
+                                         ((self.dataset[k]['images'], self.dataset[k]['label'], reader_writer_class,
+                                           num_foreground_samples_per_case),)))
+            remaining = list(range(len(self.dataset)))
+            workers = [j for j in p._pool]
+            with tqdm(desc="Extracting dataset fingerprint (per modality)", total=len(self.dataset),
+                      disable=not getattr(self, 'show_progress_bar', True)) as pbar:
+                while len(remaining) > 0:
+                    if not all(j.is_alive() for j in workers):
+                        raise RuntimeError('A fingerprint worker died (look for an error message above; without one, '
+                                           'running out of RAM is likely: reduce -np)')
+                    done = [i for i in remaining if r[i].ready()]
+                    for i in done:
+                        r[i].get()  # raise worker errors now
+                        pbar.update()
+                    remaining = [i for i in remaining if i not in done]
+                    sleep(0.1)
+            return [i.get()[0] for i in r]
+
+    def compute_fingerprint(self, results: List[tuple]) -> dict:
+        """nnU-Net's fingerprint plus fingerprint["cin"] from the per-case results (in self.dataset order)."""
+        keys = list(self.dataset.keys())
+        num_channels = len(self.dataset_json['channel_names'].keys() if 'channel_names' in self.dataset_json
+                           else self.dataset_json['modality'].keys())
+        modalities = self.rules.modalities
+        by_mod = {m: [i for i, k in enumerate(keys) if self.case_modality[k] == m] for m in modalities}
+
+        ds_stats = {}
+        mod_stats = {m: {} for m in modalities}
+        for c in range(num_channels):
+            # one array, cases grouped by modality: each modality is a contiguous view
+            pieces, bounds, start = [], {}, 0
+            for m in modalities:
+                n_m = 0
+                for i in by_mod[m]:
+                    s = np.asarray(results[i][2][c])
+                    pieces.append(s)
+                    n_m += len(s)
+                bounds[m] = (start, start + n_m)
+                start += n_m
+            samples = np.concatenate(pieces)
+            del pieces
+            if samples.size == 0:
+                raise RuntimeError(f'no foreground voxels in any training case for channel {c}: nnU-Net needs '
+                                   f'labelled foreground to compute intensity statistics')
+            counts, parts = [], []
+            for m in modalities:
+                a, b = bounds[m]
+                if b == a:
+                    raise ModalityError(f'modality "{m}": none of its cases ({", ".join(keys[i] for i in by_mod[m])}) '
+                                        f'has foreground voxels in channel {c}; its intensity statistics cannot be '
+                                        f'computed. Check the labels of these cases.')
+                mod_stats[m][str(c)] = intensity_stats(samples[a:b])
+                counts.append(b - a)
+                parts.append(mod_stats[m][str(c)])
+            pct = np.percentile(samples, PERCENTILES, overwrite_input=True)
+            ds_stats[c] = {'mean': 0.0, 'median': float(pct[1]), 'std': 0.0, 'min': 0.0, 'max': 0.0,
+                           'percentile_99_5': float(pct[2]), 'percentile_00_5': float(pct[0])}
+            ds_stats[c].update(_combine_moments(parts, counts))
+            del samples
+
+        shapes_after_crop = [r[0] for r in results]
+        spacings = [r[1] for r in results]
+        rel_sizes = [r[4] for r in results]
+        fingerprint = {
+            "spacings": spacings,
+            "shapes_after_crop": shapes_after_crop,
+            'foreground_intensity_properties_per_channel': ds_stats,
+            "median_relative_size_after_cropping": np.median(rel_sizes, 0),
+            "cin": {
+                "rules": self.rules.to_dict(),
+                "modalities": list(modalities),
+                "case_modality": dict(self.case_modality),
+                "foreground_intensity_properties_per_modality": mod_stats,
+                "per_modality": {m: _geometry_stats([spacings[i] for i in by_mod[m]],
+                                                    [shapes_after_crop[i] for i in by_mod[m]],
+                                                    [rel_sizes[i] for i in by_mod[m]]) for m in modalities},
+            },
+        }
+        return fingerprint
+
+    def run(self, overwrite_existing: bool = False) -> dict:
+        preprocessed_output_folder = join(nnUNet_preprocessed, self.dataset_name)
+        properties_file = join(preprocessed_output_folder, 'dataset_fingerprint.json')
+        if isfile(properties_file) and not overwrite_existing:
+            fingerprint = load_json(properties_file)
+            if fingerprint_is_current(fingerprint, self.rules, self.case_modality):
+                return fingerprint
+            print('The existing dataset_fingerprint.json has no per-modality statistics for the current modality '
+                  'rules and cases: extracting it again.')
+        fingerprint = self.compute_fingerprint(self._analyze_cases())
+        maybe_mkdir_p(preprocessed_output_folder)
+        try:
+            save_json(fingerprint, properties_file)
+        except Exception:
+            if isfile(properties_file):
+                os.remove(properties_file)
+            raise
+        return load_json(properties_file)  # JSON form (string channel keys), as nnU-Net's planner reads it
