@@ -1,0 +1,230 @@
+"""Synthetic two-modality whole-heart volumes: small, fast, deterministic stand-ins for MM-WHS used by tests and
+the demo.
+
+A case is a pair of SimpleITK images (image, label) sharing one geometry. The anatomy is seven structures placed
+roughly as in a heart (labels as in LABELS): the LV cavity inside a myocardium shell, the RV beside it, both atria
+above, the aorta and pulmonary artery as tubes leaving upwards. The whole heart fills about a quarter of the volume
+and the smallest structure still a few hundred voxels of a 32^3 grid, so a small network learns it in minutes. Each
+seed jitters positions and sizes, and picks spacing (CT finer than MR), origin and an axis-aligned direction matrix
+(permuted and/or flipped axes), so that headers differ the way real scans do. The anatomy is drawn in voxel space:
+the direction changes where the heart lies physically, not the voxel layout nnU-Net trains on (it does not reorient).
+
+Appearance depends on the modality name:
+- "CT": Hounsfield-like values: air -1000, soft tissue -100..+50, myocardium ~100, contrast-filled blood 250..350,
+  a smooth additive drift of up to 60 HU inside the body, Gaussian noise (sd 20); stored as int16.
+- anything else: MR-like positive intensities (float32) with another ordering of brightness (myocardium darker
+  than the surrounding tissue, blood brightest), a smooth multiplicative bias field (about x0.7 to x1.5) and
+  Rician-like noise. "MR" has a fixed table; any other name (e.g. "T2") gets its own table derived from the name,
+  so a third modality is distinguishable.
+
+Array shapes are numpy order (z, y, x); spacing, origin and direction are SimpleITK order (x, y, z).
+"""
+import itertools
+import json
+import zlib
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+LABELS = {"background": 0, "MYO": 1, "LA": 2, "LV": 3, "RA": 4, "RV": 5, "AA": 6, "PA": 7}
+MMWHS_LABEL_VALUES = {"MYO": 205, "LA": 420, "LV": 500, "RA": 550, "RV": 600, "AA": 820, "PA": 850}
+
+STRUCTURES = [name for name in LABELS if name != "background"]
+
+# Mean intensity per region: "air" outside the body, "tissue" inside it, then the structures.
+CT_INTENSITIES = {"air": -1000.0, "tissue": -20.0, "MYO": 100.0, "LA": 310.0, "LV": 320.0, "RA": 250.0,
+                  "RV": 260.0, "AA": 350.0, "PA": 270.0}
+MR_INTENSITIES = {"air": 8.0, "tissue": 220.0, "MYO": 90.0, "LA": 430.0, "LV": 520.0, "RA": 450.0, "RV": 480.0,
+                  "AA": 560.0, "PA": 500.0}
+
+# Axis-aligned orientations: every permutation of the axes, every combination of flips.
+_DIRECTIONS = [tuple(np.array([[signs[c] * (perm[c] == r) for c in range(3)] for r in range(3)], float).ravel())
+               for perm in itertools.permutations(range(3))
+               for signs in itertools.product((1.0, -1.0), repeat=3)]
+
+
+def _name_code(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def modality_intensities(modality: str) -> Dict[str, float]:
+    """Mean intensity per region for a modality name (see module docstring)."""
+    if modality == "CT":
+        return dict(CT_INTENSITIES)
+    if modality == "MR":
+        return dict(MR_INTENSITIES)
+    rng = np.random.default_rng(_name_code(modality))
+    values = rng.permutation(np.linspace(60.0, 600.0, len(STRUCTURES) + 1))  # tissue and structures
+    return {"air": 8.0, "tissue": float(values[0]), **{s: float(v) for s, v in zip(STRUCTURES, values[1:])}}
+
+
+def _anatomy(shape: Sequence[int], rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Label map (uint8, values 0..7) and body mask on a grid of `shape` (z, y, x)."""
+    z, y, x = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij")
+    shift = rng.uniform(-0.06, 0.06, size=3)
+    z, y, x = z - shift[0], y - shift[1], x - shift[2]
+    scale = rng.uniform(0.9, 1.1)
+
+    def ellipsoid(center, radii):
+        r = np.asarray(radii) * scale
+        return (((z - center[0]) / r[0]) ** 2 + ((y - center[1]) / r[1]) ** 2 + ((x - center[2]) / r[2]) ** 2) <= 1
+
+    def tube(y0, x0, z_from, z_to, radius):
+        return (((y - y0) ** 2 + (x - x0) ** 2) <= (radius * scale) ** 2) & (z >= z_from) & (z <= z_to)
+
+    # Sizes are fractions of the field of view, large enough that a 32^3 volume holds every structure with a few
+    # hundred to a couple of thousand voxels (the whole heart covers about a third of the volume).
+    lv_center, lv_radii = (-0.15, 0.18, 0.22), (0.5, 0.32, 0.32)
+    masks = {  # painted in this order, later ones on top
+        "RV": ellipsoid((-0.2, -0.22, -0.35), (0.45, 0.3, 0.38)),
+        "RA": ellipsoid((0.45, -0.3, -0.45), (0.32, 0.3, 0.3)),
+        "LA": ellipsoid((0.5, 0.38, 0.3), (0.3, 0.3, 0.32)),
+        "PA": tube(-0.55, -0.05, 0.05, 0.98, 0.17),
+        "AA": tube(-0.05, 0.02, 0.25, 0.98, 0.18),
+        "MYO": ellipsoid(lv_center, [r + 0.15 for r in lv_radii]),
+        "LV": ellipsoid(lv_center, lv_radii),
+    }
+    label = np.zeros(shape, np.uint8)
+    for name, mask in masks.items():
+        label[mask] = LABELS[name]
+    body = (y / 0.95) ** 2 + (x / 0.98) ** 2 <= 1
+    return label, body
+
+
+def _smooth_field(shape: Sequence[int], rng: np.random.Generator, order: int = 2) -> np.ndarray:
+    """A smooth random field (low-order polynomial in z, y, x), zero mean, roughly unit amplitude."""
+    z, y, x = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij")
+    field = np.zeros(shape, np.float32)
+    for i, j, k in itertools.product(range(order + 1), repeat=3):
+        if 0 < i + j + k <= order:
+            field += rng.normal() * z ** i * y ** j * x ** k
+    return field / max(float(np.abs(field).max()), 1e-6)
+
+
+def generate_case(modality: str, seed: int, shape=(32, 32, 32), spacing=None) -> Tuple[sitk.Image, sitk.Image]:
+    """(image, label) of one synthetic case. Label values 0..7 (LABELS); both images share spacing, origin and
+    direction. `shape` is (z, y, x); `spacing` (x, y, z) in mm, drawn per case when None (CT finer than MR)."""
+    shape = tuple(int(n) for n in shape)
+    rng = np.random.default_rng([int(seed), _name_code(modality)])
+    label, body = _anatomy(shape, rng)
+
+    means = modality_intensities(modality)
+    image = np.where(body, means["tissue"], means["air"]).astype(np.float32)
+    for name in STRUCTURES:
+        image[label == LABELS[name]] = means[name]
+    if modality == "CT":
+        image += np.where(body, 60.0 * _smooth_field(shape, rng), 0.0)  # tissue between -100 and +50 or so
+        image[label == 0] = np.clip(image[label == 0], -1000.0, 50.0)
+        image += rng.normal(0.0, 20.0, shape)
+        image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
+        default_spacing = (rng.uniform(0.6, 0.9),) * 2 + (rng.uniform(0.7, 1.1),)
+    else:
+        image *= np.exp(0.4 * _smooth_field(shape, rng))  # multiplicative bias field, up to about x0.7..x1.5
+        sigma = 0.04 * max(means.values())
+        image = np.hypot(image + rng.normal(0.0, sigma, shape), rng.normal(0.0, sigma, shape)).astype(np.float32)
+        default_spacing = (rng.uniform(1.0, 1.4),) * 2 + (rng.uniform(1.2, 1.8),)
+
+    spacing = tuple(float(s) for s in (spacing if spacing is not None else default_spacing))
+    direction = _DIRECTIONS[int(rng.integers(len(_DIRECTIONS)))]
+    origin = tuple(float(o) for o in rng.uniform(-150.0, 150.0, size=3))
+    image_sitk, label_sitk = sitk.GetImageFromArray(image), sitk.GetImageFromArray(label)
+    for im in (image_sitk, label_sitk):
+        im.SetSpacing(spacing)
+        im.SetOrigin(origin)
+        im.SetDirection(direction)
+    return image_sitk, label_sitk
+
+
+def _case_seed(seed: int, modality: str, index: int) -> int:
+    return int(np.random.SeedSequence([int(seed), _name_code(modality), int(index)]).generate_state(1)[0])
+
+
+def write_nnunet_dataset(raw_root, dataset_id: int = 999, name: str = "SyntheticHeart",
+                         cases_per_modality: Optional[Mapping[str, int]] = None, shape=(32, 32, 32), seed: int = 0,
+                         test_cases_per_modality: int = 0) -> Path:
+    """An nnU-Net v2 raw dataset raw_root/DatasetXXX_name with imagesTr/labelsTr (and imagesTs/labelsTs when
+    test_cases_per_modality > 0). Case ids f"{modality.lower()}_{i:04d}" (test cases continue the numbering);
+    dataset.json carries the modality keys "modalities" and "modality_patterns". Returns the dataset folder."""
+    cases_per_modality = dict(cases_per_modality if cases_per_modality is not None else {"CT": 4, "MR": 4})
+    folder = Path(raw_root) / f"Dataset{int(dataset_id):03d}_{name}"
+    parts = [("imagesTr", "labelsTr", 0, None)]
+    if test_cases_per_modality > 0:
+        parts.append(("imagesTs", "labelsTs", None, test_cases_per_modality))
+    for images_dir, labels_dir, _, _ in parts:
+        (folder / images_dir).mkdir(parents=True, exist_ok=True)
+        (folder / labels_dir).mkdir(parents=True, exist_ok=True)
+    for modality, n_train in cases_per_modality.items():
+        for images_dir, labels_dir, _, n_test in parts:
+            first = 0 if n_test is None else n_train
+            for i in range(first, first + (n_train if n_test is None else n_test)):
+                case = f"{modality.lower()}_{i:04d}"
+                image, label = generate_case(modality, _case_seed(seed, modality, i), shape)
+                sitk.WriteImage(image, str(folder / images_dir / f"{case}_0000.nii.gz"))
+                sitk.WriteImage(label, str(folder / labels_dir / f"{case}.nii.gz"))
+    dataset_json = {
+        "channel_names": {"0": "image"},
+        "labels": dict(LABELS),
+        "numTraining": int(sum(cases_per_modality.values())),
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": "Synthetic two-modality whole-heart data generated by nnunet_cin.synthetic",
+        "modalities": list(cases_per_modality),
+        "modality_patterns": {m: f"^{m.lower()}_" for m in cases_per_modality},
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=4))
+    return folder
+
+
+def _to_mmwhs_values(label: sitk.Image) -> sitk.Image:
+    lut = np.zeros(len(LABELS), np.uint16)
+    for name, value in MMWHS_LABEL_VALUES.items():
+        lut[LABELS[name]] = value
+    out = sitk.GetImageFromArray(lut[sitk.GetArrayViewFromImage(label)])
+    out.CopyInformation(label)
+    return out
+
+
+def write_mmwhs_layout(folder, n_ct: int = 2, n_mr: int = 2, shape=(32, 32, 32), seed: int = 0,
+                       plant_421_in: Optional[str] = None, invalid_value_in: Optional[Tuple[str, int]] = None,
+                       with_test: bool = False) -> Path:
+    """A folder in the official MM-WHS 2017 layout: ct_train/ct_train_1001_image.nii.gz + _label.nii.gz,
+    mr_train/mr_train_1001_..., label values 205..850 (MMWHS_LABEL_VALUES).
+
+    plant_421_in: a case name (e.g. "mr_train_1002") whose label gets a few stray 421 voxels inside the left atrium,
+    like the real mr_train_1010. invalid_value_in: (case name, value) plants an unexpected value in that label.
+    with_test: also ct_test/ct_test_2001_image.nii.gz ... and mr_test/... (as many as the training cases), without
+    labels. Returns the folder."""
+    folder = Path(folder)
+    planted = {c for c in (plant_421_in, invalid_value_in[0] if invalid_value_in else None) if c}
+    written = set()
+    for modality, n in (("CT", n_ct), ("MR", n_mr)):
+        prefix = modality.lower()
+        for part, first, with_label in (("train", 1001, True), ("test", 2001, False)):
+            if part == "test" and not with_test:
+                continue
+            (folder / f"{prefix}_{part}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                case = f"{prefix}_{part}_{first + i}"
+                image, label = generate_case(modality, _case_seed(seed, f"mmwhs_{prefix}_{part}", i), shape)
+                sitk.WriteImage(image, str(folder / f"{prefix}_{part}" / f"{case}_image.nii.gz"))
+                if not with_label:
+                    continue
+                label = _to_mmwhs_values(label)
+                array = sitk.GetArrayFromImage(label)
+                if case == plant_421_in:
+                    la = np.flatnonzero(array == MMWHS_LABEL_VALUES["LA"])
+                    array.flat[la[: max(1, min(5, la.size // 4))]] = 421
+                if invalid_value_in and case == invalid_value_in[0]:
+                    if not 0 <= invalid_value_in[1] <= np.iinfo(array.dtype).max:
+                        array = array.astype(np.int32)
+                    array.flat[np.flatnonzero(array == 0)[:3]] = invalid_value_in[1]
+                out = sitk.GetImageFromArray(array)
+                out.CopyInformation(label)
+                sitk.WriteImage(out, str(folder / f"{prefix}_{part}" / f"{case}_label.nii.gz"))
+                written.add(case)
+    missing = planted - written
+    if missing:
+        raise ValueError(f"no labelled case named {sorted(missing)} in this layout")
+    return folder
