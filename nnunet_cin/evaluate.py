@@ -1,0 +1,326 @@
+"""Per-modality evaluation: nnU-Net's metrics per case, summarised per modality and per structure.
+
+    nnUNetv2_evaluate_cin -ref GT_FOLDER -pred PRED_FOLDER -d DATASET [-m NAME] [--hd95] [-o OUT_PREFIX]
+
+Dice/IoU/TP/FP/FN come from nnU-Net's own `compute_metrics_on_folder`; `--hd95` adds the 95th percentile Hausdorff
+distance and the average symmetric surface distance (in the images' physical units, spacing respected). The summary
+has the layout of the paper's results table: rows are structures plus their mean, columns are modalities.
+`summarize_by_modality` is the reusable piece (e.g. for a trainer's validation summary).
+"""
+import argparse
+import csv
+import multiprocessing
+import os
+import sys
+import warnings
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json, subfiles
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder, label_or_region_to_key
+from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
+from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+
+from nnunet_cin.modalities import ModalityError, ModalityRules
+
+LabelOrRegion = Union[int, Tuple[int, ...]]
+SURFACE_METRICS = ("HD95", "ASSD")
+MEAN_ROW = "mean"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# surface distances
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of `mask` with at least one face neighbour outside it (the image border counts as outside)."""
+    return mask & ~binary_erosion(mask, structure=generate_binary_structure(mask.ndim, 1), border_value=0)
+
+
+def surface_distance_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray,
+                             spacing: Sequence[float]) -> Dict[str, float]:
+    """HD95 and ASSD between the surfaces of two boolean masks, in the units of `spacing` (one value per axis).
+
+    HD95 is the 95th percentile of the distances of both surfaces to each other, pooled; ASSD is the mean of the two
+    directed average surface distances (medpy's definitions). Both are undefined (NaN) when either mask is empty: a
+    missed or hallucinated structure shows in Dice, and NaN keeps it out of the distance means.
+    """
+    mask_ref, mask_pred = np.asarray(mask_ref, dtype=bool), np.asarray(mask_pred, dtype=bool)
+    if mask_ref.shape != mask_pred.shape:
+        raise ValueError(f"reference and prediction shapes differ: {mask_ref.shape} vs {mask_pred.shape}")
+    if len(spacing) != mask_ref.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match the mask dimensionality {mask_ref.ndim}")
+    if not mask_ref.any() or not mask_pred.any():
+        return {"HD95": float("nan"), "ASSD": float("nan")}
+    # Distances only involve surface voxels, which all lie in the bounding box of both masks: crop to it, one voxel
+    # of margin so that the erosion sees the same neighbourhood as in the full image.
+    coords = np.nonzero(mask_ref | mask_pred)
+    box = tuple(slice(max(int(c.min()) - 1, 0), int(c.max()) + 2) for c in coords)
+    s_ref, s_pred = _surface(mask_ref[box]), _surface(mask_pred[box])
+    ref_to_pred = distance_transform_edt(~s_pred, sampling=spacing)[s_ref]
+    pred_to_ref = distance_transform_edt(~s_ref, sampling=spacing)[s_pred]
+    return {"HD95": float(np.percentile(np.concatenate([ref_to_pred, pred_to_ref]), 95)),
+            "ASSD": float((ref_to_pred.mean() + pred_to_ref.mean()) / 2)}
+
+
+def _mask(seg: np.ndarray, label_or_region: LabelOrRegion) -> np.ndarray:
+    return np.isin(seg, label_or_region) if isinstance(label_or_region, tuple) else seg == label_or_region
+
+
+def compute_surface_metrics(reference_file: str, prediction_file: str, image_reader_writer: BaseReaderWriter,
+                            labels_or_regions: Sequence[LabelOrRegion],
+                            ignore_label: Optional[int] = None) -> Dict[LabelOrRegion, Dict[str, float]]:
+    """HD95/ASSD per label (or region) of one case, with the spacing of the reference image (nnU-Net's axis order)."""
+    seg_ref, props = image_reader_writer.read_seg(reference_file)
+    seg_pred, _ = image_reader_writer.read_seg(prediction_file)
+    seg_ref, seg_pred = seg_ref[0], seg_pred[0]
+    spacing = list(props["spacing"])
+    if seg_ref.shape != seg_pred.shape:
+        raise ValueError(f"{prediction_file}: shape {seg_pred.shape} differs from the reference's {seg_ref.shape}")
+    # 2D images come as (1, y, x) with a dummy spacing: drop singleton axes, else every voxel would be "border"
+    single = tuple(i for i, s in enumerate(seg_ref.shape) if s == 1)
+    if single and len(single) < seg_ref.ndim:
+        seg_ref, seg_pred = seg_ref.squeeze(single), seg_pred.squeeze(single)
+        spacing = [sp for i, sp in enumerate(spacing) if i not in single]
+    valid = None if ignore_label is None else seg_ref != ignore_label
+    out = {}
+    for r in labels_or_regions:
+        pred = _mask(seg_pred, r)
+        if valid is not None:
+            pred &= valid
+        out[r] = surface_distance_metrics(_mask(seg_ref, r), pred, spacing)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# summaries
+
+
+def label_names_of(dataset_json: dict) -> Dict[str, str]:
+    """{nnU-Net metric key (str of the label, or of the region tuple): structure name}, foreground only. Keys follow
+    nnU-Net's LabelManager: labels are ints, regions (any entry with several labels) are tuples."""
+    labels = {n: v for n, v in dataset_json["labels"].items() if n != "ignore"}
+    has_regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
+    names = {}
+    for name, v in labels.items():
+        if has_regions:
+            key = tuple(v) if isinstance(v, (list, tuple)) else int(v)
+        else:
+            key = int(v[0]) if isinstance(v, (list, tuple)) else int(v)
+        if set(np.atleast_1d(key).tolist()) != {0}:
+            names[label_or_region_to_key(key)] = name
+    return names
+
+
+def case_id_of(file: str, file_ending: str) -> str:
+    name = os.path.basename(file)
+    return name[:-len(file_ending)] if name.endswith(file_ending) else name
+
+
+def _nanmean(values) -> float:
+    values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    if values.size == 0 or np.all(np.isnan(values)):
+        return float("nan")
+    return float(np.nanmean(values))
+
+
+def summarize_by_modality(results: dict, modality_of: Union[Mapping[str, str], Callable[[str], str]],
+                          file_ending: str, label_names: Optional[Mapping[str, str]] = None,
+                          metrics: Optional[Sequence[str]] = None,
+                          modalities: Optional[Sequence[str]] = None) -> dict:
+    """Per-modality, per-structure means of nnU-Net's per-case metrics.
+
+    results: what nnU-Net's `compute_metrics_on_folder` returns (or `load_summary_json` reads back from a
+        summary.json); only `results["metric_per_case"]` is used, cases are named by their prediction file.
+    modality_of: case identifier -> modality name (a dict, or e.g. `ModalityRules.modality_of`).
+    file_ending: the dataset's file ending, to turn prediction file names into case identifiers.
+    label_names: {str(label or region): structure name}, e.g. `label_names_of(dataset_json)`; default: every
+        non-background key found, named by its value.
+    metrics: metric names to summarise (default: "Dice" plus HD95/ASSD where present).
+    modalities: column order (default: order of first appearance).
+
+    Returns a JSON-ready dict: {"modalities": [...], "structures": [... , "mean"], "metrics": [...],
+    "num_cases": {modality: n}, "cases": {modality: [case ids]},
+    "per_modality": {modality: {structure: {metric: mean over the modality's cases}, "mean": {metric: mean over
+    structures}}}}. Means skip NaN (Dice of a structure absent from both reference and prediction; undefined
+    distances).
+    """
+    per_case = results["metric_per_case"]
+    lookup = modality_of if callable(modality_of) else modality_of.__getitem__
+    if label_names is None:
+        keys = {label_or_region_to_key(k) for c in per_case for k in c["metrics"]}
+        label_names = {k: k for k in sorted(keys) if k not in ("0", "(0,)")}
+    if metrics is None:
+        present = {m for c in per_case for v in c["metrics"].values() for m in v}
+        metrics = ["Dice"] + [m for m in SURFACE_METRICS if m in present]
+    groups: Dict[str, List[dict]] = {}
+    case_ids: Dict[str, List[str]] = {}
+    for case in per_case:
+        cid = case_id_of(case["prediction_file"], file_ending)
+        m = lookup(cid)
+        groups.setdefault(m, []).append({label_or_region_to_key(k): v for k, v in case["metrics"].items()})
+        case_ids.setdefault(m, []).append(cid)
+    order = list(modalities) if modalities is not None else []
+    order += [m for m in groups if m not in order]
+    per_modality = {}
+    for m in order:
+        cases = groups.get(m, [])
+        table = {name: {metric: _nanmean([c[key].get(metric, np.nan) for c in cases if key in c])
+                        for metric in metrics}
+                 for key, name in label_names.items()}
+        table[MEAN_ROW] = {metric: _nanmean([table[name][metric] for name in label_names.values()])
+                           for metric in metrics}
+        per_modality[m] = table
+    return {"modalities": order, "structures": list(label_names.values()) + [MEAN_ROW], "metrics": list(metrics),
+            "num_cases": {m: len(groups.get(m, [])) for m in order}, "cases": {m: case_ids.get(m, []) for m in order},
+            "per_modality": per_modality}
+
+
+def format_table(summary: dict, metric: str = "Dice", digits: int = 4) -> str:
+    """The summary as a text table: structures (and their mean) down, modalities across."""
+    mods = summary["modalities"]
+    header = [metric] + [f"{m} (n={summary['num_cases'][m]})" for m in mods]
+    rows = [[s] + [f"{summary['per_modality'][m][s][metric]:.{digits}f}" for m in mods]
+            for s in summary["structures"]]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows[:-1]] + ["  ".join("-" * w for w in widths), fmt(rows[-1])]
+    return "\n".join(lines)
+
+
+def write_csv(summary: dict, filename: str):
+    """One row per structure (and the mean), one column per metric and modality ("Dice CT", "Dice MR", ...)."""
+    with open(filename, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["structure"] + [f"{metric} {m}" for metric in summary["metrics"]
+                                         for m in summary["modalities"]])
+        for s in summary["structures"]:
+            writer.writerow([s] + [summary["per_modality"][m][s][metric] for metric in summary["metrics"]
+                                   for m in summary["modalities"]])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# folders
+
+
+def case_modalities(case_ids: Sequence[str], dataset_json: dict, modality: Optional[str] = None) -> Dict[str, str]:
+    """{case id: modality name}: `modality` for every case if given (checked against the dataset's modalities),
+    else the dataset's rules. Every unresolvable case is reported in one ModalityError."""
+    rules = ModalityRules.from_dataset_json(dataset_json)
+    if modality is not None:
+        rules.index_of_name(modality)  # raises, naming the valid modalities
+        return {c: modality for c in case_ids}
+    return rules.resolve(case_ids)
+
+
+def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modality: Optional[str] = None,
+                    surface_metrics: bool = False, num_processes: int = default_num_processes,
+                    chill: bool = False) -> dict:
+    """nnU-Net's metrics of every prediction in folder_pred against folder_ref, plus HD95/ASSD if asked, and their
+    per-modality summary. Returns {"summary": summarize_by_modality(...), "metric_per_case": [...],
+    "nnunet_mean": nnU-Net's means over all cases, "nnunet_foreground_mean": ...}."""
+    file_ending = dataset_json["file_ending"]
+    pred_files = subfiles(folder_pred, suffix=file_ending, join=False)
+    if not pred_files:
+        raise FileNotFoundError(f"no predictions ending in {file_ending} in {folder_pred}")
+    missing_ref = [f for f in pred_files if not isfile(join(folder_ref, f))]
+    if missing_ref:
+        raise FileNotFoundError(f"{len(missing_ref)} prediction(s) have no reference segmentation in {folder_ref}: "
+                                f"{', '.join(missing_ref)}")
+    if not chill:
+        missing_pred = [f for f in subfiles(folder_ref, suffix=file_ending, join=False) if f not in pred_files]
+        if missing_pred:
+            raise FileNotFoundError(f"{len(missing_pred)} reference case(s) have no prediction in {folder_pred} "
+                                    f"(use --chill to evaluate what is there): {', '.join(missing_pred)}")
+    # resolve every case's modality before any computation: a bad case stops the run at once
+    modality_of = case_modalities([case_id_of(f, file_ending) for f in pred_files], dataset_json, modality)
+
+    lm = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
+    labels = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+    rw = determine_reader_writer_from_dataset_json(dataset_json, join(folder_pred, pred_files[0]))()
+    num_processes = max(1, min(num_processes, len(pred_files)))
+    results = compute_metrics_on_folder(folder_ref, folder_pred, None, rw, file_ending, labels, lm.ignore_label,
+                                        num_processes, chill=True)
+    per_case = results["metric_per_case"]
+    if surface_metrics:
+        args = [(c["reference_file"], c["prediction_file"], rw, labels, lm.ignore_label) for c in per_case]
+        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+            distances = pool.starmap(compute_surface_metrics, args)
+        for case, dist in zip(per_case, distances):
+            for r, values in dist.items():
+                case["metrics"][r].update(values)
+
+    names = label_names_of(dataset_json)
+    summary = summarize_by_modality(results, modality_of, file_ending, names,
+                                    metrics=["Dice"] + (list(SURFACE_METRICS) if surface_metrics else []),
+                                    modalities=[m for m in ModalityRules.from_dataset_json(dataset_json).modalities
+                                                if m in set(modality_of.values())])
+    cases = [{"case": case_id_of(c["prediction_file"], file_ending),
+              "modality": modality_of[case_id_of(c["prediction_file"], file_ending)],
+              "reference_file": c["reference_file"], "prediction_file": c["prediction_file"],
+              "metrics": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
+                          for k, v in c["metrics"].items()}} for c in per_case]
+    out = {"summary": summary, "metric_per_case": cases,
+           "nnunet_mean": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
+                           for k, v in results["mean"].items()},
+           "nnunet_foreground_mean": results["foreground_mean"]}
+    recursive_fix_for_json_export(out)
+    return out
+
+
+def load_dataset_json(dataset: Optional[str] = None, dataset_json_file: Optional[str] = None) -> dict:
+    """dataset.json from a file, or via nnU-Net's dataset lookup (name or id) in nnUNet_raw."""
+    if dataset_json_file is not None:
+        return load_json(dataset_json_file)
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    if not nnUNet_raw:  # nnU-Net 2.8: a lazy path object, falsy while the variable is unset
+        raise RuntimeError("nnUNet_raw is not set: pass the dataset.json with -dj instead of -d")
+    return load_json(join(nnUNet_raw, maybe_convert_to_dataset_name(dataset), "dataset.json"))
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    parser = argparse.ArgumentParser(prog="nnUNetv2_evaluate_cin",
+                                     description="Per-modality, per-structure metrics of a prediction folder "
+                                                 "(nnU-Net's metrics; rows: structures + mean, columns: modalities).")
+    parser.add_argument("-ref", required=True, help="folder with the reference segmentations")
+    parser.add_argument("-pred", required=True, help="folder with the predicted segmentations")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-d", help="dataset name or id; its dataset.json (labels, modality rules) is read from "
+                                   "nnUNet_raw")
+    source.add_argument("-dj", help="path to the dataset.json instead of -d")
+    parser.add_argument("-m", "--modality", default=None,
+                        help="treat every case as this modality (default: each case's modality from the dataset's "
+                             "rules)")
+    parser.add_argument("--hd95", action="store_true", help="also compute HD95 and ASSD (physical units)")
+    parser.add_argument("-o", default=None,
+                        help="output prefix: writes PREFIX.json and PREFIX.csv. Default: PRED/summary_cin")
+    parser.add_argument("-np", type=int, default=default_num_processes,
+                        help=f"number of processes. Default: {default_num_processes}")
+    parser.add_argument("--chill", action="store_true",
+                        help="don't stop if some reference cases have no prediction")
+    args = parser.parse_args(argv)
+    try:
+        dataset_json = load_dataset_json(args.d, args.dj)
+        result = evaluate_folder(args.ref, args.pred, dataset_json, args.modality, args.hd95, args.np, args.chill)
+    except (ModalityError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    prefix = args.o if args.o is not None else join(args.pred, "summary_cin")
+    prefix = prefix[:-5] if prefix.endswith(".json") else prefix
+    if os.path.dirname(prefix):
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    save_json(result, prefix + ".json", sort_keys=False)
+    write_csv(result["summary"], prefix + ".csv")
+    for metric in result["summary"]["metrics"]:
+        print(format_table(result["summary"], metric), end="\n\n")
+    print(f"written: {prefix}.json, {prefix}.csv")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
