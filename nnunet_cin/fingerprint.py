@@ -19,6 +19,9 @@ Intensity statistics are computed from the foreground samples of that modality's
 same number of samples per case). Spacing and shape statistics remain dataset-wide for planning (as in nnU-Net);
 the per-modality ones are recorded for the user.
 
+nnU-Net draws 10e7 foreground intensity samples in total, evenly over the cases. The environment variable
+nnUNet_cin_fingerprint_samples sets another total (e.g. 1e6 for quick runs on tiny data); unset, nnU-Net's is used.
+
 Cost: the per-case work is nnU-Net's and is done once. The pooled-sample statistics are computed on a single array
 whose cases are grouped by modality, so that every modality is a contiguous view: per-modality percentiles partition
 their view in place, the dataset-wide percentiles partition the whole array in place (no copies, unlike nnU-Net's
@@ -39,6 +42,8 @@ from tqdm import tqdm
 from nnunet_cin.modalities import ModalityError, ModalityRules
 
 PERCENTILES = np.array((0.5, 50.0, 99.5))
+# total number of foreground intensity samples (spread evenly over the cases); unset: nnU-Net's 10e7
+SAMPLES_ENV = "nnUNet_cin_fingerprint_samples"
 
 
 def intensity_stats(samples: np.ndarray) -> dict:
@@ -80,6 +85,9 @@ class CINFingerprintExtractor(DatasetFingerprintExtractor):
 
     def __init__(self, dataset_name_or_id: Union[str, int], num_processes: int = 8, verbose: bool = False):
         super().__init__(dataset_name_or_id, num_processes, verbose)
+        if os.environ.get(SAMPLES_ENV):
+            # nnU-Net samples 1e8 foreground voxels in total (memory/time cap); this lets small runs sample fewer
+            self.num_foreground_voxels_for_intensitystats = float(os.environ[SAMPLES_ENV])
         self.rules = ModalityRules.from_dataset_json(self.dataset_json, join(self.input_folder, 'dataset.json'))
         self.rules.check_case_modalities_exist(self.dataset.keys())
         self.case_modality = self.rules.resolve(self.dataset.keys())

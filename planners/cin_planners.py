@@ -1,0 +1,153 @@
+"""nnU-Net's experiment planners, planning the conditional network and per-modality normalization.
+
+Each planner is nnU-Net's (default or ResEnc preset) with three changes:
+- the architecture of every configuration is its conditional counterpart (CIN in the encoder, one affine row per
+  modality): `nnunet_cin.networks.conditional_architecture`; patch and batch size are planned exactly as nnU-Net
+  plans them for the plain network (CIN adds no feature maps);
+- plans["cin"] records the modalities (conditioning order), each modality's normalization scheme (chosen from the
+  modality name the way nnU-Net chooses from a channel name), whether it uses the nonzero mask, and its foreground
+  intensity statistics (from that modality's cases only, see nnunet_cin.fingerprint);
+- preprocessed data get their own identifier (PLANS_CONFIGURATION; nnU-Net's ResEnc planners would share
+  nnUNetPlans' folders, whose normalization is not per modality) and the preprocessor is CINPreprocessor.
+
+The planner needs the per-modality fingerprint (nnunet_cin.fingerprint.CINFingerprintExtractor).
+"""
+from typing import List, Tuple, Union
+
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+    ResEncUNetPlanner, nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
+from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
+
+from nnunet_cin.fingerprint import fingerprint_is_current
+from nnunet_cin.modalities import ModalityRules
+from nnunet_cin.networks import conditional_architecture
+
+CIN_PREPROCESSOR = "CINPreprocessor"
+CIN_SCOPE = "encoder"
+
+
+def modality_normalization(modalities: List[str], per_modality: dict) -> Tuple[dict, dict]:
+    """({modality: scheme class name}, {modality: use_mask_for_norm}), as nnU-Net decides per channel: the scheme
+    from the name (CT -> CTNormalization, noNorm, zscore, ..., anything else -> ZScoreNormalization); the nonzero mask
+    when cropping to nonzero shrinks that modality's cases below 3/4 (median) and the scheme supports it."""
+    schemes, use_mask = {}, {}
+    for m in modalities:
+        scheme = get_normalization_scheme(m)
+        schemes[m] = scheme.__name__
+        shrunk = per_modality[m]['median_relative_size_after_cropping'] < (3 / 4.)
+        use_mask[m] = bool(scheme.leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true) if shrunk else False
+    return schemes, use_mask
+
+
+class CINPlannerMixin:
+    """The CIN changes, on top of any nnU-Net ExperimentPlanner (put first in the bases)."""
+
+    def _init_cin(self):
+        self.rules = ModalityRules.from_dataset_json(self.dataset_json, f"{self.raw_dataset_folder}/dataset.json")
+        case_modality = self.rules.resolve(self.dataset.keys())
+        if not fingerprint_is_current(self.dataset_fingerprint, self.rules, case_modality):
+            raise RuntimeError(f"the dataset_fingerprint.json of {self.dataset_name} has no per-modality statistics "
+                               f"for the current modality rules: run nnUNetv2_plan_and_preprocess_cin (it extracts "
+                               f"the per-modality fingerprint), with --clean if the dataset changed")
+        if self.preprocessor_name != CIN_PREPROCESSOR:
+            raise ValueError(f"{type(self).__name__} plans for {CIN_PREPROCESSOR} (per-modality normalization); "
+                             f"got preprocessor_name={self.preprocessor_name!r}")
+
+    def generate_data_identifier(self, configuration_name: str) -> str:
+        # always our own folders (nnU-Net's ResEnc planners reuse nnUNetPlans_2d/3d_fullres data)
+        return self.plans_identifier + '_' + configuration_name
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
+                                    approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        plan['architecture'] = conditional_architecture(plan['architecture'], len(self.rules.modalities), CIN_SCOPE)
+        return plan
+
+    def cin_plans(self) -> dict:
+        fp = self.dataset_fingerprint['cin']
+        schemes, use_mask = modality_normalization(self.rules.modalities, fp['per_modality'])
+        return {
+            "modalities": list(self.rules.modalities),
+            "normalization_schemes": schemes,
+            "use_mask_for_norm": use_mask,
+            "intensity_properties": {m: fp['foreground_intensity_properties_per_modality'][m]
+                                     for m in self.rules.modalities},
+            "rules": self.rules.to_dict(),
+            "cin_scope": CIN_SCOPE,
+            "preprocessor": "nnunet_cin.preprocessing.CINPreprocessor",
+            "num_training_cases": {m: fp['per_modality'][m]['num_cases'] for m in self.rules.modalities},
+        }
+
+    def save_plans(self, plans):
+        plans['cin'] = self.cin_plans()
+        super().save_plans(plans)
+
+
+class ExperimentPlannerCIN(CINPlannerMixin, ExperimentPlanner):
+    """nnU-Net's default planner (PlainConvUNet) -> plans nnUNetPlansCIN."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetPlansCIN',
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        self._init_cin()
+
+
+class ResEncUNetPlannerCIN(CINPlannerMixin, ResEncUNetPlanner):
+    """nnU-Net's ResEncUNetPlanner -> plans nnUNetResEncUNetPlansCIN."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetPlansCIN',
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        self._init_cin()
+
+
+class nnUNetPlannerResEncMCIN(CINPlannerMixin, nnUNetPlannerResEncM):
+    """ResEnc M preset (~9-11 GB VRAM) -> plans nnUNetResEncUNetMPlansCIN."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetMPlansCIN',
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        self._init_cin()
+
+
+class nnUNetPlannerResEncLCIN(CINPlannerMixin, nnUNetPlannerResEncL):
+    """ResEnc L preset (~24 GB VRAM) -> plans nnUNetResEncUNetLPlansCIN."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 24,
+                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetLPlansCIN',
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        self._init_cin()
+
+
+class nnUNetPlannerResEncXLCIN(CINPlannerMixin, nnUNetPlannerResEncXL):
+    """ResEnc XL preset (~40 GB VRAM) -> plans nnUNetResEncUNetXLPlansCIN."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 40,
+                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetXLPlansCIN',
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        self._init_cin()
+
+
+# -pl of nnUNetv2_plan_and_preprocess_cin: our class names, and nnU-Net's planner names for their CIN counterpart
+PLANNERS = {c.__name__: c for c in (ExperimentPlannerCIN, ResEncUNetPlannerCIN, nnUNetPlannerResEncMCIN,
+                                    nnUNetPlannerResEncLCIN, nnUNetPlannerResEncXLCIN)}
+PLANNERS.update({'ExperimentPlanner': ExperimentPlannerCIN, 'ResEncUNetPlanner': ResEncUNetPlannerCIN,
+                 'nnUNetPlannerResEncM': nnUNetPlannerResEncMCIN, 'nnUNetPlannerResEncL': nnUNetPlannerResEncLCIN,
+                 'nnUNetPlannerResEncXL': nnUNetPlannerResEncXLCIN})
