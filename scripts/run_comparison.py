@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""The paper's comparison (single-modality, fine-tuning, joint, conditional) on one dataset with nnU-Net's commands.
+
+Same as `nnunet-cin compare`; see nnunet_cin/compare.py or `python scripts/run_comparison.py -h`. Example:
+
+    python scripts/run_comparison.py -d 999 -f 0 1 --schedule _5epochs --synthetic 8
+"""
+import sys
+
+from nnunet_cin.compare import main
+
+if __name__ == "__main__":
+    sys.exit(main())
