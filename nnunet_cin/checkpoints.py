@@ -1,16 +1,26 @@
-"""nnU-Net checkpoints that know their modalities, and pretrained weights across plain and conditional networks.
+"""Pretrained weights across plain and conditional networks, for nnU-Net's own `-pretrained_weights`.
 
-- `extra_checkpoint_entries(...)`: nnU-Net's `save_checkpoint` writes its usual dict; inside this context the dict
-  gets extra top-level keys (e.g. "modalities"). The format stays nnU-Net's: every nnU-Net tool still reads it.
-- `load_pretrained_weights(network, fname)`: nnU-Net's `-pretrained_weights` semantics (every key but the
-  segmentation layers must exist with a compatible shape) plus the conversions between normalisation layers:
-  plain InstanceNorm (C,) -> CIN (M, C): copied into every modality row; CIN -> CIN: rows matched by modality name
-  when the checkpoint records its modalities (a modality the checkpoint lacks gets the mean of its rows);
-  CIN (M, C) -> plain (C,): mean over the rows. `install_pretrained_weights_loader()` makes nnU-Net's
-  `nnUNetv2_train -pretrained_weights` use it (it behaves as nnU-Net's own for plain -> plain).
+nnU-Net's `nnUNetv2_train ... -pretrained_weights FILE` loads FILE with its own, unmodified loader, which asks every
+parameter of the new network (but the segmentation heads) to exist in FILE with the same shape. So:
+
+- a checkpoint of a conditional trainer loads directly into a conditional trainer with the same modalities (and a
+  plain/Joint/SingleModality checkpoint into a plain baseline): same shapes, nothing to do;
+- anything else is converted once, explicitly, into the layout of the network it is meant for:
+      convert_checkpoint(IN.pth, OUT.pth, dataset=ID, configuration="3d_fullres", plans="nnUNetPlansCIN",
+                         trainer="nnUNetTrainerCIN")
+  then `nnUNetv2_train ID 3d_fullres FOLD -tr nnUNetTrainerCIN -p nnUNetPlansCIN -pretrained_weights OUT.pth`.
+
+Conversions of the normalization parameters (everything else is copied as is; nnU-Net's loader checks it):
+  plain InstanceNorm (C,) -> CIN (M, C): copied into every modality row (the converted network computes exactly what
+      the pretrained one computed, for every modality);
+  CIN (M', C) -> CIN (M, C): rows matched by modality name (the checkpoint's "modalities"); a modality the checkpoint
+      lacks gets the mean of its rows;
+  CIN (M, C) -> plain (C,): the mean over the rows (e.g. a conditional model as the start of a Joint baseline).
+The converted file is an nnU-Net checkpoint holding "network_weights" and "modalities" (the target's conditioning
+order), plus "converted_from" (source file, trainer name) for the record.
 """
-from contextlib import contextmanager
-from typing import Optional, Sequence
+import os
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -19,27 +29,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_cin.cin import cin_layers
 
-SKIP_IN_PRETRAINED = (".seg_layers.",)
-
-
-@contextmanager
-def extra_checkpoint_entries(entries: dict):
-    """Add `entries` to every nnU-Net checkpoint dict (recognised by its "network_weights") saved in this block."""
-    original = torch.save
-
-    def save(obj, *args, **kwargs):
-        if isinstance(obj, dict) and "network_weights" in obj:
-            obj = {**obj, **entries}
-        return original(obj, *args, **kwargs)
-
-    torch.save = save
-    try:
-        yield
-    finally:
-        torch.save = original
-
 
 def unwrap(network: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers (what nnU-Net saves)."""
     if isinstance(network, DDP):
         network = network.module
     if isinstance(network, OptimizedModule):
@@ -47,75 +39,119 @@ def unwrap(network: nn.Module) -> nn.Module:
     return network
 
 
-def _cin_parameter_names(module: nn.Module) -> set:
-    names = {id(layer) for layer in cin_layers(module)}
-    return {f"{prefix}.{p}" for prefix, m in module.named_modules() if id(m) in names for p in ("weight", "bias")}
+def cin_parameter_names(module: nn.Module) -> set:
+    """State-dict keys of the CIN weights and biases of `module` (all names a shared layer is registered under)."""
+    ids = {id(layer) for layer in cin_layers(module)}
+    return {f"{prefix}.{p}" for prefix, m in module.named_modules(remove_duplicate=False) if id(m) in ids
+            for p in ("weight", "bias")}
 
 
-def adapt_state_dict(pretrained: dict, model_dict: dict, cin_keys: set, target_modalities: Optional[Sequence[str]],
-                     source_modalities: Optional[Sequence[str]]) -> dict:
-    """Reshape normalisation parameters of `pretrained` to the layout of `model_dict` (see the module docstring)."""
-    out = dict(pretrained)
-    for key, value in pretrained.items():
-        if key not in model_dict or model_dict[key].shape == value.shape:
+def convert_state_dict(weights: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor], cin_keys: set,
+                       target_modalities: Optional[Sequence[str]] = None,
+                       source_modalities: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+    """`weights` with its normalization parameters reshaped to the layout of `target` (a state dict), see the module
+    docstring. Keys whose shapes already agree, and keys `target` does not have, are returned unchanged."""
+    out = dict(weights)
+    for key, value in weights.items():
+        if key not in target or target[key].shape == value.shape:
             continue
-        target = model_dict[key]
-        if key in cin_keys and value.dim() == 1 and target.dim() == 2 and target.shape[1] == value.shape[0]:
-            out[key] = value[None].expand_as(target).clone()  # plain -> CIN
-        elif key in cin_keys and value.dim() == 2 and target.dim() == 2 and target.shape[1] == value.shape[1]:
-            out[key] = _match_rows(key, value, target, target_modalities, source_modalities)  # CIN -> CIN
-        elif value.dim() == 2 and target.dim() == 1 and value.shape[1] == target.shape[0]:
-            out[key] = value.mean(0)  # CIN -> plain
+        want = target[key]
+        if key in cin_keys and value.dim() == 1 and want.dim() == 2 and want.shape[1] == value.shape[0]:
+            out[key] = value[None].expand(want.shape).clone().to(want.dtype)  # plain -> CIN
+        elif key in cin_keys and value.dim() == 2 and want.dim() == 2 and want.shape[1] == value.shape[1]:
+            out[key] = _match_rows(key, value, want, target_modalities, source_modalities)  # CIN -> CIN
+        elif value.dim() == 2 and want.dim() == 1 and value.shape[1] == want.shape[0]:
+            out[key] = value.mean(0).to(want.dtype)  # CIN -> plain
     return out
 
 
 def _match_rows(key, value, target, target_modalities, source_modalities):
     if not source_modalities or not target_modalities:
-        raise ValueError(f"{key}: the pretrained CIN layer has {value.shape[0]} modalities, this network "
-                         f"{target.shape[0]}; without the modality names in both checkpoints the rows cannot be "
-                         f"matched")
-    rows = []
-    for name in target_modalities:
-        rows.append(value[list(source_modalities).index(name)] if name in source_modalities else value.mean(0))
+        raise ValueError(f"{key}: the pretrained CIN layer has {value.shape[0]} modalities, the target network "
+                         f"{target.shape[0]}; the rows can only be matched by modality name, and the checkpoint "
+                         f"records none (checkpoint['modalities'])")
+    if len(source_modalities) != value.shape[0]:
+        raise ValueError(f"{key}: the checkpoint names {len(source_modalities)} modalities {list(source_modalities)} "
+                         f"but its CIN layer has {value.shape[0]} rows")
+    rows = [value[list(source_modalities).index(n)] if n in source_modalities else value.mean(0)
+            for n in target_modalities]
     return torch.stack(rows).to(target.dtype)
 
 
-def load_pretrained_weights(network: nn.Module, fname: str, verbose: bool = False,
-                            modalities: Optional[Sequence[str]] = None) -> None:
-    """nnU-Net's load_pretrained_weights, across plain and conditional networks. `modalities`: the names of this
-    network's CIN rows (default: what the trainer attached as `network.cin_modalities`, if anything)."""
-    import torch.distributed as dist
-
-    map_location = torch.device("cuda", dist.get_rank()) if dist.is_initialized() else "cpu"
-    saved = torch.load(fname, map_location=map_location, weights_only=False)
+def convert_weights_for_network(checkpoint: dict, network: nn.Module, modalities: Optional[Sequence[str]],
+                                source: str = "the checkpoint") -> Dict[str, torch.Tensor]:
+    """checkpoint["network_weights"] in the layout of `network`; raises, as nnU-Net's loader would, naming the first
+    parameter that is still missing or of another shape (segmentation heads excepted)."""
     mod = unwrap(network)
-    model_dict = mod.state_dict()
-    if modalities is None:
-        modalities = getattr(mod, "cin_modalities", None)
-    pretrained = adapt_state_dict(saved["network_weights"], model_dict, _cin_parameter_names(mod), modalities,
-                                  saved.get("modalities"))
-    for key in model_dict:
-        if all(s not in key for s in SKIP_IN_PRETRAINED):
-            if key not in pretrained:
-                raise RuntimeError(f"Key {key} is missing in the pretrained model weights {fname}: the pretrained "
-                                   f"weights do not seem to be compatible with your network.")
-            if model_dict[key].shape != pretrained[key].shape:
-                raise RuntimeError(f"The shape of {key} differs: pretrained {tuple(pretrained[key].shape)}, your "
-                                   f"network {tuple(model_dict[key].shape)}.")
-    pretrained = {k: v for k, v in pretrained.items()
-                  if k in model_dict and all(s not in k for s in SKIP_IN_PRETRAINED)}
-    model_dict.update(pretrained)
-    print("################### Loading pretrained weights from file ", fname, "###################")
-    if verbose:
-        print("Below is the list of overlapping blocks in pretrained model and nnUNet architecture:")
-        for key, value in pretrained.items():
-            print(key, "shape", value.shape)
-        print("################### Done ###################")
-    mod.load_state_dict(model_dict)
+    target = mod.state_dict()
+    weights = convert_state_dict(checkpoint["network_weights"], target, cin_parameter_names(mod), modalities,
+                                 checkpoint.get("modalities"))
+    for key, value in target.items():
+        if ".seg_layers." in key:
+            continue
+        if key not in weights:
+            raise ValueError(f"{source}: parameter {key} of the target network is missing; the checkpoint is not "
+                             f"from the same architecture (check plans and configuration)")
+        if weights[key].shape != value.shape:
+            raise ValueError(f"{source}: parameter {key} has shape {tuple(weights[key].shape)}, the target network "
+                             f"wants {tuple(value.shape)}; the checkpoint is not from the same architecture")
+    return {k: v for k, v in weights.items() if k in target}
 
 
-def install_pretrained_weights_loader() -> None:
-    """Let `nnUNetv2_train -pretrained_weights` load across plain/conditional networks (idempotent)."""
-    import nnunetv2.run.run_training as run_training
+def target_network(plans: dict, configuration: str, dataset_json: dict, trainer: type) -> nn.Module:
+    """The network `trainer` (nnUNetTrainerCIN or a subclass) builds for these plans, without making a trainer (no
+    output folders, no log file)."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-    run_training.load_pretrained_weights = load_pretrained_weights
+    from nnunet_cin.conditioning import plans_for_trainer, training_modalities
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = plans_for_trainer(plans, configuration, training_modalities(plans, dataset_json),
+                              getattr(trainer, "conditioned", False), trainer.__name__)
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    return trainer.build_network_architecture(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
+                                              pm.get_label_manager(dataset_json).num_segmentation_heads, True)
+
+
+def convert_checkpoint(source: str, destination: str, dataset, configuration: str = "3d_fullres",
+                       plans: str = "nnUNetPlansCIN", trainer: str = "nnUNetTrainerCIN") -> str:
+    """Write `destination`: the checkpoint `source` (any nnU-Net or nnunet-cin checkpoint of the same architecture)
+    converted for `nnUNetv2_train dataset configuration FOLD -tr trainer -p plans -pretrained_weights destination`.
+
+    dataset: nnU-Net dataset name or id (its plans and dataset.json are read from nnUNet_preprocessed). Returns
+    `destination`. The source file is not modified."""
+    from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_cin.conditioning import training_modalities
+
+    if not isfile(source):
+        raise FileNotFoundError(f"pretrained checkpoint {source} does not exist")
+    if os.path.abspath(source) == os.path.abspath(destination):
+        raise ValueError("convert_checkpoint writes a new file: give a destination other than the source")
+    folder = join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset))
+    plans_file = join(folder, plans + ".json")
+    if not isfile(plans_file):
+        raise FileNotFoundError(f"plans {plans_file} not found: plan and preprocess the dataset first "
+                                f"(nnUNetv2_plan_and_preprocess_cin -d {dataset}) or name the plans with -p")
+    plans_dict, dataset_json = load_json(plans_file), load_json(join(folder, "dataset.json"))
+    if configuration not in plans_dict["configurations"]:
+        raise ValueError(f"configuration {configuration!r} is not in {plans_file}; available: "
+                         f"{sorted(plans_dict['configurations'])}")
+    trainer_class = recursive_find_trainer_class_by_name(trainer)
+    network = target_network(plans_dict, configuration, dataset_json, trainer_class)
+    modalities = training_modalities(plans_dict, dataset_json)
+    single = getattr(trainer_class, "single_modality", None)
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise ValueError(f"{source} is not an nnU-Net checkpoint (no 'network_weights')")
+    weights = convert_weights_for_network(checkpoint, network, modalities, source)
+    torch.save({"network_weights": weights,
+                "modalities": [single] if single else modalities,  # what the trainer records
+                "converted_from": {"file": os.path.abspath(source), "trainer_name": checkpoint.get("trainer_name"),
+                                   "modalities": checkpoint.get("modalities")},
+                "trainer_name": trainer}, destination)
+    return destination

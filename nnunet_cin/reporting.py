@@ -4,17 +4,18 @@ per-modality means of the final validation (summary.json and a table in the trai
 The per-case metrics are nnU-Net's own (compute_metrics_on_folder writes them to summary.json); the per-modality
 summary is nnunet_cin.evaluate's, the same as `nnUNetv2_evaluate_cin` prints.
 """
-from contextlib import contextmanager
 from typing import Dict, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
-from nnunetv2.training.logging import nnunet_logger
-from nnunetv2.training.logging.nnunet_logger import LocalLogger
+import seaborn as sns
+from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
+from nnunetv2.training.logging.nnunet_logger import LocalLogger  # (its import selects matplotlib's 'agg' backend)
 
 PER_MODALITY_KEY = "mean_fg_dice/{}"
 PER_MODALITY_EMA_KEY = "ema_fg_dice/{}"
 SUMMARY_KEY = "per_modality"
+MEAN_KEY = "foreground_mean_per_modality"
 
 
 def pseudo_dice_per_modality(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
@@ -32,7 +33,7 @@ def pseudo_dice_per_modality(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
 
 class ModalityLogger(LocalLogger):
     """nnU-Net's LocalLogger plus one pseudo-Dice curve (and its moving average) per modality. progress.png gets a
-    fourth panel with them; the three panels above are nnU-Net's, drawn by nnU-Net's own code."""
+    fourth panel with them below nnU-Net's three."""
 
     def __init__(self, modalities: Sequence[str], verbose: bool = False):
         super().__init__(verbose)
@@ -57,48 +58,73 @@ class ModalityLogger(LocalLogger):
 
     def load_checkpoint(self, checkpoint: dict):
         super().load_checkpoint(checkpoint)
-        for name in self.modalities:  # a checkpoint without per-modality curves: start them empty
+        epochs = len(self.my_fantastic_logging['mean_fg_dice'])
+        for name in self.modalities:  # a checkpoint without per-modality curves (e.g. nnUNetTrainer's): NaN so far
             for key in (PER_MODALITY_KEY.format(name), PER_MODALITY_EMA_KEY.format(name)):
-                self.my_fantastic_logging.setdefault(key, [])
+                values = self.my_fantastic_logging.setdefault(key, [])
+                values.extend([float("nan")] * (epochs - len(values)))
 
     def plot_progress_png(self, output_folder):
-        with self._extra_panel():
-            super().plot_progress_png(output_folder)
-
-    @contextmanager
-    def _extra_panel(self):
-        plt = nnunet_logger.plt
-        subplots = plt.subplots
+        """nnU-Net's progress.png (LocalLogger.plot_progress_png of nnU-Net 2.8.1, copied: it has no hook for more
+        panels) with a fourth panel: the pseudo-Dice per modality and its moving average."""
         logging = self.my_fantastic_logging
-        epoch = min(len(v) for v in logging.values()) - 1
+        epoch = min([len(i) for i in logging.values()]) - 1  # lists of epoch 0 have len 1
+        sns.set(font_scale=2.5)
+        fig, ax_all = plt.subplots(4, 1, figsize=(30, 72))
+        x_values = list(range(epoch + 1))
+        # --- nnU-Net's three panels, as nnU-Net draws them
+        ax = ax_all[0]
+        ax2 = ax.twinx()
+        ax.plot(x_values, logging['train_losses'][:epoch + 1], color='b', ls='-', label="loss_tr", linewidth=4)
+        ax.plot(x_values, logging['val_losses'][:epoch + 1], color='r', ls='-', label="loss_val", linewidth=4)
+        ax2.plot(x_values, logging['mean_fg_dice'][:epoch + 1], color='g', ls='dotted', label="pseudo dice",
+                 linewidth=3)
+        ax2.plot(x_values, logging['ema_fg_dice'][:epoch + 1], color='g', ls='-', label="pseudo dice (mov. avg.)",
+                 linewidth=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax2.set_ylabel("pseudo dice")
+        ax.legend(loc=(0, 1))
+        ax2.legend(loc=(0.2, 1))
 
-        def subplots_with_modality_panel(nrows, ncols, figsize, **kwargs):
-            fig, axes = subplots(nrows + 1, ncols, figsize=(figsize[0], figsize[1] * (nrows + 1) / nrows), **kwargs)
-            ax = axes[-1]
-            x = list(range(epoch + 1))
-            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-            for i, name in enumerate(self.modalities):
-                c = colors[i % len(colors)]
-                ax.plot(x, logging[PER_MODALITY_KEY.format(name)][:epoch + 1], color=c, ls="dotted",
-                        label=f"pseudo dice {name}", linewidth=3)
-                ax.plot(x, logging[PER_MODALITY_EMA_KEY.format(name)][:epoch + 1], color=c, ls="-",
-                        label=f"pseudo dice {name} (mov. avg.)", linewidth=4)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("pseudo dice per modality")
-            ax.legend(loc=(0, 1), ncol=max(1, len(self.modalities)))
-            return fig, axes[:-1]
+        ax = ax_all[1]
+        ax.plot(x_values, [i - j for i, j in zip(logging['epoch_end_timestamps'][:epoch + 1],
+                                                 logging['epoch_start_timestamps'])][:epoch + 1], color='b',
+                ls='-', label="epoch duration", linewidth=4)
+        ax.set(ylim=[0] + [ax.get_ylim()[1]])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("time [s]")
+        ax.legend(loc=(0, 1))
 
-        plt.subplots = subplots_with_modality_panel
-        try:
-            yield
-        finally:
-            plt.subplots = subplots
+        ax = ax_all[2]
+        ax.plot(x_values, logging['lrs'][:epoch + 1], color='b', ls='-', label="learning rate", linewidth=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        ax.legend(loc=(0, 1))
+
+        # --- ours: pseudo-Dice per modality
+        ax = ax_all[3]
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, name in enumerate(self.modalities):
+            c = colors[i % len(colors)]
+            ax.plot(x_values, logging[PER_MODALITY_KEY.format(name)][:epoch + 1], color=c, ls="dotted",
+                    label=f"pseudo dice {name}", linewidth=3)
+            ax.plot(x_values, logging[PER_MODALITY_EMA_KEY.format(name)][:epoch + 1], color=c, ls="-",
+                    label=f"pseudo dice {name} (mov. avg.)", linewidth=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("pseudo dice per modality")
+        ax.legend(loc=(0, 1), ncol=max(1, len(self.modalities)))
+
+        plt.tight_layout()
+        fig.savefig(join(output_folder, "progress.png"))
+        plt.close()
 
 
 def add_per_modality_summary(summary_file: str, modality_of: Mapping[str, str], dataset_json: dict,
                              modalities: Sequence[str]) -> str:
-    """Add per-modality means to nnU-Net's validation summary.json (key "per_modality": nnunet_cin.evaluate's
-    summary, whose per_modality[m]["mean"]["Dice"] is modality m's mean foreground Dice) and return the table."""
+    """Add per-modality means to nnU-Net's validation summary.json and return them as a table:
+    "foreground_mean_per_modality": {modality: {"Dice": mean over its cases and foreground labels}} and
+    "per_modality": nnunet_cin.evaluate's full summary (per label, case lists, counts)."""
     from nnunet_cin.evaluate import format_table, label_names_of, summarize_by_modality
 
     summary = load_json(summary_file)
@@ -106,5 +132,7 @@ def add_per_modality_summary(summary_file: str, modality_of: Mapping[str, str], 
                                          label_names=label_names_of(dataset_json),
                                          modalities=[m for m in modalities])
     summary[SUMMARY_KEY] = per_modality
+    # the short form, named like nnU-Net's "foreground_mean": {modality: {"Dice": mean foreground Dice}}
+    summary[MEAN_KEY] = {m: dict(per_modality["per_modality"][m]["mean"]) for m in per_modality["modalities"]}
     save_json(summary, summary_file, sort_keys=True)
     return format_table(per_modality)

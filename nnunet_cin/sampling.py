@@ -16,8 +16,7 @@ Modes
 Shares: "equal" (each modality 1/M of the samples, regardless of case counts), "proportional" (to the number of
 training cases, i.e. nnU-Net's uniform sampling over cases) or a mapping {modality name: weight} (normalised).
 """
-from contextlib import contextmanager
-from typing import Callable, Dict, Mapping, Sequence, Union
+from typing import Dict, Mapping, Sequence, Union
 
 import numpy as np
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
@@ -106,18 +105,3 @@ class ModalityDataLoader(nnUNetDataLoader):
         modality = self.cycle[self.batch_number() % len(self.cycle)]
         self.batches_drawn += 1
         return list(np.random.choice(self.cases_of[modality], self.batch_size, replace=True))
-
-
-@contextmanager
-def nnunet_data_loader(factory: Callable):
-    """Inside this block nnUNetTrainer.get_dataloaders builds its loaders with `factory` (called like
-    nnUNetDataLoader; first the training loader, then the validation loader) instead of nnUNetDataLoader, so the
-    rest of nnU-Net's pipeline (transforms, augmenter processes, warm-up) stays nnU-Net's."""
-    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
-
-    original = trainer_module.nnUNetDataLoader
-    trainer_module.nnUNetDataLoader = factory
-    try:
-        yield
-    finally:
-        trainer_module.nnUNetDataLoader = original

@@ -22,18 +22,20 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_json
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch import distributed as dist
 
-from nnunet_cin.checkpoints import extra_checkpoint_entries, install_pretrained_weights_loader, unwrap
+from nnunet_cin.checkpoints import unwrap
 from nnunet_cin.cin import condition
 from nnunet_cin.conditioning import ModalityLookup, plans_for_trainer, training_modalities
 from nnunet_cin.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                   pseudo_dice_per_modality)
-from nnunet_cin.sampling import ModalityDataLoader, nnunet_data_loader
+from nnunet_cin.sampling import ModalityDataLoader
 from nnunet_cin.splits import stratified_crossval_split
 
 SCHEDULES = (1, 5, 10, 20, 50, 100, 250)
@@ -59,11 +61,6 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         # the modalities this model serves; for conditioned models also the CIN row order
         self.modalities: List[str] = [self.single_modality] if self.single_modality else all_modalities
         self.logger.local_logger = ModalityLogger(self.modalities)
-        install_pretrained_weights_loader()
-
-    def initialize(self):
-        super().initialize()
-        unwrap(self.network).cin_modalities = list(self.modalities)  # row names for -pretrained_weights
 
     # ---------------------------------------------------------------------------------------------------- modality
     def conditioned_on(self, keys):
@@ -114,24 +111,63 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         super().on_epoch_end()
 
     # -------------------------------------------------------------------------------------------------------- data
+    def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
+        """nnU-Net's nnUNetDataLoader, told each case's modality (nnunet_cin.sampling). Validation batches are always
+        mixed with equal shares, so that every modality gets its pseudo-Dice."""
+        return ModalityDataLoader(
+            dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
+            oversample_foreground_percent=self.oversample_foreground_percent, pad_sides=None, transforms=transforms,
+            probabilistic_oversampling=self.probabilistic_oversampling,
+            case_modality={k: self.lookup.index_of(k) for k in dataset.identifiers}, modalities=self.lookup.modalities,
+            shares=self.modality_shares if training else "equal",
+            mode=self.modality_sampling if training else "mixed",
+            # alternate: continue the modality cycle where an interrupted run stopped (--c)
+            first_batch=self.current_epoch * self.num_iterations_per_epoch if training else 0,
+            num_workers=max(1, get_allowed_n_proc_DA()))
+
     def get_dataloaders(self):
-        built = []
+        # nnUNetTrainer.get_dataloaders of nnU-Net 2.8.1, copied (it builds nnUNetDataLoader inline, there is no hook
+        # for the loader class); the only change: self.modality_data_loader instead of nnUNetDataLoader.
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        deep_supervision_scales = self._get_deep_supervision_scales()
+        (rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes) = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        val_transforms = self.get_validation_transforms(
+            deep_supervision_scales, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
 
-        def loader(data, batch_size, patch_size, final_patch_size, label_manager, **kwargs):
-            training = not built  # nnU-Net builds the training loader first, then the validation loader
-            built.append(training)
-            return ModalityDataLoader(
-                data, batch_size, patch_size, final_patch_size, label_manager,
-                case_modality={k: self.lookup.index_of(k) for k in data.identifiers},
-                modalities=self.lookup.modalities,
-                shares=self.modality_shares if training else "equal",
-                mode=self.modality_sampling if training else "mixed",
-                # alternate: continue the modality cycle where an interrupted run stopped (--c)
-                first_batch=self.current_epoch * self.num_iterations_per_epoch if training else 0,
-                num_workers=max(1, get_allowed_n_proc_DA()), **kwargs)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        dl_tr = self.modality_data_loader(dataset_tr, initial_patch_size, self.configuration_manager.patch_size,
+                                          tr_transforms, training=True)
+        dl_val = self.modality_data_loader(dataset_val, self.configuration_manager.patch_size,
+                                           self.configuration_manager.patch_size, val_transforms, training=False)
 
-        with nnunet_data_loader(loader):
-            return super().get_dataloaders()
+        allowed_num_processes = get_allowed_n_proc_DA()
+        if allowed_num_processes == 0:
+            mt_gen_train = SingleThreadedAugmenter(dl_tr, None)
+            mt_gen_val = SingleThreadedAugmenter(dl_val, None)
+        else:
+            mt_gen_train = NonDetMultiThreadedAugmenter(data_loader=dl_tr, transform=None,
+                                                        num_processes=allowed_num_processes,
+                                                        num_cached=max(6, allowed_num_processes // 2), seeds=None,
+                                                        pin_memory=self.device.type == 'cuda', wait_time=0.002)
+            mt_gen_val = NonDetMultiThreadedAugmenter(data_loader=dl_val,
+                                                      transform=None, num_processes=max(1, allowed_num_processes // 2),
+                                                      num_cached=max(3, allowed_num_processes // 4), seeds=None,
+                                                      pin_memory=self.device.type == 'cuda', wait_time=0.002)
+        _ = next(mt_gen_train)
+        _ = next(mt_gen_val)
+        return mt_gen_train, mt_gen_val
 
     def do_split(self):
         splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
@@ -150,20 +186,44 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         return tr_keys, val_keys
 
     # ------------------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_entries(self) -> dict:
+        """What our checkpoints hold on top of nnU-Net's entries."""
+        return {"modalities": list(self.modalities),  # the conditioning order (CIN rows)
+                "cin": {"conditioned": self.conditioned, "single_modality": self.single_modality,
+                        "modality_sampling": self.modality_sampling, "modality_shares": self.modality_shares,
+                        "dataset_modalities": list(self.lookup.modalities)}}
+
     def save_checkpoint(self, filename: str) -> None:
-        with extra_checkpoint_entries({"modalities": list(self.modalities), "cin": {
-                "conditioned": self.conditioned, "modality_sampling": self.modality_sampling,
-                "modality_shares": self.modality_shares, "dataset_modalities": list(self.lookup.modalities)}}):
-            super().save_checkpoint(filename)
+        # nnUNetTrainer.save_checkpoint of nnU-Net 2.8.1, copied (the dict is built inline, no hook to extend it);
+        # the only change: **self.checkpoint_entries().
+        if self.local_rank == 0:
+            if not self.disable_checkpointing:
+                checkpoint = {
+                    'network_weights': unwrap(self.network).state_dict(),
+                    'optimizer_state': self.optimizer.state_dict(),
+                    'grad_scaler_state': self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+                    'logging': self.logger.get_checkpoint(),
+                    '_best_ema': self._best_ema,
+                    'current_epoch': self.current_epoch + 1,
+                    'init_args': self.my_init_kwargs,
+                    'trainer_name': self.__class__.__name__,
+                    'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
+                    **self.checkpoint_entries(),
+                }
+                torch.save(checkpoint, filename)
+            else:
+                self.print_to_log_file('No checkpoint written, checkpointing is disabled')
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order."""
         saved = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location='cpu', weights_only=False, mmap=True)
         recorded = saved.get("modalities")
         if recorded is not None and list(recorded) != self.modalities:
-            raise ValueError(f"checkpoint {filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else ''}"
-                             f" was trained for modalities {list(recorded)} (in this order), this trainer serves "
-                             f"{self.modalities}")
+            where = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the checkpoint"
+            raise ValueError(f"{where} was trained for modalities {list(recorded)} (in this order); {type(self).__name__}"
+                             f" on this dataset serves {self.modalities}")
+        del saved
         super().load_checkpoint(filename_or_checkpoint)
 
     # ------------------------------------------------------------------------------------------- final validation
