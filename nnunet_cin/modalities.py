@@ -194,8 +194,9 @@ _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 
 
 def case_id_from_image_file(file: str, file_ending: str) -> str:
-    """nnU-Net input image file (CASE_0000.nii.gz) -> case identifier (CASE). A name without the channel suffix is
-    returned without the file ending only."""
+    """nnU-Net input image file (CASE_0000.nii.gz) -> case identifier (CASE): the file ending and nnU-Net's channel
+    suffix (_XXXX, four digits) are removed. Only for image files: a label or prediction file (CASE.nii.gz) whose case
+    id ends in four digits (ct_0003.nii.gz) would lose them; strip just the file ending there."""
     name = os.path.basename(str(file))
     if name.endswith(file_ending):
         name = name[:-len(file_ending)]
