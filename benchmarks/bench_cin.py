@@ -4,6 +4,7 @@ replaces) and against a naive per-sample Python loop, at nnU-Net-like feature ma
     python benchmarks/bench_cin.py [--device cuda] [--repeats 20]
 """
 import argparse
+import statistics
 import time
 
 import torch
@@ -25,17 +26,27 @@ class PerSampleLoop(nn.Module):
                           for i, m in enumerate(modality.tolist())])
 
 
-def time_fwd_bwd(layer, x, call, repeats, device):
-    for _ in range(3):
-        call(layer, x).sum().backward()
+def _once(layer, x, call, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(repeats):
-        call(layer, x).square().mean().backward()
+    call(layer, x).square().mean().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats * 1000
+    return time.perf_counter() - start
+
+
+def time_fwd_bwd(variants, x, repeats, device):
+    """Median forward+backward ms of each (layer, call) variant, measured interleaved (round robin) so that a noisy
+    machine slows all variants alike."""
+    for layer, call in variants:
+        for _ in range(2):
+            call(layer, x).sum().backward()
+    samples = [[] for _ in variants]
+    for _ in range(repeats):
+        for i, (layer, call) in enumerate(variants):
+            samples[i].append(_once(layer, x, call, device))
+    return [statistics.median(s) * 1000 for s in samples]
 
 
 def main():
@@ -46,23 +57,31 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    # (batch, channels, spatial): nnU-Net 3d_fullres first stage and a deeper stage, at CPU-friendly sizes
-    shapes = [(2, 32, (64, 64, 64)), (8, 32, (32, 32, 32)), (2, 128, (16, 16, 16)), (8, 128, (16, 16, 16))]
+    # the normalization layers of a 5-stage nnU-Net 3D encoder (features 32..320, patch 64^3), one stage per row,
+    # at batch 2 and 8; the "encoder total" row sums the stages
+    stages = [(32, 64), (64, 32), (128, 16), (256, 8), (320, 4)]
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{args.repeats} repeats, 2 modalities, mixed batches\n")
-    print("| batch | channels | spatial | InstanceNorm3d (ms) | CIN (ms) | per-sample loop (ms) | CIN / IN | loop / IN |")
+          f"median of {args.repeats} interleaved repeats, 2 modalities, mixed batches\n")
+    print("| batch | channels | spatial | InstanceNorm3d (ms) | CIN (ms) | per-sample loop (ms) | CIN / IN | loop / CIN |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|")
-    for b, c, spatial in shapes:
-        x = torch.randn(b, c, *spatial, device=device, requires_grad=True)
-        modality = torch.arange(b, device=device) % 2
-        plain = nn.InstanceNorm3d(c, affine=True).to(device)
-        cin = ConditionalInstanceNorm3d(c, 2).to(device)
-        loop = PerSampleLoop(c, 2).to(device)
-        t_in = time_fwd_bwd(plain, x, lambda layer, v: layer(v), args.repeats, device)
-        t_cin = time_fwd_bwd(cin, x, lambda layer, v: layer(v, modality), args.repeats, device)
-        t_loop = time_fwd_bwd(loop, x, lambda layer, v: layer(v, modality), args.repeats, device)
-        print(f"| {b} | {c} | {'x'.join(map(str, spatial))} | {t_in:.2f} | {t_cin:.2f} | {t_loop:.2f} | "
-              f"{t_cin / t_in:.3f} | {t_loop / t_in:.3f} |")
+    for b in (2, 8):
+        totals = [0.0, 0.0, 0.0]
+        for c, side in stages:
+            x = torch.randn(b, c, side, side, side, device=device, requires_grad=True)
+            modality = torch.arange(b, device=device) % 2
+            plain = nn.InstanceNorm3d(c, affine=True).to(device)
+            cin = ConditionalInstanceNorm3d(c, 2).to(device)
+            loop = PerSampleLoop(c, 2).to(device)
+            times = time_fwd_bwd([(plain, lambda layer, v: layer(v)), (cin, lambda layer, v: layer(v, modality)),
+                                  (loop, lambda layer, v: layer(v, modality))], x, args.repeats, device)
+            totals = [t + u for t, u in zip(totals, times)]
+            _row(b, c, f"{side}^3", *times)
+        _row(b, "", "**encoder total**", *totals)
+
+
+def _row(b, c, spatial, t_in, t_cin, t_loop):
+    print(f"| {b} | {c} | {spatial} | {t_in:.2f} | {t_cin:.2f} | {t_loop:.2f} | {t_cin / t_in:.3f} | "
+          f"{t_loop / t_cin:.2f} |")
 
 
 if __name__ == "__main__":

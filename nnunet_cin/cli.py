@@ -52,6 +52,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 "for those not set yet")
     p.set_defaults(func=_env)
 
+    from nnunet_cin import demo
+    p = sub.add_parser("demo", help="the whole workflow on generated CT and MR hearts: generate, plan, train, "
+                                    "predict per modality, evaluate, overlays",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
+
     args = parser.parse_args(argv)
     return args.func(args)
 
