@@ -18,6 +18,11 @@ from nnunet_cin.modalities import ModalityError, ModalityRules
 DEFAULT_NP = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 FINGERPRINT_EXTRACTORS = ("DatasetFingerprintExtractor", "CINFingerprintExtractor")
 PREPROCESSORS = ("DefaultPreprocessor", "CINPreprocessor")
+# -pl: nnU-Net's planner names and ours -> our class in nnunet_cin.planners (imported only once the checks passed)
+PLANNER_NAMES = {"ExperimentPlanner": "ExperimentPlannerCIN", "ResEncUNetPlanner": "ResEncUNetPlannerCIN",
+                 "nnUNetPlannerResEncM": "nnUNetPlannerResEncMCIN", "nnUNetPlannerResEncL": "nnUNetPlannerResEncLCIN",
+                 "nnUNetPlannerResEncXL": "nnUNetPlannerResEncXLCIN"}
+PLANNER_NAMES.update({v: v for v in list(PLANNER_NAMES.values())})
 
 
 class PlanError(ValueError):
@@ -100,16 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args) -> Tuple[type, Optional[List[float]], List[int]]:
-    from nnunet_cin.planners import PLANNERS
+def _check_args(args) -> Tuple[str, Optional[List[float]], List[int]]:
     if args.fpe not in FINGERPRINT_EXTRACTORS:
         raise PlanError(f"-fpe {args.fpe}: nnUNetv2_plan_and_preprocess_cin always uses CINFingerprintExtractor; "
                         f"leave -fpe out (accepted: {', '.join(FINGERPRINT_EXTRACTORS)})")
     if args.preprocessor_name not in PREPROCESSORS:
         raise PlanError(f"-preprocessor_name {args.preprocessor_name}: nnUNetv2_plan_and_preprocess_cin always uses "
                         f"CINPreprocessor; leave the flag out")
-    if args.pl not in PLANNERS:
-        raise PlanError(f"-pl {args.pl}: unknown planner; use one of {', '.join(PLANNERS)}")
+    if args.pl not in PLANNER_NAMES:
+        raise PlanError(f"-pl {args.pl}: unknown planner; use one of {', '.join(PLANNER_NAMES)}")
     spacing = None
     if args.overwrite_target_spacing is not None:
         try:
@@ -119,7 +123,7 @@ def _check_args(args) -> Tuple[type, Optional[List[float]], List[int]]:
         if len(spacing) != 3 or not all(s > 0 for s in spacing):
             raise PlanError(f"-overwrite_target_spacing needs three positive numbers, got "
                             f"{' '.join(args.overwrite_target_spacing)}")
-    return PLANNERS[args.pl], spacing, _num_processes(args.np, args.c)
+    return PLANNER_NAMES[args.pl], spacing, _num_processes(args.np, args.c)
 
 
 def copy_gt_segmentations(raw_dataset_folder: str, preprocessed_dataset_folder: str) -> None:
@@ -137,7 +141,7 @@ def copy_gt_segmentations(raw_dataset_folder: str, preprocessed_dataset_folder: 
 
 def plan_and_preprocess(args) -> Dict[int, str]:
     """Run everything for args.d; returns {dataset id: plans identifier}. Checks all datasets first."""
-    planner_class, spacing, num_processes = _check_args(args)
+    planner_name, spacing, num_processes = _check_args(args)
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     if nnUNet_raw is None or nnUNet_preprocessed is None:
@@ -158,7 +162,9 @@ def plan_and_preprocess(args) -> Dict[int, str]:
             verify_dataset_integrity(join(nnUNet_raw, names[d]), args.npfp)
 
     from nnunet_cin.fingerprint import CINFingerprintExtractor
+    from nnunet_cin.planners import PLANNERS
     from nnunet_cin.preprocessing import CINPreprocessor
+    planner_class = PLANNERS[planner_name]
     identifiers = {}
     for d in args.d:
         print(f"{names[d]}: fingerprint extraction (per modality)...")

@@ -14,10 +14,13 @@ The planner needs the per-modality fingerprint (nnunet_cin.fingerprint.CINFinger
 """
 from typing import List, Tuple, Union
 
+import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     ResEncUNetPlanner, nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
 from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_cin.fingerprint import fingerprint_is_current
 from nnunet_cin.modalities import ModalityRules
@@ -53,6 +56,20 @@ class CINPlannerMixin:
         if self.preprocessor_name != CIN_PREPROCESSOR:
             raise ValueError(f"{type(self).__name__} plans for {CIN_PREPROCESSOR} (per-modality normalization); "
                              f"got preprocessor_name={self.preprocessor_name!r}")
+
+    # nnU-Net's body, except that nnUNet_n_proc_DA=0 (no augmentation workers, a valid training setting) no longer
+    # makes torch.set_num_threads(0) fail during planning
+    @staticmethod
+    def static_estimate_VRAM_usage(patch_size, input_channels: int, output_channels: int, arch_class_name: str,
+                                   arch_kwargs: dict, arch_kwargs_req_import):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, get_allowed_n_proc_DA()))
+        try:
+            net = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
+                                         output_channels, allow_init=False)
+            return net.compute_conv_feature_map_size(patch_size)
+        finally:
+            torch.set_num_threads(threads)
 
     def generate_data_identifier(self, configuration_name: str) -> str:
         # always our own folders (nnU-Net's ResEnc planners reuse nnUNetPlans_2d/3d_fullres data)

@@ -1,0 +1,212 @@
+"""nnUNetv2_plan_and_preprocess_cin on generated data: per-modality statistics and normalization checked against
+values computed here from the raw files, conditional architecture in the plans, modality in the case properties."""
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_cin.fingerprint import SAMPLES_ENV, fingerprint_is_current
+from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.planners.cin_planners import modality_normalization
+from nnunet_cin.synthetic import write_nnunet_dataset
+
+SHAPE = (24, 24, 24)
+
+
+def tree_hash(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_cli(*args):
+    res = subprocess.run(["nnUNetv2_plan_and_preprocess_cin", *args, "-c", "3d_fullres", "-np", "1", "-npfp", "1",
+                          "--no_pbar"], env=os.environ, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float64)
+
+
+def expected_stats(folder: Path, cases) -> dict:
+    """nnU-Net's foreground intensity statistics, computed exactly: every case weighs the same (nnU-Net draws the
+    same number of samples from each case's labelled voxels)."""
+    values, weights = [], []
+    for c in cases:
+        img, seg = read(folder / "imagesTr" / f"{c}_0000.nii.gz"), read(folder / "labelsTr" / f"{c}.nii.gz")
+        fg = img[seg > 0]
+        values.append(fg)
+        weights.append(np.full(fg.size, 1.0 / fg.size))
+    v, w = np.concatenate(values), np.concatenate(weights)
+    mean = np.average(v, weights=w)
+    p = np.percentile(v, (0.5, 50, 99.5), weights=w, method="inverted_cdf")
+    return {"mean": mean, "std": np.sqrt(np.average((v - mean) ** 2, weights=w)), "min": v.min(), "max": v.max(),
+            "percentile_00_5": p[0], "median": p[1], "percentile_99_5": p[2]}
+
+
+def assert_stats_close(got: dict, exp: dict, what: str):
+    span = exp["max"] - exp["min"]
+    assert exp["min"] <= got["min"] and got["max"] <= exp["max"], what  # samples lie within the modality's values
+    assert got["mean"] == pytest.approx(exp["mean"], abs=0.01 * span), what
+    assert got["std"] == pytest.approx(exp["std"], rel=0.03), what
+    for k in ("percentile_00_5", "median", "percentile_99_5"):
+        assert got[k] == pytest.approx(exp[k], abs=0.02 * span), (what, k)
+
+
+def load_pkls(folder: Path) -> dict:
+    return {p.stem: pickle.loads(p.read_bytes()) for p in sorted(folder.glob("*.pkl"))}
+
+
+@pytest.fixture
+def few_samples(monkeypatch):
+    # nnU-Net samples 1e8 foreground voxels whatever the data size; tiny data need far fewer
+    monkeypatch.setenv(SAMPLES_ENV, "3e5")
+
+
+def test_two_modalities(nnunet_env, few_samples):
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+    from nnunet_cin.cin import cin_layers
+    from nnunet_cin.preprocessing import CINPreprocessor
+
+    raw = write_nnunet_dataset(nnunet_env.raw, 999, cases_per_modality={"CT": 3, "MR": 3}, shape=SHAPE)
+    before = tree_hash(raw)
+    run_cli("-d", "999")
+    pre = nnunet_env.preprocessed / raw.name
+    assert tree_hash(raw) == before  # raw data byte-for-byte unchanged
+
+    ct, mr = [f"ct_{i:04d}" for i in range(3)], [f"mr_{i:04d}" for i in range(3)]
+    plans = json.loads((pre / "nnUNetPlansCIN.json").read_text())
+    fp = json.loads((pre / "dataset_fingerprint.json").read_text())
+
+    # plans: conditional architecture, own data folder, per-modality normalization
+    conf = plans["configurations"]["3d_fullres"]
+    assert plans["plans_name"] == "nnUNetPlansCIN"
+    assert conf["architecture"]["network_class_name"] == "nnunet_cin.networks.ConditionalPlainConvUNet"
+    assert conf["architecture"]["arch_kwargs"]["num_modalities"] == 2
+    assert conf["architecture"]["arch_kwargs"]["cin_scope"] == "encoder"
+    assert conf["data_identifier"] == "nnUNetPlansCIN_3d_fullres" and conf["preprocessor_name"] == "CINPreprocessor"
+    cin = plans["cin"]
+    assert cin["modalities"] == ["CT", "MR"]
+    assert cin["normalization_schemes"] == {"CT": "CTNormalization", "MR": "ZScoreNormalization"}
+    assert cin["use_mask_for_norm"] == {"CT": False, "MR": False}
+    assert cin["rules"] == {"modalities": ["CT", "MR"], "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}}
+    pm = PlansManager(plans)
+    net = get_network_from_plans(conf["architecture"]["network_class_name"], conf["architecture"]["arch_kwargs"],
+                                 conf["architecture"]["_kw_requires_import"], 1, 8, allow_init=False)
+    assert cin_layers(net) and all(layer.num_modalities == 2 for layer in cin_layers(net))
+
+    # statistics: each modality from its own cases only, against exact values computed from the raw files
+    exp_ct, exp_mr = expected_stats(raw, ct), expected_stats(raw, mr)
+    assert_stats_close(cin["intensity_properties"]["CT"]["0"], exp_ct, "CT")
+    assert_stats_close(cin["intensity_properties"]["MR"]["0"], exp_mr, "MR")
+    assert exp_ct["percentile_99_5"] < exp_mr["percentile_99_5"]  # mixing them would have shifted the CT bounds
+    assert fp["cin"]["case_modality"] == {**{c: "CT" for c in ct}, **{c: "MR" for c in mr}}
+    assert fp["cin"]["per_modality"]["CT"]["num_cases"] == 3
+    ct_spacing = np.array(fp["cin"]["per_modality"]["CT"]["median_spacing"])
+    assert np.all(ct_spacing < np.array(fp["cin"]["per_modality"]["MR"]["median_spacing"]))  # generator: CT finer
+    # nnU-Net's own dataset-wide entries are still there (plain nnU-Net planners can use this fingerprint)
+    assert set(fp["foreground_intensity_properties_per_channel"]["0"]) >= {"mean", "std", "percentile_00_5"}
+    assert fp["foreground_intensity_properties_per_channel"]["0"]["max"] == pytest.approx(
+        max(cin["intensity_properties"][m]["0"]["max"] for m in ("CT", "MR")))
+
+    # preprocessed properties carry each case's modality
+    props = load_pkls(pre / "nnUNetPlansCIN_3d_fullres")
+    assert {k: (v["modality"], v["modality_index"]) for k, v in props.items()} == \
+           {**{c: ("CT", 0) for c in ct}, **{c: ("MR", 1) for c in mr}}
+    assert sorted(p.name for p in (pre / "gt_segmentations").iterdir()) == sorted(f"{c}.nii.gz" for c in ct + mr)
+
+    # normalization: the same preprocessor on raw files, at the case's own spacing (no resampling) so that the
+    # output can be compared voxel by voxel with the normalization computed here
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    pp = CINPreprocessor(verbose=False)
+    tf = plans["transpose_forward"]
+
+    def preprocess(case, modality=None):
+        img = raw / "imagesTr" / f"{case}_0000.nii.gz"
+        spacing = list(sitk.ReadImage(str(img)).GetSpacing())[::-1]
+        cm = ConfigurationManager({**pm.get_configuration("3d_fullres").configuration,
+                                   "spacing": [spacing[i] for i in tf]})
+        data, _, p = pp.run_case([str(img)], None, pm, cm, dataset_json, modality=modality)
+        return data[0], p, read(img).transpose(tf)
+
+    data, p, x = preprocess("ct_0001")
+    assert p["modality"] == "CT" and data.shape == x.shape
+    s = cin["intensity_properties"]["CT"]["0"]
+    np.testing.assert_allclose(data, (np.clip(x, s["percentile_00_5"], s["percentile_99_5"]) - s["mean"]) / s["std"],
+                               atol=1e-5)
+    e = exp_ct  # independent statistics: equal up to the sampling of the fingerprint
+    np.testing.assert_allclose(data, (np.clip(x, e["percentile_00_5"], e["percentile_99_5"]) - e["mean"]) / e["std"],
+                               atol=0.1)
+    assert data.max() == pytest.approx((s["percentile_99_5"] - s["mean"]) / s["std"], abs=1e-5)  # clipped
+
+    data, p, x = preprocess("mr_0002")
+    assert p["modality"] == "MR" and p["modality_index"] == 1
+    np.testing.assert_allclose(data, (x - x.mean()) / x.std(), atol=1e-4)  # z-score of this image
+
+    # inference with an explicit modality: the MR image normalized as CT
+    data, p, x = preprocess("mr_0002", modality="CT")
+    assert p["modality"] == "CT" and p["modality_index"] == 0
+    np.testing.assert_allclose(data, (np.clip(x, s["percentile_00_5"], s["percentile_99_5"]) - s["mean"]) / s["std"],
+                               atol=1e-5)
+    with pytest.raises(ModalityError, match="PET"):
+        preprocess("mr_0002", modality="PET")
+
+
+def test_three_modalities_resenc_and_override(nnunet_env, few_samples):
+    raw = write_nnunet_dataset(nnunet_env.raw, 998, cases_per_modality={"CT": 2, "MR": 2, "T2": 2}, shape=SHAPE)
+    dj = json.loads((raw / "dataset.json").read_text())
+    dj["case_modalities"] = {"t2_0001": "MR"}  # an override: this case is normalized and conditioned as MR
+    (raw / "dataset.json").write_text(json.dumps(dj))
+    before = tree_hash(raw)
+    run_cli("-d", "998", "-pl", "nnUNetPlannerResEncM")
+    assert tree_hash(raw) == before
+    pre = nnunet_env.preprocessed / raw.name
+
+    plans = json.loads((pre / "nnUNetResEncUNetMPlansCIN.json").read_text())
+    conf = plans["configurations"]["3d_fullres"]
+    assert conf["architecture"]["network_class_name"] == "nnunet_cin.networks.ConditionalResidualEncoderUNet"
+    assert conf["architecture"]["arch_kwargs"]["num_modalities"] == 3
+    assert conf["data_identifier"] == "nnUNetResEncUNetMPlansCIN_3d_fullres"  # not nnU-Net's shared nnUNetPlans_*
+    cin = plans["cin"]
+    assert cin["modalities"] == ["CT", "MR", "T2"]
+    assert cin["normalization_schemes"] == {"CT": "CTNormalization", "MR": "ZScoreNormalization",
+                                            "T2": "ZScoreNormalization"}
+    assert cin["num_training_cases"] == {"CT": 2, "MR": 3, "T2": 1}
+    assert_stats_close(cin["intensity_properties"]["T2"]["0"], expected_stats(raw, ["t2_0000"]), "T2")
+    assert_stats_close(cin["intensity_properties"]["MR"]["0"], expected_stats(raw, ["mr_0000", "mr_0001", "t2_0001"]),
+                       "MR")
+    props = load_pkls(pre / "nnUNetResEncUNetMPlansCIN_3d_fullres")
+    assert {k: (v["modality"], v["modality_index"]) for k, v in props.items()} == {
+        "ct_0000": ("CT", 0), "ct_0001": ("CT", 0), "mr_0000": ("MR", 1), "mr_0001": ("MR", 1),
+        "t2_0000": ("T2", 2), "t2_0001": ("MR", 1)}
+
+
+def test_scheme_from_modality_name_as_nnunet_maps_channel_names():
+    per = {m: {"median_relative_size_after_cropping": r} for m, r in
+           (("CT", 0.5), ("noNorm", 1.0), ("T1", 0.5), ("MR", 0.9), ("rescale_to_0_1", 1.0))}
+    schemes, mask = modality_normalization(list(per), per)
+    assert schemes == {"CT": "CTNormalization", "noNorm": "NoNormalization", "T1": "ZScoreNormalization",
+                       "MR": "ZScoreNormalization", "rescale_to_0_1": "RescaleTo01Normalization"}
+    # nnU-Net: the nonzero mask when cropping shrinks the images below 3/4, for schemes that support it
+    assert mask == {"CT": False, "noNorm": False, "T1": True, "MR": False, "rescale_to_0_1": False}
+
+
+def test_stored_fingerprint_is_reused_only_for_the_same_rules():
+    rules = ModalityRules.from_dataset_json({"modalities": ["CT", "MR"],
+                                             "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}})
+    cm = {"ct_1": "CT", "mr_1": "MR"}
+    fp = {"cin": {"rules": rules.to_dict(), "case_modality": cm}}
+    assert fingerprint_is_current(fp, rules, cm)
+    assert not fingerprint_is_current({"spacings": []}, rules, cm)  # plain nnU-Net fingerprint
+    assert not fingerprint_is_current(fp, rules, {**cm, "ct_2": "CT"})  # a case was added
+    other = ModalityRules.from_dataset_json({**rules.to_dict(), "case_modalities": {"ct_1": "MR"}})
+    assert not fingerprint_is_current(fp, other, cm)
