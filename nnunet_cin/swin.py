@@ -307,10 +307,17 @@ def patch_divisor(token_patch_size: Union[int, Sequence[int]], num_stages: int, 
 def adjust_patch_size(patch_size: Sequence[int], token_patch_size: Union[int, Sequence[int]] = 2,
                       num_stages: int = 4) -> List[int]:
     """Round every side of `patch_size` up to what patch embedding and merging need: a multiple of
-    token_patch_size * 2^num_stages (32 for Swin-UNETR's 2 and 4 stages). Windows need nothing more (smaller grids
-    shrink the window, non-multiples are padded and masked)."""
+    token_patch_size * 2^num_stages (32 for Swin-UNETR's 2 and 4 stages), with at least two tokens at the deepest
+    stage (CIN over the tokens needs statistics). Windows need nothing more (smaller grids shrink the window,
+    non-multiples are padded and masked)."""
     div = patch_divisor(token_patch_size, num_stages, len(patch_size))
-    return [int(math.ceil(s / d) * d) for s, d in zip(patch_size, div)]
+    adjusted = [int(math.ceil(s / d) * d) for s, d in zip(patch_size, div)]
+    if math.prod(a // d for a, d in zip(adjusted, div)) == 1:
+        # a single deepest token: CIN over the tokens would have no statistics (x - mean = 0). Grow the axis that
+        # the plans made longest relative to its divisor (the last one on ties) to two tokens.
+        axis = max(range(len(div)), key=lambda i: (patch_size[i] / div[i], i))
+        adjusted[axis] *= 2
+    return adjusted
 
 
 def deep_supervision_scales(token_patch_size: Union[int, Sequence[int]], num_stages: int,
@@ -427,6 +434,10 @@ class ConditionalSwinUNETR(nn.Module):
     def forward(self, x: torch.Tensor):
         size = x.shape[2:]
         pad = [(-s) % d for s, d in zip(size, self.divisor)]
+        if all(s + p == d for s, p, d in zip(size, pad, self.divisor)):
+            raise ValueError(f"input {tuple(size)} leaves a single token at the deepest stage (sides <= "
+                             f"{self.divisor}), where instance norm and CIN have no statistics: use a patch size "
+                             f"from nnunet_cin.swin.adjust_patch_size")
         if any(pad):
             x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
         out = self.decoder(self.encoder(x))

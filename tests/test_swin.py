@@ -239,6 +239,9 @@ def test_adjust_patch_size_and_scales():
     assert adjust_patch_size([80, 190, 161]) == [96, 192, 192]  # Swin-UNETR: multiples of 2 * 2^4 = 32
     assert adjust_patch_size((30, 33), (1, 2), 2) == [32, 40]
     assert adjust_patch_size([64, 96, 96]) == [64, 96, 96]
+    assert adjust_patch_size([32, 32, 32]) == [32, 32, 64]  # never a single deepest token (CIN needs statistics)
+    assert adjust_patch_size([20, 30, 12]) == [32, 64, 32]
+    assert adjust_patch_size((8, 8), 2, 2) == [8, 16]
     assert deep_supervision_scales(2, 2, 2) == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25]]
     assert deep_supervision_scales((1, 2, 2), 4, 3)[1:3] == [[1.0, 0.5, 0.5], [0.5, 0.25, 0.25]]
 
@@ -256,6 +259,12 @@ def test_awkward_plans_patch_sizes_are_padded_and_cropped(dim, size):
         outs = run(net, x, 0)
     assert [o.shape[2:] for o in outs] == [tuple(math.ceil(s * f) for s, f in zip(size, scale))
                                            for scale in deep_supervision_scales(2, 2, dim)]
+
+
+def test_single_deepest_token_is_refused():
+    with pytest.raises(ValueError, match="single token"):
+        run(tiny(2), torch.randn(1, 1, 8, 5), 0)
+    assert run(tiny(2), torch.randn(1, 1, 8, 9), 0).shape == (1, 3, 8, 9)
 
 
 def test_anisotropic_token_patch():
