@@ -1,0 +1,77 @@
+"""Per-modality fingerprint (CINFingerprintExtractor) vs nnU-Net's plain DatasetFingerprintExtractor, same data.
+
+    python benchmarks/bench_fingerprint.py [--ct 8] [--mr 8] [--shape 48] [--np 2] [--repeats 3] [--keep DIR]
+
+Generates a two-modality dataset (nnunet_cin.synthetic) in a temporary nnUNet_raw, then runs both extractors
+--repeats times each, interleaved (plain, ours, plain, ours, ...) so that machine noise hits both alike, with
+nnU-Net's default number of foreground samples (1e8; nnUnet_cin_fingerprint_samples is ignored here). Prints a
+Markdown table of the median wall times and their ratio, and whether the dataset-wide statistics agree.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ct", type=int, default=8, help="CT cases")
+    p.add_argument("--mr", type=int, default=8, help="MR cases")
+    p.add_argument("--shape", type=int, default=48, help="edge length of the generated volumes")
+    p.add_argument("--np", type=int, default=2, help="worker processes of both extractors")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--keep", default=None, help="use/keep this folder instead of a temporary one")
+    args = p.parse_args()
+
+    root = args.keep or tempfile.mkdtemp(prefix="bench_fingerprint_")
+    for k, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
+        os.environ[k] = os.path.join(root, sub)  # nnunetv2.paths reads these at import time: set them first
+        os.makedirs(os.environ[k], exist_ok=True)
+    os.environ.pop("nnUNet_cin_fingerprint_samples", None)
+
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    from nnunet_cin.fingerprint import CINFingerprintExtractor
+    from nnunet_cin.synthetic import write_nnunet_dataset
+
+    dataset_id = 997
+    if not os.path.isdir(os.path.join(root, "raw", "Dataset997_BenchFingerprint")):
+        write_nnunet_dataset(os.path.join(root, "raw"), dataset_id, "BenchFingerprint",
+                             cases_per_modality={"CT": args.ct, "MR": args.mr}, shape=(args.shape,) * 3)
+
+    times = {"plain": [], "cin": []}
+    results = {}
+    for _ in range(args.repeats):
+        for name, cls in (("plain", DatasetFingerprintExtractor), ("cin", CINFingerprintExtractor)):
+            fpe = cls(dataset_id, args.np, verbose=False)
+            fpe.show_progress_bar = False
+            t = time.perf_counter()
+            results[name] = fpe.run(overwrite_existing=True)
+            times[name].append(time.perf_counter() - t)
+
+    a, b = statistics.median(times["cin"]), statistics.median(times["plain"])
+    ds_plain = results["plain"]["foreground_intensity_properties_per_channel"]
+    ds_plain = ds_plain.get("0", ds_plain.get(0))
+    ds_cin = results["cin"]["foreground_intensity_properties_per_channel"]["0"]
+    worst = max(abs(ds_cin[k] - ds_plain[k]) / max(abs(ds_plain[k]), 1e-12) for k in ds_plain)
+
+    print(f"{args.ct} CT + {args.mr} MR cases of {args.shape}^3 voxels, {args.np} worker processes, "
+          f"{args.repeats} runs each (interleaved), {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    print()
+    print(f"| {'fingerprint':34} | {'median s':>9} | {'runs (s)':>24} |")
+    print(f"|{'-' * 36}|{'-' * 10}:|{'-' * 25}:|")
+    for name, label in (("plain", "nnU-Net DatasetFingerprintExtractor"), ("cin", "CINFingerprintExtractor")):
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"| {label:34} | {statistics.median(times[name]):9.2f} | {runs:>24} |")
+    print(f"| {'ratio (ours / plain)':34} | {a / b:9.3f} | {'target <= 1.05':>24} |")
+    print()
+    print(f"dataset-wide intensity statistics, ours vs plain: largest relative difference {worst:.1e}")
+    if not args.keep:
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
