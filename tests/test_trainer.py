@@ -1,0 +1,406 @@
+"""nnUNetTrainerCIN and its baselines through nnU-Net's real entry points (`nnUNetv2_plan_and_preprocess`,
+`nnUNetv2_train`, nnU-Net's trainer lookup and pretrained-weights loader), on tiny generated CT + MR data.
+
+The data is planned once per module with plain nnU-Net plans (the trainer converts the architecture), plus a copy of
+the plans with a narrower U-Net ("nnUNetPlansTiny", same preprocessed data) to keep CPU runs short. The short-run
+trainers are users' subclasses in their own folder on nnUNet_extTrainer, next to ours, as the README tells users to
+do.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+import nnunet_cin.trainers
+from nnunet_cin.cin import cin_layers
+from nnunet_cin.synthetic import write_nnunet_dataset
+
+DATASET_ID, DATASET = 999, "Dataset999_SyntheticHeart"
+PLANS = "nnUNetPlansTiny"
+OURS = nnunet_cin.trainers.__path__[0]
+BIN = Path(sys.executable).parent
+
+USER_TRAINERS = '''
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN  # ours: imported absolutely
+
+
+class nnUNetTrainerCINTest(nnUNetTrainerCIN):
+    """A user's variant: a few iterations per epoch."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("CIN_TEST_EPOCHS", "1"))
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get("CIN_TEST_SKIP_VAL") != "1":
+            super().perform_actual_validation(save_probabilities)
+'''
+
+
+def modality_of(case: str) -> int:
+    """The expected conditioning index, from the case id alone (dataset.json: ["CT", "MR"], "^ct_", "^mr_")."""
+    return {"ct_": 0, "mr_": 1}[case[:3]]
+
+
+def run(command, env, extra=None):
+    result = subprocess.run([str(c) for c in command], env={**env, **(extra or {})}, capture_output=True, text=True,
+                            timeout=900)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{out[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    paths = {n: root / n for n in ("raw", "preprocessed", "results", "user_trainers")}
+    for p in paths.values():
+        p.mkdir()
+    (paths["user_trainers"] / "nnUNetTrainerCINTest.py").write_text(USER_TRAINERS)
+    env = {**os.environ, "nnUNet_raw": str(paths["raw"]), "nnUNet_preprocessed": str(paths["preprocessed"]),
+           "nnUNet_results": str(paths["results"]), "nnUNet_compile": "false", "nnUNet_def_n_proc": "1",
+           "nnUNet_n_proc_DA": "0", "OMP_WAIT_POLICY": "PASSIVE",  # nnU-Net -device cpu runs 2 threads: no spinning
+           "nnUNet_extTrainer": os.pathsep.join([str(paths["user_trainers"]), OURS])}
+    write_nnunet_dataset(paths["raw"], DATASET_ID, cases_per_modality={"CT": 4, "MR": 4}, shape=(24, 24, 24))
+    # planning needs nnUNet_n_proc_DA >= 1 (nnU-Net sets torch's thread count from it)
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "3d_fullres", "-np", "1", "-npfp", "1"],
+        env, {"nnUNet_n_proc_DA": "1"})
+    folder = paths["preprocessed"] / DATASET
+    plans = load_json(folder / "nnUNetPlans.json")
+    plans["plans_name"] = PLANS  # same data_identifier: same preprocessed data
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 16]
+    (folder / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
+    return paths, env
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in this process: busy-waiting OpenMP threads are pathologically slow on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def local(planned, nnunet_env):
+    """In-process nnU-Net: conftest's fresh folders, with the module's preprocessed dataset linked in."""
+    paths, _ = planned
+    (nnunet_env.preprocessed / DATASET).symlink_to(paths["preprocessed"] / DATASET)
+    return nnunet_env
+
+
+def make_trainer(trainer_name="nnUNetTrainerCIN", configuration="3d_fullres", fold=0, plans=PLANS):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args(str(DATASET_ID), configuration, fold, trainer_name, plans,
+                                    device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def trained(planned):
+    """nnUNetv2_train for 1 epoch (final validation skipped), then `--c` to epoch 2 with the final validation."""
+    paths, env = planned
+    train = [BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
+             "-device", "cpu"]
+    first = run(train, env, {"CIN_TEST_EPOCHS": "1", "CIN_TEST_SKIP_VAL": "1"})
+    fold = paths["results"] / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_0"
+    after_first = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    resumed = run(train + ["--c"], env, {"CIN_TEST_EPOCHS": "2"})
+    return fold, first, after_first, resumed
+
+
+def test_train_end_to_end(trained, planned):
+    fold, first, after_first, resumed = trained
+    assert "these are plain nnU-Net plans" in first  # the warning for plain plans
+    assert after_first["modalities"] == ["CT", "MR"] and after_first["current_epoch"] == 1
+    assert after_first["trainer_name"] == "nnUNetTrainerCINTest"
+
+    # --c continued from epoch 1 (no new epoch 0) and finished epoch 2 with the same modalities
+    assert "Epoch 1" in resumed and "Epoch 0" not in resumed
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["modalities"] == ["CT", "MR"] and final["current_epoch"] == 2
+    for m in ("CT", "MR"):
+        assert len(final["logging"][f"mean_fg_dice/{m}"]) == 2  # the per-modality pseudo-Dice, one per epoch
+    assert final["logging"]["mean_fg_dice/CT"][0] == after_first["logging"]["mean_fg_dice/CT"][0] or \
+        np.isnan(after_first["logging"]["mean_fg_dice/CT"][0])
+    # the CIN layers were trained per modality: the rows differ after two epochs of mixed batches
+    cin_weights = [v for k, v in final["network_weights"].items() if k.endswith(".norm.weight") and v.dim() == 2]
+    assert cin_weights and all(w.shape[0] == 2 for w in cin_weights)
+    assert any(not torch.equal(w[0], w[1]) for w in cin_weights)
+
+    assert (fold / "progress.png").stat().st_size > 0
+    summary = load_json(fold / "validation" / "summary.json")
+    assert set(summary["foreground_mean_per_modality"]) == {"CT", "MR"}
+    paths, _ = planned
+    splits = load_json(paths["preprocessed"] / DATASET / "splits_final.json")
+    for m, name in ((0, "CT"), (1, "MR")):  # mean over the modality's cases per label, then over labels
+        per_case = [c["metrics"] for c in summary["metric_per_case"]
+                    if modality_of(Path(c["prediction_file"]).name) == m]
+        assert per_case
+        labels = per_case[0].keys()
+        expected = np.nanmean([np.nanmean([c[k]["Dice"] for c in per_case]) for k in labels])
+        assert summary["foreground_mean_per_modality"][name]["Dice"] == pytest.approx(expected, nan_ok=True)
+    assert "Validation Dice per modality" in resumed
+
+    # nnU-Net created the folds (our trainer stratifies them): every fold validates on both modalities
+    assert len(splits) == 5
+    for m in (0, 1):
+        folds_with_m = [i for i, s in enumerate(splits) if any(modality_of(c) == m for c in s["val"])]
+        assert len(folds_with_m) == 4  # 4 cases of each modality land in 4 distinct folds
+
+
+def test_val_only(trained, planned):
+    fold = trained[0]
+    _, env = planned
+    (fold / "validation" / "summary.json").unlink()
+    out = run([BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
+               "-device", "cpu", "--val"], env)
+    assert "Validation Dice per modality" in out
+    summary = load_json(fold / "validation" / "summary.json")
+    assert set(summary["per_modality"]["modalities"]) == {"CT", "MR"}
+
+
+def test_pretrained_plain_to_conditional(planned, local):
+    """A plain nnU-Net checkpoint does not fit the conditional network as it is (nnU-Net's own loader refuses it);
+    convert_checkpoint makes it fit, and nnUNetv2_train -pretrained_weights then trains from it."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    from nnunet_cin.checkpoints import convert_checkpoint
+
+    paths, env = planned
+    plain = make_trainer("nnUNetTrainer")
+    with torch.no_grad():
+        for p in plain.network.parameters():
+            p.add_(torch.randn_like(p))  # distinct affine values per channel
+    plain.save_checkpoint(str(local.results / "plain.pth"))
+    plain_weights = torch.load(local.results / "plain.pth", weights_only=False)["network_weights"]
+
+    target = make_trainer("nnUNetTrainerCIN", fold=1)
+    with pytest.raises(AssertionError):
+        load_pretrained_weights(target.network, str(local.results / "plain.pth"))
+
+    converted = local.results / "plain_as_cin.pth"
+    convert_checkpoint(str(local.results / "plain.pth"), str(converted), DATASET_ID, "3d_fullres", PLANS,
+                       "nnUNetTrainerCIN")
+    saved = torch.load(converted, weights_only=False)
+    assert saved["modalities"] == ["CT", "MR"]
+    load_pretrained_weights(target.network, str(converted))  # nnU-Net's own loader
+    state = target.network.state_dict()
+    n_cin = 0
+    for key, value in plain_weights.items():
+        if ".seg_layers." in key:
+            continue
+        if state[key].dim() == value.dim() + 1:  # a CIN row per modality, each the plain affine
+            n_cin += 1
+            for m in range(2):
+                torch.testing.assert_close(state[key][m], value)
+        else:
+            torch.testing.assert_close(state[key], value)
+    assert n_cin > 0
+
+    out = run([BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 1, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
+               "-device", "cpu", "-pretrained_weights", converted], env, {"CIN_TEST_SKIP_VAL": "1"})
+    assert "Loading pretrained weights" in out
+    assert (paths["results"] / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_1" /
+            "checkpoint_final.pth").is_file()
+
+
+def test_conditional_checkpoint_loads_directly(trained, local):
+    """A conditional trainer's checkpoint is a valid -pretrained_weights file for another conditional run (nnU-Net's
+    loader, no conversion); for a plain baseline it converts (CIN rows averaged)."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    from nnunet_cin.checkpoints import convert_checkpoint
+
+    checkpoint = trained[0] / "checkpoint_final.pth"
+    source = torch.load(checkpoint, weights_only=False)["network_weights"]
+    target = make_trainer("nnUNetTrainerCIN_5epochs", fold=2)
+    load_pretrained_weights(target.network, str(checkpoint))
+    for key, value in target.network.state_dict().items():
+        if ".seg_layers." not in key:
+            torch.testing.assert_close(value, source[key])
+
+    joint_file = local.results / "cin_as_joint.pth"
+    convert_checkpoint(str(checkpoint), str(joint_file), DATASET_ID, "3d_fullres", PLANS, "nnUNetTrainerJoint")
+    joint = make_trainer("nnUNetTrainerJoint", fold=2)
+    load_pretrained_weights(joint.network, str(joint_file))
+    key = next(k for k, v in source.items() if v.dim() == 2 and k.endswith("norm.weight"))
+    torch.testing.assert_close(joint.network.state_dict()[key], source[key].mean(0))
+    with pytest.raises(FileNotFoundError, match="plans"):
+        convert_checkpoint(str(checkpoint), str(joint_file), DATASET_ID, "3d_fullres", "nnUNetPlansMissing")
+
+
+# --------------------------------------------------------------------------------------- modality reaches CIN
+class ContextSpy:
+    """Records, for every call of every CIN layer, the per-sample modality the layer was conditioned on."""
+
+    def __init__(self, network):
+        self.calls = []
+        self.handles = [layer.register_forward_pre_hook(self._hook) for layer in cin_layers(network)]
+        assert self.handles, "the network has no CIN layer"
+
+    def _hook(self, layer, args):
+        x = args[0]
+        m = layer.context_modality
+        m = torch.full((x.shape[0],), m) if isinstance(m, int) else m.expand(x.shape[0])
+        self.calls.append(m.tolist())
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def check_conditioning(trainer, batches, step="train_step"):
+    """Run `step` on the batches; every CIN call must see the batch's (or sub-batch's) case modalities."""
+    seen = set()
+    for batch in batches:
+        spy = ContextSpy(trainer.network)
+        try:
+            getattr(trainer, step)(batch)
+        finally:
+            spy.remove()
+        expected = [modality_of(k) for k in batch["keys"]]
+        seen.update(expected)
+        if step == "train_step":
+            mismatched = [c for c in spy.calls if c != expected]
+        else:  # validation: one forward per modality present, each on that modality's samples
+            mismatched = [c for c in spy.calls if len(set(c)) != 1 or c[0] not in expected
+                          or len(c) != expected.count(c[0])]
+        if mismatched:
+            return False, seen
+    return True, seen
+
+
+def mixed_batches(trainer, n=6):
+    """Batches from the trainer's own training loader, made to hold both modalities where the sampler did not."""
+    np.random.seed(0)
+    batches = [next(trainer.dataloader_train) for _ in range(n)]
+    if not any(len({modality_of(k) for k in b["keys"]}) == 2 for b in batches):
+        pytest.fail("the mixed sampler gave no mixed batch in 6 draws (p < 0.02 with equal shares)")
+    return batches
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_network_gets_each_samples_modality(local, configuration):
+    trainer = make_trainer("nnUNetTrainerCIN", configuration)
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    batches = mixed_batches(trainer)
+    ok, seen = check_conditioning(trainer, batches, "train_step")
+    assert ok and seen == {0, 1}
+    trainer.network.eval()
+    with torch.no_grad():
+        ok, _ = check_conditioning(trainer, batches, "validation_step")
+    assert ok
+
+    # the check catches a wrong-modality bug: a trainer that conditions the batch on its first sample's modality
+    class FirstSampleOnly(type(trainer)):
+        def conditioned_on(self, keys):
+            return super().conditioned_on([keys[0]] * len(keys))
+
+    trainer.__class__ = FirstSampleOnly
+    ok, _ = check_conditioning(trainer, [b for b in batches if len({modality_of(k) for k in b["keys"]}) == 2])
+    assert not ok
+
+
+def test_final_validation_conditions_each_case(local):
+    """nnU-Net's perform_actual_validation loads each case through self.dataset_class and then predicts it: while it
+    does, the network is conditioned on that case's modality."""
+    trainer = make_trainer("nnUNetTrainerCIN")
+    keys = sorted(trainer.dataset_class.get_identifiers(trainer.preprocessed_dataset_folder))
+    with trainer._conditioned_case_loading():
+        dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys)
+        for k in keys:
+            data = torch.from_numpy(dataset.load_case(k)[0][:][None, :, :24, :24, :24].copy())
+            data = torch.nn.functional.pad(data, [0, 24 - data.shape[-1], 0, 24 - data.shape[-2],
+                                                  0, 24 - data.shape[-3]])
+            spy = ContextSpy(trainer.network)
+            with torch.no_grad():
+                trainer.network(data)
+            spy.remove()
+            assert spy.calls and all(c == [modality_of(k)] for c in spy.calls), k
+    assert all(layer.context_modality is None for layer in cin_layers(trainer.network))
+
+
+# ------------------------------------------------------------------------------------------------- baselines
+def test_baselines(local):
+    joint = make_trainer("nnUNetTrainerJoint")
+    assert not cin_layers(joint.network)
+    joint.dataloader_train, joint.dataloader_val = joint.get_dataloaders()
+    assert np.isfinite(joint.train_step(next(joint.dataloader_train))["loss"])
+
+    alternate = make_trainer("nnUNetTrainerJointAlternate")
+    assert not cin_layers(alternate.network)
+    alternate.dataloader_train, alternate.dataloader_val = alternate.get_dataloaders()
+    # get_dataloaders drew one warm-up batch (batch 0, CT): the stream goes on with MR, CT, ...
+    modalities = [{modality_of(k) for k in next(alternate.dataloader_train)["keys"]} for _ in range(4)]
+    assert modalities == [{1}, {0}, {1}, {0}]
+
+    single = make_trainer("nnUNetTrainerSingleModality_MR")
+    assert not cin_layers(single.network) and single.modalities == ["MR"]
+    tr_keys, val_keys = single.do_split()
+    assert tr_keys and val_keys and all(modality_of(k) == 1 for k in tr_keys + val_keys)
+    single.dataloader_train, single.dataloader_val = single.get_dataloaders()
+    assert all(modality_of(k) == 1 for _ in range(3) for k in next(single.dataloader_train)["keys"])
+    single.save_checkpoint(str(local.results / "single.pth"))
+    assert torch.load(local.results / "single.pth", weights_only=False)["modalities"] == ["MR"]
+    with pytest.raises(ValueError, match="was trained for modalities"):  # an MR-only model is not a CT+MR model
+        joint.load_checkpoint(str(local.results / "single.pth"))
+
+    with pytest.raises(ValueError, match="XR"):
+        make_trainer("nnUNetTrainerSingleModality_XR")
+
+
+def test_trainer_names_found_by_nnunet(planned, monkeypatch):
+    """nnU-Net's own lookup finds our trainers, their short schedules and a user's subclass in another folder."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    paths, env = planned
+    monkeypatch.setenv("nnUNet_extTrainer", env["nnUNet_extTrainer"])
+    expected = {"nnUNetTrainerCIN": None, "nnUNetTrainerCIN_1epoch": 1, "nnUNetTrainerCIN_250epochs": 250,
+                "nnUNetTrainerJoint_5epochs": 5, "nnUNetTrainerJointAlternate_20epochs": 20,
+                "nnUNetTrainerSingleModality_CT": None, "nnUNetTrainerSingleModality_MR_50epochs": 50,
+                "nnUNetTrainerCINTest": None}
+    for name, epochs in expected.items():
+        cls = recursive_find_trainer_class_by_name(name)
+        assert cls.__name__ == name and cls.schedule_epochs == epochs
+        assert any(base.__name__ == "nnUNetTrainerCIN" for base in cls.__mro__)
+    with pytest.raises(RuntimeError, match="Could not find"):
+        recursive_find_trainer_class_by_name("nnUNetTrainerCIN_7epochs")
+
+
+def test_short_schedule_sets_epochs(local):
+    trainer = make_trainer("nnUNetTrainerJointAlternate_10epochs")
+    assert trainer.num_epochs == 10 and trainer.modality_sampling == "alternate" and not trainer.conditioned
+
+
+def test_stratified_split():
+    from nnunet_cin.splits import stratified_crossval_split
+
+    cases = [f"ct_{i:04d}" for i in range(7)] + [f"mr_{i:04d}" for i in range(3)]
+    splits = stratified_crossval_split(cases, {c: c[:2] for c in cases})
+    assert len(splits) == 5
+    assert sorted(sum((s["val"] for s in splits), [])) == sorted(cases)
+    for s in splits:
+        assert set(s["train"]) | set(s["val"]) == set(cases) and not set(s["train"]) & set(s["val"])
+        assert len(s["val"]) == 2
+    assert splits == stratified_crossval_split(cases, {c: c[:2] for c in cases})  # seeded
+    assert sorted(len([c for c in s["val"] if c.startswith("mr")]) for s in splits) == [0, 0, 1, 1, 1]
