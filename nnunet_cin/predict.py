@@ -1,0 +1,612 @@
+"""Inference per modality: nnU-Net's predictor, told each case's modality.
+
+    nnUNetv2_predict_cin -i INPUT -o OUTPUT -d DATASET -c 3d_fullres [-f 0 1 ...] [-m CT] [every nnUNetv2_predict flag]
+    nnUNetv2_predict_cin_from_modelfolder -i INPUT -o OUTPUT -m MODEL_FOLDER [--modality CT] [...]
+
+How a case's modality reaches the network:
+1. `nnUNetPredictorCIN.case_modalities` resolves every input case BEFORE anything is written: `-m NAME` for all
+   cases, else the rules of the model's dataset.json (nnunet_cin.modalities). An unresolvable case, or a modality
+   the model was not trained on, is a ModalityError listing the cases and the valid names.
+2. Preprocessing: the plans' preprocessor (CINPreprocessor for nnUNetPlansCIN: the modality's normalization) runs
+   inside nnU-Net's own data iterators; `ModalityConfigurationManager.preprocessor_class` hands them a
+   `ModalityPreprocessor` that knows the resolved modality of each case and stores it in the case properties
+   (properties["modality"], properties["modality_index"]).
+3. Prediction: every case's sliding-window prediction (all patches, all mirrored copies, every fold of an ensemble)
+   runs inside `nnunet_cin.condition(network, index)` with the modality of the properties of that case. Plain
+   networks (Joint / single-modality baselines) are not conditioned, but still get per-modality preprocessing.
+Everything else (sliding window, Gaussian weighting, mirroring, fold ensembling, resampling, export,
+--save_probabilities, -num_parts/-part_id, --continue_prediction) is nnU-Net's: the outputs are nnU-Net's, so
+nnUNetv2_ensemble and nnUNetv2_apply_postprocessing work on them as usual.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+from contextlib import contextmanager
+from copy import deepcopy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json, subdirs
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.inference.export_prediction import (convert_predicted_logits_to_segmentation_with_correct_shape,
+                                                  export_prediction_from_logits)
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from nnunetv2.utilities.helpers import empty_cache
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_image_file
+from nnunet_cin.preprocessing import CINPreprocessor
+
+CIN_PREPROCESSOR = CINPreprocessor.__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# preprocessing: the plans' preprocessor, told the modality of each case
+
+
+class ModalityPreprocessor:
+    """The plans' preprocessor for one prediction run, with the resolved modality of every input case.
+
+    nnU-Net's data iterators create it through `configuration_manager.preprocessor_class(verbose=...)` (in their
+    worker processes) and call `run_case` / `run_case_npy` without a modality: it adds the case's modality, passes it
+    to CINPreprocessor (which normalizes with the modality's scheme and statistics), and records it in the case
+    properties for any preprocessor, which is where the predictor reads it back."""
+
+    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str],
+                 verbose: bool = False):
+        self.base = base_class(verbose=verbose)
+        self.modalities = list(modalities)
+        self.case_modalities = dict(case_modalities)
+        self.takes_modality = issubclass(base_class, CINPreprocessor)
+
+    def modality_of_files(self, image_files: List[str], file_ending: str) -> str:
+        case_id = case_id_from_image_file(image_files[0], file_ending)
+        if case_id not in self.case_modalities:
+            raise ModalityError(f'case "{case_id}" ({image_files[0]}) was not among the cases whose modality was '
+                                f'resolved for this prediction run')
+        return self.case_modalities[case_id]
+
+    def _tag(self, properties: dict, modality: str) -> dict:
+        properties["modality"] = modality
+        properties["modality_index"] = self.modalities.index(modality)
+        return properties
+
+    def run_case(self, image_files, seg_file, plans_manager, configuration_manager, dataset_json):
+        if isinstance(dataset_json, str):
+            dataset_json = load_json(dataset_json)
+        modality = self.modality_of_files(image_files, dataset_json["file_ending"])
+        extra = {"modality": modality} if self.takes_modality else {}
+        data, seg, properties = self.base.run_case(image_files, seg_file, plans_manager, configuration_manager,
+                                                   dataset_json, **extra)
+        return data, seg, self._tag(properties, modality)
+
+    def run_case_npy(self, data, seg, properties, plans_manager, configuration_manager, dataset_json):
+        modality = properties.get("modality")
+        if modality not in self.modalities:
+            raise ModalityError(f"image properties name modality {modality!r}; this model serves {self.modalities}")
+        extra = {"modality": modality} if self.takes_modality else {}
+        data, seg, properties = self.base.run_case_npy(data, seg, properties, plans_manager, configuration_manager,
+                                                       dataset_json, **extra)
+        return data, seg, self._tag(properties, modality)
+
+
+class ModalityPreprocessorFactory:
+    """What `ModalityConfigurationManager.preprocessor_class` returns: called like a preprocessor class. Picklable,
+    so that nnU-Net's spawned preprocessing workers receive it with the configuration manager."""
+
+    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str]):
+        self.base_class, self.modalities, self.case_modalities = base_class, list(modalities), dict(case_modalities)
+
+    def __call__(self, verbose: bool = False) -> ModalityPreprocessor:
+        return ModalityPreprocessor(self.base_class, self.modalities, self.case_modalities, verbose)
+
+
+class ModalityConfigurationManager(ConfigurationManager):
+    """nnU-Net's ConfigurationManager whose `preprocessor_class` is our preprocessor for the current run.
+
+    nnU-Net finds the preprocessor by name inside its own package, which cannot see CINPreprocessor: this is the one
+    place where inference picks it (plans whose preprocessor_name is CINPreprocessor, or that carry per-modality
+    normalization in plans["cin"]); other plans keep nnU-Net's preprocessor."""
+
+    def __init__(self, configuration_dict: dict, per_modality_normalization: bool, modalities: Sequence[str]):
+        super().__init__(configuration_dict)
+        self.per_modality_normalization = per_modality_normalization
+        self.modalities = list(modalities)
+        self.case_modalities: Dict[str, str] = {}
+
+    @property
+    def base_preprocessor_class(self) -> type:
+        if self.per_modality_normalization or self.preprocessor_name == CIN_PREPROCESSOR:
+            return CINPreprocessor
+        cls = super().preprocessor_class
+        if cls is None:
+            raise RuntimeError(f"preprocessor {self.preprocessor_name!r} named by the plans was not found in nnU-Net")
+        return cls
+
+    @property
+    def preprocessor_class(self) -> ModalityPreprocessorFactory:
+        return ModalityPreprocessorFactory(self.base_preprocessor_class, self.modalities, self.case_modalities)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the predictor
+
+
+class nnUNetPredictorCIN(nnUNetPredictor):
+    """nnU-Net's predictor for models of nnunet-cin: every case is preprocessed with its modality's normalization and
+    (for conditional networks) predicted with the network conditioned on its modality.
+
+    After `initialize_from_trained_model_folder`: `modalities` (the model's, in conditioning order, from its
+    checkpoints), `rules` (the model's dataset.json rules) and `conditioned` (whether the network has CIN layers).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.modalities: Optional[List[str]] = None
+        self.rules: Optional[ModalityRules] = None
+        self.conditioned = False
+        self.current_modality: Optional[str] = None  # modality of the case being predicted
+
+    # ------------------------------------------------------------------------------------------------ model loading
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
+                                             use_folds: Union[Tuple[Union[int, str]], None],
+                                             checkpoint_name: str = 'checkpoint_final.pth'):
+        """nnU-Net's, plus: clear errors for a missing model folder or fold, and the model's modalities (recorded in
+        every fold's checkpoint as checkpoint["modalities"]; all folds must agree)."""
+        folds = check_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        super().initialize_from_trained_model_folder(model_training_output_dir, folds, checkpoint_name)
+        recorded = []
+        for f in folds:
+            ckpt = torch.load(join(model_training_output_dir, f'fold_{f}', checkpoint_name), map_location='cpu',
+                              weights_only=False, mmap=True)
+            recorded.append(ckpt.get("modalities"))
+        if any(r != recorded[0] for r in recorded):
+            raise ModalityError(f"the folds {list(folds)} of {model_training_output_dir} were trained for different "
+                                f"modalities: {recorded}")
+        modalities = recorded[0] or self.plans_manager.plans.get("cin", {}).get("modalities")
+        self.set_modalities(modalities, source=join(model_training_output_dir, 'dataset.json'))
+
+    def set_modalities(self, modalities: Optional[Sequence[str]], source: Optional[str] = None):
+        """The model's modalities (conditioning order) and the dataset.json rules for new cases. Called by
+        `initialize_from_trained_model_folder`; call it after nnU-Net's `manual_initialization`."""
+        if not modalities:
+            raise ModalityError(f"the model ({self.trainer_name}) records no modalities (no checkpoint['modalities'], "
+                                f"no plans['cin']['modalities']): it was not trained by an nnunet-cin trainer; use "
+                                f"nnUNetv2_predict for plain nnU-Net models")
+        self.modalities = list(modalities)
+        self.rules = ModalityRules.from_dataset_json(self.dataset_json, source=source)
+        layers = cin_layers(self.network)
+        self.conditioned = bool(layers)
+        if layers and layers[0].num_modalities != len(self.modalities):
+            raise ModalityError(f"the network has {layers[0].num_modalities} modality rows per CIN layer but the "
+                                f"checkpoint records {len(self.modalities)} modalities {self.modalities}")
+        cin = self.plans_manager.plans.get("cin", {})
+        self.configuration_manager = ModalityConfigurationManager(
+            self.configuration_manager.configuration, "normalization_schemes" in cin, self.modalities)
+
+    # ----------------------------------------------------------------------------------------------------- modality
+    def _check_name(self, modality: str) -> str:
+        if modality not in self.modalities:
+            raise ModalityError(f'unknown modality "{modality}": this model was trained on {self.modalities}; use '
+                                f'one of these names')
+        return modality
+
+    def case_modalities(self, case_ids: Sequence[str], modality: Optional[str] = None) -> Dict[str, str]:
+        """{case id: modality name}: `modality` for every case, else the model's dataset.json rules. One ModalityError
+        lists every case that cannot be resolved (or whose modality the model was not trained on) and the valid
+        names."""
+        if self.modalities is None:
+            raise RuntimeError("initialize the predictor first (initialize_from_trained_model_folder)")
+        if modality is not None:
+            self._check_name(modality)
+            return {c: modality for c in case_ids}
+        hint = (f"\nThis model's modalities: {self.modalities}. Pass -m NAME (Python: modality=NAME) to set the "
+                f"modality of every input case.")
+        try:
+            resolved = self.rules.resolve(case_ids)
+        except ModalityError as e:
+            raise ModalityError(f"{e}{hint}") from None
+        untrained = {c: m for c, m in resolved.items() if m not in self.modalities}
+        if untrained:
+            raise ModalityError(f"{len(untrained)} case(s) are of a modality this model was not trained on: "
+                                + ", ".join(f'"{c}" ({m})' for c, m in untrained.items()) + hint)
+        return resolved
+
+    def input_lists(self, list_of_lists_or_source_folder: Union[str, List[List[str]]]) -> List[List[str]]:
+        if isinstance(list_of_lists_or_source_folder, str):
+            if not isdir(list_of_lists_or_source_folder):
+                raise FileNotFoundError(f"input folder {list_of_lists_or_source_folder} does not exist")
+            return create_lists_from_splitted_dataset_folder(list_of_lists_or_source_folder,
+                                                             self.dataset_json['file_ending'])
+        return list_of_lists_or_source_folder
+
+    @contextmanager
+    def _for_cases(self, case_modalities: Dict[str, str]):
+        """Hand the resolved modalities to the preprocessing of this run."""
+        previous = self.configuration_manager.case_modalities
+        self.configuration_manager.case_modalities = dict(case_modalities)
+        try:
+            yield
+        finally:
+            self.configuration_manager.case_modalities = previous
+
+    @contextmanager
+    def conditioned_on(self, modality: Optional[str]):
+        """Predictions inside this block are for a case of `modality` (None: no case)."""
+        previous = self.current_modality
+        self.current_modality = None if modality is None else self._check_name(modality)
+        try:
+            yield
+        finally:
+            self.current_modality = previous
+
+    # -------------------------------------------------------------------------------------------------- prediction
+    @torch.inference_mode()
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> Union[np.ndarray, torch.Tensor]:
+        """nnU-Net's sliding window (all patches, mirrored copies), inside condition(network, case modality)."""
+        if not self.conditioned:
+            return super().predict_sliding_window_return_logits(input_image)
+        if self.current_modality is None:
+            raise RuntimeError("the modality of this case is unknown: predict through predict_from_files / "
+                               "predict_single_npy_array(..., modality=...), or inside `with "
+                               "predictor.conditioned_on(NAME):`")
+        with condition(self.network, self.modalities.index(self.current_modality)):
+            return super().predict_sliding_window_return_logits(input_image)
+
+    def _cases_conditioned(self, data_iterator):
+        """nnU-Net's predict_from_data_iterator takes a case from the iterator, then predicts it: condition on the
+        modality in the properties of the case taken last."""
+        for item in data_iterator:
+            modality = item['data_properties'].get('modality')
+            if modality is None:
+                raise ModalityError("a preprocessed case carries no properties['modality']; preprocess with "
+                                    "nnunet_cin's preprocessor (predict_from_files / get_data_iterator_*)")
+            self.current_modality = self._check_name(modality)
+            yield item
+
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = default_num_processes):
+        previous = self.current_modality
+        try:
+            return super().predict_from_data_iterator(self._cases_conditioned(data_iterator), save_probabilities,
+                                                      num_processes_segmentation_export)
+        finally:
+            self.current_modality = previous
+            if isinstance(data_iterator, MultiThreadedAugmenter):  # nnU-Net finishes it only when it sees it
+                data_iterator._finish()
+
+    def predict_from_files(self, list_of_lists_or_source_folder: Union[str, List[List[str]]],
+                           output_folder_or_list_of_truncated_output_files: Union[str, None, List[str]],
+                           save_probabilities: bool = False, overwrite: bool = True,
+                           num_processes_preprocessing: int = default_num_processes,
+                           num_processes_segmentation_export: int = default_num_processes,
+                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0,
+                           modality: Optional[str] = None):
+        """nnU-Net's predict_from_files; `modality` (a name) applies to every case, None: the model's rules. Every
+        case's modality is resolved before anything is written.
+
+        The body is nnU-Net 2.8's: nnU-Net records its arguments by inspecting the signature of
+        `self.predict_from_files`, which fails for an added argument, so super() cannot be called."""
+        if not 0 <= part_id < num_parts:
+            raise ValueError(f"part_id must be in 0..{num_parts - 1} (num_parts={num_parts}), got {part_id}")
+        lists = self.input_lists(list_of_lists_or_source_folder)
+        case_ids = [case_id_from_image_file(i[0], self.dataset_json['file_ending']) for i in lists[part_id::num_parts]]
+        case_modalities = self.case_modalities(case_ids, modality)
+        self._check_previous_stage(folder_with_segs_from_prev_stage)
+        self._save_run_arguments(output_folder_or_list_of_truncated_output_files, {
+            "list_of_lists_or_source_folder": list_of_lists_or_source_folder,
+            "output_folder_or_list_of_truncated_output_files": output_folder_or_list_of_truncated_output_files,
+            "save_probabilities": save_probabilities, "overwrite": overwrite,
+            "num_processes_preprocessing": num_processes_preprocessing,
+            "num_processes_segmentation_export": num_processes_segmentation_export,
+            "folder_with_segs_from_prev_stage": folder_with_segs_from_prev_stage, "num_parts": num_parts,
+            "part_id": part_id, "modality": modality})
+        lists, output_filename_truncated, seg_from_prev_stage_files = self._manage_input_and_output_lists(
+            lists, output_folder_or_list_of_truncated_output_files, folder_with_segs_from_prev_stage, overwrite,
+            part_id, num_parts, save_probabilities)
+        if len(lists) == 0:
+            return
+        # nnU-Net's iterator is a generator: its workers start (and receive the configuration manager) on first use
+        with self._for_cases(case_modalities):
+            data_iterator = self._internal_get_data_iterator_from_lists_of_filenames(
+                lists, seg_from_prev_stage_files, output_filename_truncated, num_processes_preprocessing)
+            return self.predict_from_data_iterator(data_iterator, save_probabilities,
+                                                   num_processes_segmentation_export)
+
+    def _save_run_arguments(self, output_folder_or_list_of_truncated_output_files, arguments: dict):
+        """As nnU-Net: the arguments, dataset.json and plans.json next to the predictions (postprocessing and
+        ensembling read them)."""
+        if isinstance(output_folder_or_list_of_truncated_output_files, str):
+            output_folder = output_folder_or_list_of_truncated_output_files
+        elif isinstance(output_folder_or_list_of_truncated_output_files, list):
+            output_folder = os.path.dirname(output_folder_or_list_of_truncated_output_files[0]) or os.path.curdir
+        else:
+            return
+        arguments = deepcopy(arguments)
+        recursive_fix_for_json_export(arguments)
+        os.makedirs(output_folder, exist_ok=True)
+        save_json(arguments, join(output_folder, 'predict_from_raw_data_args.json'))
+        save_json(self.dataset_json, join(output_folder, 'dataset.json'), sort_keys=False)
+        save_json(self.plans_manager.plans, join(output_folder, 'plans.json'), sort_keys=False)
+
+    def _check_previous_stage(self, folder_with_segs_from_prev_stage):
+        if self.configuration_manager.previous_stage_name is not None and folder_with_segs_from_prev_stage is None:
+            raise ValueError(f'The requested configuration is a cascaded network. It requires the segmentations of the '
+                             f'previous stage ({self.configuration_manager.previous_stage_name}) as input. Please '
+                             f'provide the folder where they are located via folder_with_segs_from_prev_stage')
+
+    def predict_from_files_sequential(self, list_of_lists_or_source_folder: Union[str, List[List[str]]],
+                                      output_folder_or_list_of_truncated_output_files: Union[str, None, List[str]],
+                                      save_probabilities: bool = False, overwrite: bool = True,
+                                      folder_with_segs_from_prev_stage: str = None,
+                                      modality: Optional[str] = None):
+        """nnU-Net's predict_from_files_sequential (no multiprocessing), per-case modality as in predict_from_files.
+
+        The body is nnU-Net 2.8's: its loop hands the preprocessed data, without the case's properties, straight to
+        the prediction, so there is no hook to condition in between."""
+        lists = self.input_lists(list_of_lists_or_source_folder)
+        case_ids = [case_id_from_image_file(i[0], self.dataset_json['file_ending']) for i in lists]
+        case_modalities = self.case_modalities(case_ids, modality)
+        self._check_previous_stage(folder_with_segs_from_prev_stage)
+        self._save_run_arguments(output_folder_or_list_of_truncated_output_files, {
+            "list_of_lists_or_source_folder": list_of_lists_or_source_folder,
+            "output_folder_or_list_of_truncated_output_files": output_folder_or_list_of_truncated_output_files,
+            "save_probabilities": save_probabilities, "overwrite": overwrite,
+            "folder_with_segs_from_prev_stage": folder_with_segs_from_prev_stage, "modality": modality})
+        lists, output_filename_truncated, seg_from_prev_stage_files = self._manage_input_and_output_lists(
+            lists, output_folder_or_list_of_truncated_output_files, folder_with_segs_from_prev_stage, overwrite, 0, 1,
+            save_probabilities)
+        if len(lists) == 0:
+            return
+        if output_filename_truncated is None:
+            output_filename_truncated = [None] * len(lists)
+        if seg_from_prev_stage_files is None:
+            seg_from_prev_stage_files = [None] * len(lists)
+
+        with self._for_cases(case_modalities):
+            preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose)
+        ret = []
+        for li, of, sps in zip(lists, output_filename_truncated, seg_from_prev_stage_files):
+            data, seg, data_properties = preprocessor.run_case(li, sps, self.plans_manager,
+                                                               self.configuration_manager, self.dataset_json)
+            if folder_with_segs_from_prev_stage is not None:
+                seg_onehot = convert_labelmap_to_one_hot(seg[0], self.label_manager.foreground_labels, data.dtype)
+                data = np.vstack((data, seg_onehot))
+            with self.conditioned_on(data_properties["modality"]):
+                prediction = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+            if of is not None:
+                export_prediction_from_logits(prediction, data_properties, self.configuration_manager,
+                                              self.plans_manager, self.dataset_json, of, save_probabilities)
+            else:
+                ret.append(convert_predicted_logits_to_segmentation_with_correct_shape(
+                    prediction, self.plans_manager, self.configuration_manager, self.label_manager, data_properties,
+                    save_probabilities))
+        compute_gaussian.cache_clear()
+        empty_cache(self.device)
+        return ret
+
+    def predict_from_list_of_npy_arrays(self, image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage,
+                                        properties_or_list_of_properties, truncated_ofname, num_processes: int = 3,
+                                        save_probabilities: bool = False,
+                                        num_processes_segmentation_export: int = default_num_processes,
+                                        modality: Optional[str] = None):
+        """nnU-Net's; each image's properties must name its modality (properties["modality"]) unless `modality` is
+        given for all."""
+        props = properties_or_list_of_properties
+        props = [dict(p) for p in (props if isinstance(props, list) else [props])]
+        for i, p in enumerate(props):
+            if modality is not None:
+                p["modality"] = modality
+            if p.get("modality") is None:
+                raise ModalityError(f"image {i} has no modality: pass modality=NAME or set properties['modality'] "
+                                    f"(one of {self.modalities})")
+            self._check_name(p["modality"])
+        return super().predict_from_list_of_npy_arrays(
+            image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage, props, truncated_ofname,
+            num_processes, save_probabilities, num_processes_segmentation_export)
+
+    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict, modality: Optional[str] = None,
+                                 segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
+                                 save_or_return_probabilities: bool = False):
+        """nnU-Net's predict_single_npy_array for an image of `modality` (default: image_properties["modality"]).
+        Note the argument order: the modality comes third."""
+        modality = modality if modality is not None else image_properties.get("modality")
+        if modality is None:
+            raise ModalityError(f"predict_single_npy_array needs the modality of the image: one of {self.modalities}")
+        properties = dict(image_properties, modality=self._check_name(modality))
+        with self.conditioned_on(modality):
+            return super().predict_single_npy_array(input_image, properties, segmentation_previous_stage,
+                                                    output_file_truncated, save_or_return_probabilities)
+
+
+def check_model_folder(model_folder: str, use_folds, checkpoint_name: str) -> List[Union[int, str]]:
+    """The folds to use (auto-detected when None, as nnU-Net does); clear errors when the model folder, its
+    dataset.json/plans.json or a fold's checkpoint is missing."""
+    if not isdir(model_folder):
+        raise FileNotFoundError(f"model folder {model_folder} does not exist: train the model first (nnUNetv2_train) "
+                                f"or check -d/-tr/-p/-c (or the model folder path)")
+    for f in ("dataset.json", "plans.json"):
+        if not isfile(join(model_folder, f)):
+            raise FileNotFoundError(f"{join(model_folder, f)} is missing: {model_folder} is not a complete trained "
+                                    f"nnU-Net model folder")
+    available = [d[len('fold_'):] for d in subdirs(model_folder, prefix='fold_', join=False)
+                 if isfile(join(model_folder, d, checkpoint_name))]
+    if use_folds is None:
+        folds = [int(f) for f in available if f != 'all']
+    else:
+        folds = [use_folds] if isinstance(use_folds, (str, int)) else list(use_folds)
+        folds = [f if f == 'all' else int(f) for f in folds]
+    missing = [f for f in folds if not isfile(join(model_folder, f'fold_{f}', checkpoint_name))]
+    if missing or not folds:
+        raise FileNotFoundError(
+            f"{model_folder} has no {checkpoint_name} for fold(s) {missing if folds else '(none found)'}; folds with "
+            f"that checkpoint: {sorted(available) or 'none'}. Choose folds with -f (e.g. -f {' '.join(available[:1]) or 0})"
+            f" or the checkpoint with -chk")
+    return folds
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser, default_npp: int, default_nps: int):
+    parser.add_argument('-i', type=str, required=True,
+                        help='input folder (nnU-Net naming: CASE_0000.nii.gz ...; file ending as in training)')
+    parser.add_argument('-o', type=str, required=True,
+                        help='output folder; created if missing. Predictions are named like their cases')
+    parser.add_argument('-f', nargs='+', type=str, required=False, default=(0, 1, 2, 3, 4),
+                        help='folds of the trained model to use (several: their predictions are averaged). '
+                             'Default: 0 1 2 3 4')
+    parser.add_argument('-step_size', type=float, required=False, default=0.5,
+                        help='sliding window step size (fraction of the patch size). Default: 0.5')
+    parser.add_argument('--disable_tta', action='store_true', required=False, default=False,
+                        help='disable test time augmentation (mirroring). Faster, less accurate')
+    parser.add_argument('--verbose', action='store_true', help='talk a lot')
+    parser.add_argument('--save_probabilities', action='store_true',
+                        help='also export class probabilities (.npz/.pkl), needed by nnUNetv2_ensemble')
+    parser.add_argument('--continue_prediction', '--c', action='store_true',
+                        help='continue an aborted prediction (existing outputs are not predicted again)')
+    parser.add_argument('-chk', type=str, required=False, default='checkpoint_final.pth',
+                        help='checkpoint to use. Default: checkpoint_final.pth')
+    parser.add_argument('-npp', type=int, required=False, default=default_npp,
+                        help=f'processes for preprocessing. Default: {default_npp} (-npp 0 -nps 0: no '
+                             f'multiprocessing at all)')
+    parser.add_argument('-nps', type=int, required=False, default=default_nps,
+                        help=f'processes for segmentation export. Default: {default_nps}')
+    parser.add_argument('-prev_stage_predictions', type=str, required=False, default=None,
+                        help='folder with the predictions of the previous stage (cascade)')
+    parser.add_argument('-device', type=str, default='cuda', required=False,
+                        help="'cuda' (GPU), 'cpu' or 'mps'. Select the GPU with CUDA_VISIBLE_DEVICES. Default: cuda")
+    parser.add_argument('--disable_progress_bar', action='store_true', required=False, default=False,
+                        help='no progress bar (non-interactive jobs)')
+    parser.add_argument('--not_on_device', action='store_true', required=False, default=False,
+                        help='keep the result arrays off the GPU (very large cases)')
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+def _device(name: str) -> torch.device:
+    if name not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"-device must be cpu, cuda or mps, got {name!r}")
+    if name == 'cpu':
+        torch.set_num_threads(multiprocessing.cpu_count())  # as nnU-Net
+        return torch.device('cpu')
+    if name == 'cuda':
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        return torch.device('cuda')
+    return torch.device('mps')
+
+
+def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Optional[str], num_parts: int = 1,
+         part_id: int = 0):
+    """Load the model, resolve every case's modality, and only then create the output folder and predict."""
+    if not 0 <= part_id < num_parts:
+        parser.error(f"-part_id must be in 0..{num_parts - 1} (-num_parts {num_parts}), got {part_id}")
+    try:
+        device = _device(args.device)
+        folds = [f if f == 'all' else int(f) for f in args.f]
+        predictor = nnUNetPredictorCIN(tile_step_size=args.step_size, use_gaussian=True,
+                                       use_mirroring=not args.disable_tta,
+                                       perform_everything_on_device=not args.not_on_device, device=device,
+                                       verbose=args.verbose, verbose_preprocessing=args.verbose,
+                                       allow_tqdm=not args.disable_progress_bar)
+        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+        lists = predictor.input_lists(args.i)
+        if not lists:
+            raise FileNotFoundError(f"no input images ending in _XXXX{predictor.dataset_json['file_ending']} in "
+                                    f"{args.i}")
+        file_ending = predictor.dataset_json['file_ending']
+        # resolve now: an error stops the run before the output folder or any file is created
+        predictor.case_modalities([case_id_from_image_file(i[0], file_ending) for i in lists[part_id::num_parts]],
+                                  modality)
+    except (ModalityError, FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except RuntimeError as e:
+        if "Could not find requested nnunet trainer" not in str(e):
+            raise
+        parser.exit(2, f"{parser.prog}: error: {e}\nnnunet-cin's trainers: run `eval \"$(nnunet-cin env)\"` to set "
+                       f"nnUNet_extTrainer\n")
+    os.makedirs(args.o, exist_ok=True)
+    if args.nps == 0 and args.npp == 0:
+        print("Running in non-multiprocessing mode")
+        predictor.predict_from_files_sequential(lists[part_id::num_parts], args.o,
+                                                save_probabilities=args.save_probabilities,
+                                                overwrite=not args.continue_prediction,
+                                                folder_with_segs_from_prev_stage=args.prev_stage_predictions,
+                                                modality=modality)
+    else:
+        predictor.predict_from_files(lists, args.o, save_probabilities=args.save_probabilities,
+                                     overwrite=not args.continue_prediction,
+                                     num_processes_preprocessing=max(1, args.npp),
+                                     num_processes_segmentation_export=max(1, args.nps),
+                                     folder_with_segs_from_prev_stage=args.prev_stage_predictions,
+                                     num_parts=num_parts, part_id=part_id, modality=modality)
+    return predictor
+
+
+def predict_entry_point(argv: Optional[Sequence[str]] = None):
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_predict_cin",
+        description="nnUNetv2_predict for nnunet-cin models: every case is preprocessed with its modality's "
+                    "normalization and predicted by the network conditioned on its modality. Without -m, each "
+                    "case's modality comes from the rules of the model's dataset.json.")
+    parser.add_argument('-d', type=str, required=True, help='dataset name or id')
+    parser.add_argument('-p', type=str, required=False, default='nnUNetPlansCIN',
+                        help='plans identifier. Default: nnUNetPlansCIN')
+    parser.add_argument('-tr', type=str, required=False, default='nnUNetTrainerCIN',
+                        help='trainer class used for training. Default: nnUNetTrainerCIN')
+    parser.add_argument('-c', type=str, required=True, help='configuration, e.g. 3d_fullres')
+    parser.add_argument('-m', '--modality', type=str, default=None,
+                        help="modality of ALL input cases (e.g. CT); default: each case's modality from the model's "
+                             "dataset.json rules")
+    _add_common_arguments(parser, _env_int('nnUNet_npp', 3), _env_int('nnUNet_nps', 3))
+    parser.add_argument('-num_parts', type=int, required=False, default=1,
+                        help='number of separate nnUNetv2_predict_cin calls sharing the inputs. Default: 1')
+    parser.add_argument('-part_id', type=int, required=False, default=0,
+                        help='which of the -num_parts calls this is (0 .. num_parts - 1). Default: 0')
+    args = parser.parse_args(argv)
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    try:
+        model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
+    except RuntimeError as e:  # unknown dataset, or nnUNet_results not set
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if not isdir(model_folder):
+        parent = os.path.dirname(model_folder)
+        trained = sorted(subdirs(parent, join=False)) if isdir(parent) else []
+        parser.exit(2, f"{parser.prog}: error: no trained model at {model_folder} (-tr {args.tr} -p {args.p} -c "
+                       f"{args.c}). Models of this dataset: {', '.join(trained) or 'none'} "
+                       f"(TRAINER__PLANS__CONFIGURATION)\n")
+    _run(parser, args, model_folder, args.modality, args.num_parts, args.part_id)
+
+
+def predict_from_modelfolder_entry_point(argv: Optional[Sequence[str]] = None):
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_predict_cin_from_modelfolder",
+        description="nnUNetv2_predict_from_modelfolder for nnunet-cin models. As in nnU-Net, -m is the model folder; "
+                    "the modality of all inputs is --modality.")
+    parser.add_argument('-m', type=str, required=True,
+                        help='trained model folder (with fold_X subfolders, dataset.json and plans.json)')
+    parser.add_argument('--modality', type=str, default=None,
+                        help="modality of ALL input cases (e.g. CT); default: each case's modality from the model's "
+                             "dataset.json rules")
+    _add_common_arguments(parser, 3, 3)
+    args = parser.parse_args(argv)
+    _run(parser, args, args.m, args.modality)
+
+
+if __name__ == '__main__':
+    predict_entry_point(sys.argv[1:])

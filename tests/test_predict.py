@@ -1,0 +1,300 @@
+"""nnUNetv2_predict_cin end to end: a tiny conditional model trained by the real `nnUNetv2_train`, then predicted
+with -m and with the model's rules; nnU-Net's ensembling/postprocessing on the outputs; error handling."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_cin.synthetic import generate_case, write_nnunet_dataset
+
+DATASET_ID = 987
+DATASET = f"Dataset{DATASET_ID}_PredictCIN"
+TRAINER = "nnUNetTrainerCINPredictTest"
+LABELS = list(range(8))  # background + 7 structures
+
+TRAINER_SOURCE = '''
+import torch
+from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN
+
+
+class nnUNetTrainerCINPredictTest(nnUNetTrainerCIN):
+    """A user's short schedule: 2 epochs of 4 iterations, no final validation."""
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 4
+        self.num_val_iterations_per_epoch = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        pass
+'''
+
+
+def _run(cmd, env):
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """nnUNetv2_plan_and_preprocess_cin + nnUNetv2_train of a user trainer (in its own nnUNet_extTrainer folder), on
+    3 CT + 3 MR synthetic cases of 24^3. Test inputs: one held-out case per modality; the MR one re-spaced so that it
+    fits one patch (fast), which still needs resampling."""
+    import nnunet_cin.trainers
+    root = tmp_path_factory.mktemp("predict")
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_compile="false", nnUNet_n_proc_DA="0",
+               OMP_NUM_THREADS="2",
+               nnUNet_extTrainer=os.pathsep.join([str(root / "trainers"), nnunet_cin.trainers.__path__[0]]))
+    for k in ("raw", "preprocessed", "results", "trainers"):
+        (root / k).mkdir()
+    (root / "trainers" / f"{TRAINER}.py").write_text(TRAINER_SOURCE)
+    raw = write_nnunet_dataset(root / "raw", DATASET_ID, "PredictCIN", {"CT": 3, "MR": 3}, shape=(24, 24, 24), seed=5)
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 is not allowed there
+    _run(["nnUNetv2_plan_and_preprocess_cin", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1"],
+         dict(env, nnUNet_n_proc_DA="1"))
+    _run(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", TRAINER, "-p", "nnUNetPlansCIN",
+          "-device", "cpu"], env)
+    folder = root / "results" / DATASET / f"{TRAINER}__nnUNetPlansCIN__3d_fullres"
+
+    inputs = {m: root / f"inputs_{m}" for m in ("CT", "MR", "all")}
+    for f in inputs.values():
+        f.mkdir()
+    for modality, case, spacing in (("CT", "ct_0100", None), ("MR", "mr_0100", (0.9, 0.95, 1.05))):
+        image, label = generate_case(modality, 1234 + len(modality), (24, 24, 24))
+        if spacing is not None:
+            image.SetSpacing(spacing)
+            label.SetSpacing(spacing)
+        image.SetOrigin((12.5, -40.0, 7.25))
+        for dest in (inputs[modality], inputs["all"]):
+            sitk.WriteImage(image, str(dest / f"{case}_0000.nii.gz"))
+        (root / "labels").mkdir(exist_ok=True)
+        label.SetOrigin((12.5, -40.0, 7.25))
+        sitk.WriteImage(label, str(root / "labels" / f"{case}.nii.gz"))
+    return {"root": root, "env": env, "folder": folder, "inputs": inputs, "raw": raw}
+
+
+@pytest.fixture
+def model_env(model, monkeypatch):
+    """In-process calls (nnU-Net 2.8 reads its paths from the environment when used)."""
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(k, model["env"][k])
+    return model
+
+
+def predict_cli(model, inputs, output, *extra):
+    """nnUNetv2_predict_cin in-process (fast), sequential mode unless extra says otherwise."""
+    from nnunet_cin.predict import predict_entry_point
+    predict_entry_point(["-i", str(inputs), "-o", str(output), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0",
+                         "-tr", TRAINER, "-device", "cpu", "--disable_tta", "--disable_progress_bar",
+                         *(extra or ("-npp", "0", "-nps", "0"))])
+
+
+def read(path):
+    img = sitk.ReadImage(str(path))
+    return img, sitk.GetArrayFromImage(img)
+
+
+def probabilities(path):
+    return np.load(path)["probabilities"]
+
+
+@pytest.fixture(scope="module")
+def rules_prediction(model):
+    """The real command in a subprocess, nnU-Net's multiprocessing path, modalities from the model's rules."""
+    out = model["root"] / "pred_rules"
+    _run(["nnUNetv2_predict_cin", "-i", str(model["inputs"]["all"]), "-o", str(out), "-d", str(DATASET_ID), "-c",
+          "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
+          "--save_probabilities", "--disable_progress_bar"], model["env"])
+    return out
+
+
+def test_rules_prediction_keeps_geometry_and_nnunet_labels(model, rules_prediction):
+    for case in ("ct_0100", "mr_0100"):
+        modality = "CT" if case.startswith("ct") else "MR"
+        image, _ = read(model["inputs"][modality] / f"{case}_0000.nii.gz")
+        pred, arr = read(rules_prediction / f"{case}.nii.gz")
+        assert arr.shape == sitk.GetArrayFromImage(image).shape
+        np.testing.assert_allclose(pred.GetSpacing(), image.GetSpacing(), rtol=1e-5)
+        np.testing.assert_allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
+        assert set(np.unique(arr)) <= set(LABELS) and np.issubdtype(arr.dtype, np.integer)
+        props = __import__("pickle").load(open(rules_prediction / f"{case}.pkl", "rb"))
+        assert props["modality"] == modality
+        p = probabilities(rules_prediction / f"{case}.npz")
+        assert p.shape[0] == len(LABELS) and np.allclose(p.sum(0), 1, atol=1e-3)
+    args = json.loads((rules_prediction / "predict_from_raw_data_args.json").read_text())
+    assert args["modality"] is None
+    assert (rules_prediction / "plans.json").is_file() and (rules_prediction / "dataset.json").is_file()
+
+
+def test_modality_flag_reaches_preprocessing_and_network(model_env, rules_prediction, tmp_path):
+    m = model_env
+    predict_cli(m, m["inputs"]["MR"], tmp_path / "mr_as_mr", "-m", "MR", "--save_probabilities", "-npp", "0",
+                "-nps", "0")
+    predict_cli(m, m["inputs"]["MR"], tmp_path / "mr_as_ct", "--modality", "CT", "--save_probabilities", "-npp", "0",
+                "-nps", "0")
+    # -m MR on an MR case = what the rules give (sequential path vs nnU-Net's multiprocessing path)
+    np.testing.assert_array_equal(read(tmp_path / "mr_as_mr" / "mr_0100.nii.gz")[1],
+                                  read(rules_prediction / "mr_0100.nii.gz")[1])
+    np.testing.assert_allclose(probabilities(tmp_path / "mr_as_mr" / "mr_0100.npz"),
+                               probabilities(rules_prediction / "mr_0100.npz"), atol=1e-3)
+    # -m CT on the same MR case: another normalization and another condition -> another result
+    p_ct = probabilities(tmp_path / "mr_as_ct" / "mr_0100.npz")
+    p_mr = probabilities(tmp_path / "mr_as_mr" / "mr_0100.npz")
+    assert np.abs(p_ct - p_mr).max() > 0.05
+    assert json.loads((tmp_path / "mr_as_ct" / "predict_from_raw_data_args.json").read_text())["modality"] == "CT"
+    props = __import__("pickle").load(open(tmp_path / "mr_as_ct" / "mr_0100.pkl", "rb"))
+    assert props["modality"] == "CT"
+
+
+def test_every_patch_and_mirror_is_conditioned_like_nnunets_predictor_inside_condition(model_env):
+    """Reference: nnU-Net's own predictor, with the network wrapped by hand in condition(network, index)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunet_cin import condition
+    from nnunet_cin.predict import nnUNetPredictorCIN
+    kw = dict(tile_step_size=0.5, use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False)
+    ours = nnUNetPredictorCIN(**kw)
+    ours.initialize_from_trained_model_folder(str(model_env["folder"]), (0,))
+    assert ours.modalities == ["CT", "MR"] and ours.conditioned
+    ref = nnUNetPredictor(**kw)
+    ref.initialize_from_trained_model_folder(str(model_env["folder"]), (0,))
+    # 30 voxels along one axis: two patches, overlapping; mirroring on
+    data = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 30, 24, 24)).astype(np.float32))
+    out = {}
+    for name, index in (("CT", 0), ("MR", 1)):
+        with ours.conditioned_on(name):
+            out[name] = ours.predict_logits_from_preprocessed_data(data)
+        with condition(ref.network, index):
+            expected = ref.predict_logits_from_preprocessed_data(data)
+        torch.testing.assert_close(out[name], expected)
+    assert (out["CT"] - out["MR"]).abs().max() > 1e-3
+    with pytest.raises(RuntimeError, match="modality of this case is unknown"):
+        ours.predict_logits_from_preprocessed_data(data)
+
+
+def test_folds_ensemble_and_nnunet_ensembling_postprocessing(model_env, rules_prediction, tmp_path):
+    from nnunetv2.ensembling.ensemble import ensemble_folders
+    from nnunetv2.postprocessing.remove_connected_components import (apply_postprocessing_to_folder,
+                                                                       remove_all_but_largest_component_from_segmentation)
+    m = model_env
+    # a second fold with the same weights: the fold average must equal the single fold
+    shutil.copytree(m["folder"] / "fold_0", m["folder"] / "fold_1", dirs_exist_ok=True)
+    predict_cli(m, m["inputs"]["CT"], tmp_path / "ct_2folds", "-m", "CT", "-f", "0", "1", "--save_probabilities",
+                "-npp", "0", "-nps", "0")
+    np.testing.assert_allclose(probabilities(tmp_path / "ct_2folds" / "ct_0100.npz"),
+                               probabilities(rules_prediction / "ct_0100.npz"), atol=1e-3)
+    # nnU-Net's ensembling of two prediction folders (probabilities), then its postprocessing
+    (tmp_path / "rules_ct").mkdir()
+    for f in ("ct_0100.npz", "ct_0100.pkl", "dataset.json", "plans.json"):
+        shutil.copy(rules_prediction / f, tmp_path / "rules_ct" / f)
+    ensemble_folders([str(tmp_path / "rules_ct"), str(tmp_path / "ct_2folds")], str(tmp_path / "ens"),
+                     num_processes=1)
+    np.testing.assert_array_equal(read(tmp_path / "ens" / "ct_0100.nii.gz")[1],
+                                  read(rules_prediction / "ct_0100.nii.gz")[1])
+    apply_postprocessing_to_folder(str(tmp_path / "ct_2folds"), str(tmp_path / "pp"),
+                                   [remove_all_but_largest_component_from_segmentation],
+                                   [{"labels_or_regions": [1, 2, 3, 4, 5, 6, 7]}], num_processes=1)
+    pp, arr = read(tmp_path / "pp" / "ct_0100.nii.gz")
+    assert set(np.unique(arr)) <= set(np.unique(read(tmp_path / "ct_2folds" / "ct_0100.nii.gz")[1]))
+    assert pp.GetSpacing() == read(tmp_path / "ct_2folds" / "ct_0100.nii.gz")[0].GetSpacing()
+
+
+def test_python_api_single_array_and_plain_joint_network(model_env, rules_prediction, tmp_path):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunet_cin.predict import nnUNetPredictorCIN
+    m = model_env
+    predictor = nnUNetPredictorCIN(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(m["folder"]), (0,))
+    img, props = SimpleITKIO().read_images([str(m["inputs"]["MR"] / "mr_0100_0000.nii.gz")])
+    seg = predictor.predict_single_npy_array(img, props, "MR")
+    np.testing.assert_array_equal(seg, read(rules_prediction / "mr_0100.nii.gz")[1])
+    with pytest.raises(ValueError, match=r"unknown modality \"PET\".*\['CT', 'MR'\]"):
+        predictor.predict_single_npy_array(img, props, "PET")
+
+    # the joint-training baseline: a plain network (no CIN), checkpoint with modalities -> per-modality
+    # preprocessing, no conditioning. Its model folder: plans for a plain network, this model's weights where shared.
+    from nnunet_cin.conditioning import plans_for_trainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    joint = tmp_path / "nnUNetTrainerJoint__nnUNetPlansCIN__3d_fullres"
+    (joint / "fold_0").mkdir(parents=True)
+    shutil.copy(m["folder"] / "dataset.json", joint / "dataset.json")
+    plans = plans_for_trainer(json.loads((m["folder"] / "plans.json").read_text()), "3d_fullres", ["CT", "MR"],
+                              False, "nnUNetTrainerJoint")
+    (joint / "plans.json").write_text(json.dumps(plans))
+    pm = PlansManager(plans)
+    net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, len(LABELS), False)
+    ckpt = torch.load(m["folder"] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    torch.save({**ckpt, "trainer_name": "nnUNetTrainerJoint", "network_weights": net.state_dict()},
+               joint / "fold_0" / "checkpoint_final.pth")
+    plain = nnUNetPredictorCIN(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    plain.initialize_from_trained_model_folder(str(joint), (0,))
+    assert not plain.conditioned and plain.modalities == ["CT", "MR"]
+    from nnunet_cin.predict import predict_from_modelfolder_entry_point
+    predict_from_modelfolder_entry_point(["-i", str(m["inputs"]["all"]), "-o", str(tmp_path / "joint_out"), "-m",
+                                          str(joint), "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "0",
+                                          "-nps", "0", "--save_probabilities", "--disable_progress_bar"])
+    # reference: the plain network on CINPreprocessor's per-modality normalization of each case
+    from nnunet_cin.preprocessing import CINPreprocessor
+    for case, modality in (("ct_0100", "CT"), ("mr_0100", "MR")):
+        data, _, p = CINPreprocessor(verbose=False).run_case(
+            [str(m["inputs"]["all"] / f"{case}_0000.nii.gz")], None, plain.plans_manager,
+            plain.configuration_manager, plain.dataset_json, modality=modality)
+        expected = plain.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        seg_ref = convert_predicted_logits_to_segmentation_with_correct_shape(
+            expected, plain.plans_manager, plain.configuration_manager, plain.label_manager, p)
+        np.testing.assert_array_equal(read(tmp_path / "joint_out" / f"{case}.nii.gz")[1], seg_ref)
+
+
+# --- errors: clear message, nothing written --------------------------------------------------------------------------
+
+def _fails(capsys, argv, *expected, entry=None):
+    from nnunet_cin.predict import predict_entry_point
+    with pytest.raises(SystemExit) as e:
+        (entry or predict_entry_point)(argv)
+    assert e.value.code not in (0, None)
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_errors_name_the_problem_and_leave_no_output(model_env, tmp_path, capsys):
+    m = model_env
+    base = ["-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu"]
+    out = tmp_path / "out"
+    # a modality the model was not trained on
+    _fails(capsys, ["-i", str(m["inputs"]["all"]), "-o", str(out), "-m", "PET", *base], "PET", "CT", "MR")
+    assert not out.exists()
+    # cases no rule matches: all listed, with the valid names, before any prediction
+    odd = tmp_path / "odd"
+    shutil.copytree(m["inputs"]["all"], odd)
+    shutil.copy(odd / "ct_0100_0000.nii.gz", odd / "us_0007_0000.nii.gz")
+    shutil.copy(odd / "ct_0100_0000.nii.gz", odd / "pet_0001_0000.nii.gz")
+    _fails(capsys, ["-i", str(odd), "-o", str(out), *base], "us_0007", "pet_0001", "['CT', 'MR']", "-m")
+    assert not out.exists()
+    # the same output folder existing already: nothing added to it
+    out.mkdir()
+    _fails(capsys, ["-i", str(odd), "-o", str(out), *base], "us_0007")
+    assert list(out.iterdir()) == []
+    # missing model folder (wrong trainer), missing fold, missing dataset
+    _fails(capsys, ["-i", str(odd), "-o", str(out), *base[:-4], "-tr", "nnUNetTrainerNope", "-device", "cpu"],
+           "no trained model", "nnUNetTrainerNope", f"{TRAINER}__nnUNetPlansCIN__3d_fullres")
+    _fails(capsys, ["-i", str(m["inputs"]["all"]), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres", "-tr",
+                    TRAINER, "-device", "cpu", "-f", "3"], "fold(s) [3]", "checkpoint_final.pth")
+    _fails(capsys, ["-i", str(odd), "-o", str(out), "-d", "555", "-c", "3d_fullres"], "555")
+    from nnunet_cin.predict import predict_from_modelfolder_entry_point
+    _fails(capsys, ["-i", str(odd), "-o", str(out), "-m", str(tmp_path / "nope"), "-f", "0", "-device", "cpu"],
+           "does not exist", entry=predict_from_modelfolder_entry_point)
+    assert list(out.iterdir()) == []
