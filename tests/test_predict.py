@@ -25,12 +25,12 @@ from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN
 
 
 class nnUNetTrainerCINPredictTest(nnUNetTrainerCIN):
-    """A user's short schedule: 2 epochs of 4 iterations, no final validation."""
+    """A user's short schedule: 1 epoch of 3 iterations, no final validation."""
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 3
         self.num_val_iterations_per_epoch = 1
 
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -53,15 +53,20 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_compile="false", nnUNet_n_proc_DA="0",
-               OMP_NUM_THREADS="2",
+               nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE",
                nnUNet_extTrainer=os.pathsep.join([str(root / "trainers"), nnunet_cin.trainers.__path__[0]]))
     for k in ("raw", "preprocessed", "results", "trainers"):
         (root / k).mkdir()
     (root / "trainers" / f"{TRAINER}.py").write_text(TRAINER_SOURCE)
     raw = write_nnunet_dataset(root / "raw", DATASET_ID, "PredictCIN", {"CT": 3, "MR": 3}, shape=(24, 24, 24), seed=5)
     # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 is not allowed there
-    _run(["nnUNetv2_plan_and_preprocess_cin", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1"],
+    _run(["nnUNetv2_plan_and_preprocess_cin", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
          dict(env, nnUNet_n_proc_DA="1"))
+    # a narrower network than planned (a user's plans edit; same preprocessed data): fast on 2 CPU cores
+    plans_file = root / "preprocessed" / DATASET / "nnUNetPlansCIN.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 16]
+    plans_file.write_text(json.dumps(plans, indent=2))
     _run(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", TRAINER, "-p", "nnUNetPlansCIN",
           "-device", "cpu"], env)
     folder = root / "results" / DATASET / f"{TRAINER}__nnUNetPlansCIN__3d_fullres"
@@ -81,6 +86,15 @@ def model(tmp_path_factory):
         label.SetOrigin((12.5, -40.0, 7.25))
         sitk.WriteImage(label, str(root / "labels" / f"{case}.nii.gz"))
     return {"root": root, "env": env, "folder": folder, "inputs": inputs, "raw": raw}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in this process: busy-waiting OpenMP threads are pathologically slow on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -168,7 +182,8 @@ def test_every_patch_and_mirror_is_conditioned_like_nnunets_predictor_inside_con
     assert ours.modalities == ["CT", "MR"] and ours.conditioned
     ref = nnUNetPredictor(**kw)
     ref.initialize_from_trained_model_folder(str(model_env["folder"]), (0,))
-    # 30 voxels along one axis: two patches, overlapping; mirroring on
+    # 30 voxels along one axis: two patches, overlapping; mirroring on (along one axis: 2 copies per patch)
+    ours.allowed_mirroring_axes = ref.allowed_mirroring_axes = (0,)
     data = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 30, 24, 24)).astype(np.float32))
     out = {}
     for name, index in (("CT", 0), ("MR", 1)):
