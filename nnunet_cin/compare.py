@@ -320,7 +320,8 @@ def evaluate_predictions(reference_folder: Path, prediction_folder: Path, datase
                                 f"{', '.join(missing)}")
     modality_of = case_modalities([case_id_of(p, file_ending) for p in predictions], dataset_json)
     lm = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
-    labels = list(lm.foreground_regions if lm.has_regions else lm.foreground_labels)
+    labels = [tuple(int(v) for v in r) if isinstance(r, (list, tuple)) else int(r)
+              for r in (lm.foreground_regions if lm.has_regions else lm.foreground_labels)]
     wh = whole_heart_region(dataset_json)
     rw = determine_reader_writer_from_dataset_json(dataset_json, str(Path(prediction_folder) / predictions[0]))()
     jobs = [(str(Path(reference_folder) / p), str(Path(prediction_folder) / p), rw, labels + [wh], lm.ignore_label)
@@ -346,8 +347,8 @@ def evaluate_predictions(reference_folder: Path, prediction_folder: Path, datase
         out["per_modality"][m] = values
     for case in per_case:
         cid = case_id_of(case["prediction_file"], file_ending)
-        dice = {names.get(label_or_region_to_key(k), WHOLE_HEART if k == wh else label_or_region_to_key(k)): v["Dice"]
-                for k, v in case["metrics"].items()}
+        dice = {WHOLE_HEART if k is wh else names.get(label_or_region_to_key(k), label_or_region_to_key(k)):
+                v["Dice"] for k, v in case["metrics"].items()}
         out["cases"].append({"case": cid, "modality": modality_of[cid], "Dice": dice})
     return _json_ready(out)
 
@@ -383,6 +384,39 @@ def evaluate_arm_fold(setup: Setup, arm: Arm, fold, dataset_json: dict, modaliti
     cells = ", ".join(f"{m} WH {_fmt(v[WHOLE_HEART])}" for m, v in result["per_modality"].items())
     _log(f"  [{arm.name} fold {fold}] evaluated {sum(result['num_cases'].values())} validation case(s): {cells}")
     return result
+
+
+def train_and_evaluate(setup: Setup, plan: ComparisonPlan, folds: Sequence, dataset_json: dict, jobs: int = 1,
+                       dry_run: bool = False) -> Dict[Tuple[str, object], dict]:
+    """Train what is missing and evaluate every (arm, fold); up to `jobs` trainings at once (a fine-tuning waits
+    for its source). Returns {(arm name, fold): evaluation}. The first failure stops new work and is raised after
+    the running ones end (a rerun resumes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tasks = [(arm, fold) for fold in folds for arm in plan.arms.values()]  # fold by fold, sources first
+    done: Dict[Tuple[str, object], object] = {}
+    failed = []
+
+    def work(arm: Arm, fold):
+        if arm.pretrained_from is not None:
+            source = done[(arm.pretrained_from, fold)]
+            source.result()  # raises if the source failed
+        if failed:
+            raise RuntimeError("skipped after an earlier failure")
+        try:
+            train_arm_fold(setup, plan, arm, fold, dry_run)
+            return None if dry_run else evaluate_arm_fold(setup, arm, fold, dataset_json, plan.modalities)
+        except BaseException as e:
+            failed.append(e)
+            raise
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        # sources are submitted before the arms that wait for them, so a waiting arm never blocks its source
+        for arm, fold in tasks:
+            done[(arm.name, fold)] = pool.submit(work, arm, fold)
+    if failed:
+        raise failed[0]
+    return {key: future.result() for key, future in done.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -438,9 +472,8 @@ def markdown_table(records: Sequence[dict], plan: ComparisonPlan, structures: Se
     def table(header_cells, row_cells):
         best = {}
         for j in range(len(header_cells)):
-            means = [rec["mean"] for _, recs in row_cells for i, rec in enumerate(recs) if i == j and rec["mean"]
-                     is not None]
-            best[j] = max(means) if len(means) > 1 else None
+            means = [round(recs[j]["mean"], digits) for _, recs in row_cells if recs[j]["mean"] is not None]
+            best[j] = max(means) if len(set(means)) > 1 else None  # nothing in bold when all are equal
         lines = ["| method | " + " | ".join(header_cells) + " |",
                  "|---|" + "---:|" * len(header_cells)]
         for label, recs in row_cells:
@@ -656,13 +689,7 @@ def run_comparison(args) -> Path:
     if not args.dry_run:
         check_trainers(sorted({a.trainer for a in plan.arms.values()}), env)
 
-    evaluations = {}
-    for fold in folds:
-        _log(f"fold {fold}")
-        for arm in plan.arms.values():
-            train_arm_fold(setup, plan, arm, fold, args.dry_run)
-            if not args.dry_run:
-                evaluations[(arm.name, fold)] = evaluate_arm_fold(setup, arm, fold, dataset_json, modalities)
+    evaluations = train_and_evaluate(setup, plan, folds, dataset_json, args.jobs, args.dry_run)
     if args.dry_run:
         return args.output_folder / "comparison.md"
 
@@ -732,6 +759,9 @@ def add_arguments(parser: argparse.ArgumentParser):
                              "training cases per modality under this (numeric) id")
     parser.add_argument("--shape", type=int, nargs=3, default=[32, 32, 32], help="--synthetic volume shape")
     parser.add_argument("--seed", type=int, default=0, help="--synthetic seed")
+    parser.add_argument("-j", "--jobs", type=int, default=1,
+                        help="models trained at the same time (default: %(default)s); e.g. several small models on "
+                             "one big GPU")
     parser.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="show nnU-Net's output (always in logs/)")
 
