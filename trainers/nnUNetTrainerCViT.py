@@ -114,13 +114,14 @@ class nnUNetTrainerCViT(nnUNetTrainerCIN):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         # nnUNetTrainerCIN has written the (conditional or plain) conv U-Net of the plans and plans["cin"]; put the
-        # UNETR in its place. Nothing in nnUNetTrainer.__init__ depends on the architecture or the patch size.
+        # UNETR in its place. Nothing nnUNetTrainer.__init__ derived from them uses the architecture or the patch size
+        # (only the optional W&B logger's config keeps the plans as given).
         planned = self.configuration_manager.patch_size
         self.plans_manager = PlansManager(self.unetr_plans(self.plans_manager.plans, configuration))
         self.configuration_manager = self.plans_manager.get_configuration(configuration)
         if list(self.configuration_manager.patch_size) != list(planned):
-            self.print_to_log_file(f"Patch size {list(planned)} rounded up to {self.configuration_manager.patch_size}"
-                                   f", a multiple of the token patch size {self.token_patch_size}.")
+            self.print_to_log_file(f"Patch size {list(planned)} of the plans adjusted to "
+                                   f"{self.configuration_manager.patch_size} for the transformer's token grid.")
         self.initial_lr = 1e-4
         self.weight_decay = 1e-5
 
