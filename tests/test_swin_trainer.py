@@ -1,0 +1,236 @@
+"""nnUNetTrainerCSwinUNETR / nnUNetTrainerSwinUNETRJoint: the network the trainer builds from plans, patch size,
+deep supervision, and a tiny end-to-end train + predict through nnU-Net's real commands on CPU."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from copy import deepcopy
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch import nn
+
+import nnunet_cin.trainers
+from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.swin import ConditionalSwinUNETR, PatchMerging, SwinBlock
+from nnunet_cin.synthetic import write_nnunet_dataset
+from nnunet_cin.trainers.nnUNetTrainerCSwinUNETR import SWIN_UNETR_CLASS, nnUNetTrainerCSwinUNETR
+from nnunet_cin.trainers.nnUNetTrainerSwinUNETRJoint import nnUNetTrainerSwinUNETRJoint
+from nnunet_cin.trainers.nnUNetTrainerCViT import nnUNetTrainerCViT
+from nnunet_cin.vit import TokenConditionalInstanceNorm
+
+DATASET = 996
+BIN = Path(sys.executable).parent
+TRAINERS = nnunet_cin.trainers.__path__[0]
+PLANS = "nnUNetPlansCIN"
+
+
+class Tiny:
+    """Small Swin for CPU tests: 2 stages -> patch sides multiples of 2 * 2^2 = 8."""
+    feature_size, depths, num_heads, window_size = 8, (2, 2), (2, 4), 4
+
+
+class TinyCSwin(Tiny, nnUNetTrainerCSwinUNETR):
+    pass
+
+
+class TinySwinJoint(Tiny, nnUNetTrainerSwinUNETRJoint):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in this process: busy-waiting OpenMP threads are pathologically slow on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(cmd, env, timeout=900):
+    out = subprocess.run([str(BIN / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out
+
+
+def subprocess_env(paths, ext_trainers=()):
+    return dict(os.environ, nnUNet_raw=str(paths.raw), nnUNet_preprocessed=str(paths.preprocessed),
+                nnUNet_results=str(paths.results), nnUNet_compile="false", nnUNet_n_proc_DA="0",
+                nnUNet_def_n_proc="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
+                nnUNet_extTrainer=os.pathsep.join([TRAINERS, *map(str, ext_trainers)]))
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """Synthetic CT+MR data (2+2 training cases of 24^3, one test case per modality), planned and preprocessed
+    (3d_fullres) once for this module by nnUNetv2_plan_and_preprocess_cin."""
+    root = tmp_path_factory.mktemp("swin_planned")
+    paths = SimpleNamespace(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results")
+    for p in vars(paths).values():
+        p.mkdir()
+    folder = write_nnunet_dataset(paths.raw, DATASET, "SwinHeart", cases_per_modality={"CT": 2, "MR": 2},
+                                  shape=(24, 24, 24), test_cases_per_modality=1)
+    env = dict(subprocess_env(paths), nnUNet_n_proc_DA="1")  # nnU-Net's planner needs >= 1 thread here
+    run(["nnUNetv2_plan_and_preprocess_cin", "-d", DATASET, "-c", "3d_fullres", "-np", 1, "-npfp", 1], env)
+    paths.folder_name = folder.name
+    pre = paths.preprocessed / folder.name
+    paths.plans = json.loads((pre / f"{PLANS}.json").read_text())
+    paths.dataset_json = json.loads((pre / "dataset.json").read_text())
+    return paths
+
+
+def make_trainer(cls, planned, configuration="3d_fullres", patch_size=None):
+    plans = deepcopy(planned.plans)
+    if patch_size is not None:
+        plans["configurations"][configuration]["patch_size"] = list(patch_size)
+    plans["continue_training"] = False  # nnUNetv2_train adds this key; the trainer pops it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(plans, configuration, 0, planned.dataset_json, torch.device("cpu"))
+
+
+def build(trainer, deep_supervision=True):
+    return trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1,
+                                              trainer.label_manager.num_segmentation_heads, deep_supervision)
+
+
+# ---- the network the trainer builds -------------------------------------------------------------------------
+
+def test_trainer_network_is_cswin_and_joint_uses_layernorm(planned, nnunet_env):
+    cswin, joint = build(make_trainer(TinyCSwin, planned)), build(make_trainer(TinySwinJoint, planned))
+    assert type(cswin) is ConditionalSwinUNETR and type(joint) is ConditionalSwinUNETR
+    for net, norm in ((cswin, TokenConditionalInstanceNorm), (joint, nn.LayerNorm)):
+        blocks = [m for m in net.modules() if isinstance(m, SwinBlock)]
+        merges = [m for m in net.modules() if isinstance(m, PatchMerging)]
+        assert len(blocks) == 4 and len(merges) == 2
+        assert all(type(b.norm1) is norm and type(b.norm2) is norm for b in blocks)
+        assert all(type(m.norm) is norm for m in merges)
+    assert {m.num_modalities for m in cin_layers(cswin)} == {2} and not cin_layers(joint)
+    assert issubclass(nnUNetTrainerCSwinUNETR, nnUNetTrainerCViT)
+
+
+def test_plans_record_the_swin_unetr_and_its_hyper_parameters(planned, nnunet_env):
+    trainer = make_trainer(TinyCSwin, planned)
+    cfg = trainer.plans_manager.plans["configurations"]["3d_fullres"]
+    arch = cfg["architecture"]
+    assert arch["network_class_name"] == SWIN_UNETR_CLASS == "nnunet_cin.swin.ConditionalSwinUNETR"
+    assert arch["arch_kwargs"] == {
+        "patch_size": cfg["patch_size"], "token_patch_size": [2, 2, 2], "feature_size": 8, "depths": [2, 2],
+        "num_heads": [2, 4], "window_size": [4, 4, 4], "mlp_ratio": 4.0, "num_modalities": 2, "norm": "cin",
+        "qkv_bias": True, "dropout": 0.0, "attn_dropout": 0.0, "drop_path_rate": 0.0, "use_checkpoint": False}
+    json.dumps(trainer.plans_manager.plans)
+    assert make_trainer(TinySwinJoint, planned).configuration_manager.network_arch_init_kwargs["norm"] == "layernorm"
+    defaults = make_trainer(nnUNetTrainerCSwinUNETR, planned).configuration_manager
+    kw = defaults.network_arch_init_kwargs
+    assert (kw["feature_size"], kw["depths"], kw["num_heads"], kw["window_size"]) == (48, [2] * 4, [3, 6, 12, 24],
+                                                                                      [7] * 3)
+    assert all(s % 32 == 0 for s in defaults.patch_size)  # Swin-UNETR: 2 * 2^4
+    assert planned.plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] != SWIN_UNETR_CLASS
+    with pytest.raises(ValueError, match="ConditionalSwinUNETR"):
+        pm = PlansManager(deepcopy(planned.plans))
+        nnUNetTrainerCSwinUNETR.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+
+
+@pytest.mark.parametrize("configuration,planned_patch,expected", [
+    ("3d_fullres", (20, 27, 13), [24, 32, 16]),  # multiples of 8
+    ("3d_fullres", (5, 8, 7), [8, 16, 8]),  # never a single deepest token: the longest (relative) axis grows
+    ("2d", (30, 44), [32, 48]),
+])
+def test_awkward_plans_patch_sizes_and_deep_supervision(planned, nnunet_env, configuration, planned_patch, expected):
+    trainer = make_trainer(TinyCSwin, planned, configuration, planned_patch)
+    assert trainer.configuration_manager.patch_size == expected
+    net = build(trainer).eval()
+    with torch.no_grad(), condition(net, torch.tensor([0, 1])):
+        outputs = net(torch.randn(2, 1, *expected))
+    scales = trainer._get_deep_supervision_scales()
+    assert len(outputs) == len(scales) == 3 and scales[0] == [1.0] * len(expected)
+    for out, scale in zip(outputs, scales):  # nnU-Net's loss and target downsampling use these scales
+        assert list(out.shape[2:]) == [round(s * f) for s, f in zip(expected, scale)] and out.shape[:2] == (2, 8)
+    trainer.enable_deep_supervision = False
+    assert trainer._get_deep_supervision_scales() is None
+
+
+def test_short_schedules_exist():
+    from nnunet_cin.trainers import nnUNetTrainerCSwinUNETR as cswin_module
+    from nnunet_cin.trainers import nnUNetTrainerSwinUNETRJoint as joint_module
+    assert cswin_module.nnUNetTrainerCSwinUNETR_5epochs.schedule_epochs == 5
+    assert issubclass(cswin_module.nnUNetTrainerCSwinUNETR_1epoch, nnUNetTrainerCSwinUNETR)
+    assert issubclass(joint_module.nnUNetTrainerSwinUNETRJoint_10epochs, nnUNetTrainerSwinUNETRJoint)
+
+
+# ---- end to end -----------------------------------------------------------------------------------------------
+
+TINY_TRAINER = '''
+import torch
+from nnunet_cin.trainers.nnUNetTrainerCSwinUNETR import nnUNetTrainerCSwinUNETR
+
+
+class nnUNetTrainerCSwinTiny(nnUNetTrainerCSwinUNETR):
+    """A user's own variant: tiny Swin (2 stages, checkpointed blocks), one epoch of two steps, no test-time
+    mirroring (as nnU-Net's nnUNetTrainer_noMirroring) to keep CPU time low."""
+    feature_size, depths, num_heads, window_size, use_checkpoint = 8, (2, 2), (2, 4), 4, True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return out
+'''
+
+
+def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_path):
+    for name in ("raw", "preprocessed"):
+        shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name)
+    pre = nnunet_env.preprocessed / planned.folder_name
+    cases = sorted(p.name[:-len(".nii.gz")] for p in (nnunet_env.raw / planned.folder_name / "labelsTr").iterdir())
+    (pre / "splits_final.json").write_text(json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
+    ext = tmp_path / "my_trainers"
+    ext.mkdir()
+    (ext / "nnUNetTrainerCSwinTiny.py").write_text(TINY_TRAINER)
+    env = subprocess_env(nnunet_env, [ext])
+
+    run(["nnUNetv2_train", DATASET, "3d_fullres", 0, "-tr", "nnUNetTrainerCSwinTiny", "-p", PLANS, "-device", "cpu"],
+        env)
+
+    model = nnunet_env.results / planned.folder_name / f"nnUNetTrainerCSwinTiny__{PLANS}__3d_fullres"
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["modalities"] == ["CT", "MR"] and ckpt["current_epoch"] == 1
+    weights = ckpt["network_weights"]
+    assert weights["encoder.swin.stages.1.blocks.1.norm2.weight"].shape == (2, 16)  # CIN rows per modality
+    assert weights["encoder.swin.stages.0.downsample.norm.weight"].shape == (2, 64)
+    saved = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
+    assert saved["architecture"]["network_class_name"] == SWIN_UNETR_CLASS
+    assert all(s % 8 == 0 for s in saved["patch_size"])
+    assert "foreground_mean" in json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
+
+    # the model folder alone describes the network (what nnU-Net's predictor does)
+    net = get_network_from_plans(SWIN_UNETR_CLASS, saved["architecture"]["arch_kwargs"], [], 1, 8,
+                                 deep_supervision=False)
+    net.load_state_dict(weights)
+
+    images = nnunet_env.raw / planned.folder_name / "imagesTs"
+    out = tmp_path / "predictions"
+    run(["nnUNetv2_predict_cin", "-i", images, "-o", out, "-d", DATASET, "-c", "3d_fullres", "-f", 0,
+         "-tr", "nnUNetTrainerCSwinTiny", "-p", PLANS, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"], env)
+    import SimpleITK as sitk
+    predicted = sorted(out.glob("*.nii.gz"))
+    assert len(predicted) == 2
+    for image in sorted(images.iterdir()):
+        case = image.name[:-len("_0000.nii.gz")]
+        pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        assert pred.GetSize() == sitk.ReadImage(str(image)).GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(range(8))
