@@ -598,12 +598,11 @@ def check_trainers(names: Sequence[str], env: Mapping[str, str]):
                            f"{env.get('nnUNet_extTrainer', '')}):\n{result.stdout.strip() or result.stderr[-2000:]}")
 
 
-def prepare_dataset(args, env: dict) -> str:
-    """The dataset's name; generates the synthetic dataset (--synthetic) and plans/preprocesses (plans
-    nnUNetPlansCIN) when missing."""
+def ensure_raw_dataset(args, env: dict) -> str:
+    """The dataset's name; generates the built-in synthetic dataset (--synthetic) when the dataset is missing."""
     name = dataset_name(str(args.d), env)
     if name is None or not (Path(env["nnUNet_raw"]) / name / "dataset.json").is_file() and \
-            not (Path(env["nnUNet_preprocessed"]) / (name or "") / "dataset.json").is_file():
+            not (Path(env["nnUNet_preprocessed"]) / name / "dataset.json").is_file():
         if not args.synthetic:
             raise FileNotFoundError(f"dataset {args.d} is in neither nnUNet_raw ({env['nnUNet_raw']}) nor "
                                     f"nnUNet_preprocessed ({env['nnUNet_preprocessed']}); convert it first, or use "
@@ -614,26 +613,28 @@ def prepare_dataset(args, env: dict) -> str:
 
         _log(f"generating the synthetic dataset: {args.synthetic} training cases per modality (CT, MR), shape "
              f"{tuple(args.shape)}")
-        folder = write_nnunet_dataset(env["nnUNet_raw"], int(args.d), "SyntheticHeart",
-                                      {"CT": args.synthetic, "MR": args.synthetic}, shape=tuple(args.shape),
-                                      seed=args.seed)
-        name = folder.name
-    plans_file = Path(env["nnUNet_preprocessed"]) / name / f"{args.p}.json"
-    if not plans_file.is_file():
-        if args.p != "nnUNetPlansCIN":
-            raise FileNotFoundError(f"{plans_file} does not exist: plan and preprocess the dataset for plans {args.p}"
-                                    f" first")
-        command = ["nnUNetv2_plan_and_preprocess_cin", "-d", name.split("_")[0][len("Dataset"):], "-c",
-                   args.c, "-np", str(args.np)]
-        _log(f"planning and preprocessing: {' '.join(command)}")
-        if not args.dry_run:
-            plan_env = dict(env)
-            if plan_env.get("nnUNet_n_proc_DA") == "0":
-                # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which rejects 0
-                plan_env["nnUNet_n_proc_DA"] = "1"
-            _run_logged(command, plan_env, Path(args.output_folder) / "logs" / "plan_and_preprocess.log",
-                        args.verbose)
+        name = write_nnunet_dataset(env["nnUNet_raw"], int(args.d), "SyntheticHeart",
+                                    {"CT": args.synthetic, "MR": args.synthetic}, shape=tuple(args.shape),
+                                    seed=args.seed).name
     return name
+
+
+def ensure_preprocessed(args, env: dict, name: str, log_folder: Path):
+    """Plans and preprocessed data: nnUNetv2_plan_and_preprocess_cin when plans nnUNetPlansCIN are missing."""
+    plans_file = Path(env["nnUNet_preprocessed"]) / name / f"{args.p}.json"
+    if plans_file.is_file():
+        return
+    if args.p != "nnUNetPlansCIN":
+        raise FileNotFoundError(f"{plans_file} does not exist: plan and preprocess the dataset for plans {args.p} "
+                                f"first")
+    command = ["nnUNetv2_plan_and_preprocess_cin", "-d", name.split("_")[0][len("Dataset"):], "-c", args.c, "-np",
+               str(args.np)]
+    _log(f"planning and preprocessing: {' '.join(command)}")
+    if not args.dry_run:
+        plan_env = dict(env)
+        if plan_env.get("nnUNet_n_proc_DA") == "0":
+            plan_env["nnUNet_n_proc_DA"] = "1"  # nnU-Net's planner calls torch.set_num_threads(it), which rejects 0
+        _run_logged(command, plan_env, log_folder / "plan_and_preprocess.log", args.verbose)
 
 
 def output_folder_for(args, env: Mapping[str, str], name: str) -> Path:
@@ -644,7 +645,7 @@ def output_folder_for(args, env: Mapping[str, str], name: str) -> Path:
     return Path(env["nnUNet_results"]) / name / f"comparison{tag}__{args.p}__{args.c}"
 
 
-def model_lines(plan: ComparisonPlan, setup: Optional[Setup] = None) -> List[str]:
+def model_lines(plan: ComparisonPlan) -> List[str]:
     """Markdown bullet list: which trainer (and model folder) fills each row."""
     lines = []
     for _, label, cells in plan.rows:
@@ -665,10 +666,13 @@ def run_comparison(args) -> Path:
     """Everything: train what is missing, evaluate, write the table, CSV and plot. Returns the Markdown file."""
     started = time.time()
     env = comparison_environment()
-    name = dataset_name(str(args.d), env) or f"Dataset{int(args.d):03d}_SyntheticHeart"
-    args.output_folder = output_folder_for(args, env, name)
-    args.output_folder.mkdir(parents=True, exist_ok=True)
-    name = prepare_dataset(args, env)
+    # everything that can be checked is checked before anything is generated, planned or trained
+    unknown = [m for m in args.arms or [] if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; valid: {list(METHODS)} (or --arm NAME=TRAINER)")
+    finetune_from, custom = parse_pairs(args.finetune_from, "--finetune-from"), parse_pairs(args.arm, "--arm")
+    trainer_name("nnUNetTrainer", args.schedule, args.trainer_template)
+    name = ensure_raw_dataset(args, env)
     dataset_json_file = Path(env["nnUNet_preprocessed"]) / name / "dataset.json"
     if not dataset_json_file.is_file():
         dataset_json_file = Path(env["nnUNet_raw"]) / name / "dataset.json"
@@ -676,9 +680,13 @@ def run_comparison(args) -> Path:
     from nnunet_cin.modalities import ModalityRules
 
     modalities = ModalityRules.from_dataset_json(dataset_json, source=str(dataset_json_file)).modalities
-    methods = [m for m in (args.arms or [])]
-    plan = plan_arms(modalities, methods, args.schedule, args.trainer_template,
-                     parse_pairs(args.finetune_from, "--finetune-from"), parse_pairs(args.arm, "--arm"))
+    plan = plan_arms(modalities, list(args.arms or []), args.schedule, args.trainer_template, finetune_from, custom)
+    if not args.dry_run:
+        check_trainers(sorted({a.trainer for a in plan.arms.values()}), env)
+    args.output_folder = output_folder_for(args, env, name)
+    if not args.dry_run:
+        args.output_folder.mkdir(parents=True, exist_ok=True)
+    ensure_preprocessed(args, env, name, args.output_folder / "logs")
     device = args.device or _default_device()
     folds = [int(f) if str(f).isdigit() else f for f in args.f]
     setup = Setup(name, args.c, args.p, Path(env["nnUNet_results"]), Path(env["nnUNet_preprocessed"]) / name, env,
@@ -686,8 +694,6 @@ def run_comparison(args) -> Path:
     _log(f"comparison on {name} ({', '.join(modalities)}), {args.c}, plans {args.p}, folds {folds}, device "
          f"{device}\n  models: " + ", ".join(f"{a.name} ({a.trainer})" for a in plan.arms.values()) +
          f"\n  output: {args.output_folder}")
-    if not args.dry_run:
-        check_trainers(sorted({a.trainer for a in plan.arms.values()}), env)
 
     evaluations = train_and_evaluate(setup, plan, folds, dataset_json, args.jobs, args.dry_run)
     if args.dry_run:
@@ -708,7 +714,7 @@ def run_comparison(args) -> Path:
              f". `{MEAN}`: mean Dice of the structures; `{WHOLE_HEART}`: Dice of the union of all foreground labels "
              f"(whole heart). Best mean per column in bold.",
              "", "Models (`nnUNetv2_train ... -tr TRAINER`):", "",
-             *model_lines(plan, setup)]
+             *model_lines(plan)]
     md = args.output_folder / "comparison.md"
     md.write_text(markdown_table(records, plan, structures, title, notes))
     write_csv(records, args.output_folder / "comparison.csv", folds)
@@ -762,7 +768,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("-j", "--jobs", type=int, default=1,
                         help="models trained at the same time (default: %(default)s); e.g. several small models on "
                              "one big GPU")
-    parser.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the nnU-Net commands, train nothing (a --synthetic dataset is still generated)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show nnU-Net's output (always in logs/)")
 
 

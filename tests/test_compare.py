@@ -311,3 +311,30 @@ def test_compare_end_to_end_and_resume(nnunet_env, tmp_path, monkeypatch):
     assert "[cin fold 0] continuing the interrupted training (--c)" in second
     assert (models["cin"] / "fold_0" / "checkpoint_final.pth").is_file()
     assert "evaluated 2 validation case(s)" in second.split("[cin fold 0] continuing")[1]
+
+
+def test_cli_dry_run_and_errors(nnunet_env, tmp_path):
+    from nnunet_cin.synthetic import write_nnunet_dataset
+
+    missing = subprocess.run([sys.executable, str(compare.__file__), "-d", "555", "--schedule", "_1epoch"],
+                             capture_output=True, text=True, env=dict(os.environ))
+    assert missing.returncode == 2 and "dataset 555 is in neither nnUNet_raw" in missing.stderr
+    assert not any(nnunet_env.results.iterdir())  # nothing written for a dataset that does not exist
+
+    write_nnunet_dataset(nnunet_env.raw, 555, "Dry", {"CT": 3, "MR": 3}, shape=(8, 8, 8))
+    bad_arm = subprocess.run([sys.executable, str(compare.__file__), "-d", "555", "--arms", "cin", "vit"],
+                             capture_output=True, text=True, env=dict(os.environ))
+    assert bad_arm.returncode == 2 and "unknown arm(s) ['vit']" in bad_arm.stderr
+
+    out = _compare("-d", "555", "-f", "0", "1", "--schedule", "_5epochs", "--dry-run", "-device", "cpu",
+                   "--arms", "finetune", "cin", "--arm", "mine=nnUNetTrainerCIN_1epoch")
+    assert "nnUNetv2_plan_and_preprocess_cin -d 555 -c 3d_fullres" in out
+    for fold in (0, 1):
+        assert (f"nnUNetv2_train Dataset555_Dry 3d_fullres {fold} -tr nnUNetTrainerSingleModality_MR_5epochs -p "
+                f"nnUNetPlansCIN -device cpu -pretrained_weights {nnunet_env.results}/Dataset555_Dry/"
+                f"nnUNetTrainerSingleModality_CT_5epochs__nnUNetPlansCIN__3d_fullres/fold_{fold}/checkpoint_final.pth"
+                ) in out
+        assert f"nnUNetv2_train Dataset555_Dry 3d_fullres {fold} -tr nnUNetTrainerCIN_5epochs " in out
+        assert f"nnUNetv2_train Dataset555_Dry 3d_fullres {fold} -tr nnUNetTrainerCIN_1epoch " in out
+    assert not (nnunet_env.preprocessed / "Dataset555_Dry").exists()  # nothing planned, nothing trained
+    assert not (nnunet_env.results / "Dataset555_Dry" / "nnUNetTrainerCIN_5epochs__nnUNetPlansCIN__3d_fullres").exists()
