@@ -1,6 +1,6 @@
 """Per-modality evaluation: nnU-Net's metrics per case, summarised per modality and per structure.
 
-    nnUNetv2_evaluate_cin -ref GT_FOLDER -pred PRED_FOLDER -d DATASET [-m NAME] [--hd95] [-o OUT_PREFIX]
+    nnUNetv2_evaluate_cin -ref GT -pred PRED [-d DATASET | -dj DATASET_JSON] [-m NAME] [--hd95] [-o OUT_PREFIX]
 
 Dice/IoU/TP/FP/FN come from nnU-Net's own `compute_metrics_on_folder`; `--hd95` adds the 95th percentile Hausdorff
 distance and the average symmetric surface distance (in the images' physical units, spacing respected). The summary
@@ -284,16 +284,18 @@ def load_dataset_json(dataset: Optional[str] = None, dataset_json_file: Optional
     return load_json(join(nnUNet_raw, maybe_convert_to_dataset_name(dataset), "dataset.json"))
 
 
-def main(argv: Optional[Sequence[str]] = None):
+def run_cli(argv: Optional[Sequence[str]] = None) -> dict:
+    """The command's work; returns what it writes to PREFIX.json."""
     parser = argparse.ArgumentParser(prog="nnUNetv2_evaluate_cin",
                                      description="Per-modality, per-structure metrics of a prediction folder "
                                                  "(nnU-Net's metrics; rows: structures + mean, columns: modalities).")
     parser.add_argument("-ref", required=True, help="folder with the reference segmentations")
     parser.add_argument("-pred", required=True, help="folder with the predicted segmentations")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("-d", help="dataset name or id; its dataset.json (labels, modality rules) is read from "
                                    "nnUNet_raw")
-    source.add_argument("-dj", help="path to the dataset.json instead of -d")
+    source.add_argument("-dj", help="path to the dataset.json instead of -d. Without -d and -dj: the dataset.json "
+                                    "that nnUNetv2_predict(_cin) wrote into PRED")
     parser.add_argument("-m", "--modality", default=None,
                         help="treat every case as this modality (default: each case's modality from the dataset's "
                              "rules)")
@@ -305,6 +307,10 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--chill", action="store_true",
                         help="don't stop if some reference cases have no prediction")
     args = parser.parse_args(argv)
+    if args.d is None and args.dj is None:
+        if not isfile(join(args.pred, "dataset.json")):
+            parser.error(f"pass -d DATASET or -dj DATASET_JSON ({args.pred} has no dataset.json)")
+        args.dj = join(args.pred, "dataset.json")
     try:
         dataset_json = load_dataset_json(args.d, args.dj)
         result = evaluate_folder(args.ref, args.pred, dataset_json, args.modality, args.hd95, args.np, args.chill)
@@ -320,6 +326,11 @@ def main(argv: Optional[Sequence[str]] = None):
         print(format_table(result["summary"], metric), end="\n\n")
     print(f"written: {prefix}.json, {prefix}.csv")
     return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of nnUNetv2_evaluate_cin (returns None: console scripts exit with the return value)."""
+    run_cli(argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_cin.evaluate import (compute_surface_metrics, format_table, label_names_of, main,
-                                 summarize_by_modality, surface_distance_metrics)
+                                 run_cli, summarize_by_modality, surface_distance_metrics)
 
 LABELS = {"background": 0, "MYO": 1, "LV": 2}
 DATASET_JSON = {"channel_names": {"0": "image"}, "labels": LABELS, "numTraining": 4, "file_ending": ".nii.gz",
@@ -124,8 +124,9 @@ def make_folders(tmp_path, dataset_json=DATASET_JSON):
 def test_cli_table_json_csv(tmp_path, capsys):
     ref_dir, pred_dir = make_folders(tmp_path)
     out = tmp_path / "res" / "table"
-    main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-dj", str(tmp_path / "dataset.json"), "--hd95",
-          "-o", str(out), "-np", "1"])
+    # main: the console script's entry point, whose return value becomes the exit status
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-dj", str(tmp_path / "dataset.json"), "--hd95",
+                 "-o", str(out), "-np", "1"]) is None
     printed = capsys.readouterr().out
     assert "CT (n=2)" in printed and "MR (n=1)" in printed and "HD95" in printed
     result = json.loads((tmp_path / "res" / "table.json").read_text())
@@ -149,7 +150,7 @@ def test_cli_dataset_lookup_and_forced_modality(tmp_path, nnunet_env, capsys):
     ref_dir, pred_dir = make_folders(tmp_path)
     (nnunet_env.raw / "Dataset998_Eval").mkdir(parents=True)
     (nnunet_env.raw / "Dataset998_Eval" / "dataset.json").write_text(json.dumps(DATASET_JSON))
-    result = main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-d", "998", "-m", "MR", "-np", "1"])
+    result = run_cli(["-ref", str(ref_dir), "-pred", str(pred_dir), "-d", "998", "-m", "MR", "-np", "1"])
     assert result["summary"]["modalities"] == ["MR"] and result["summary"]["num_cases"] == {"MR": 3}
     assert (pred_dir / "summary_cin.json").is_file() and (pred_dir / "summary_cin.csv").is_file()
 

@@ -151,6 +151,23 @@ def test_rules_prediction_keeps_geometry_and_nnunet_labels(model, rules_predicti
     assert (rules_prediction / "plans.json").is_file() and (rules_prediction / "dataset.json").is_file()
 
 
+def test_evaluate_the_predictions(model, rules_prediction, tmp_path):
+    """nnUNetv2_evaluate_cin on the predictions (dataset.json from the prediction folder) = Dice by hand."""
+    from nnunet_cin.evaluate import run_cli
+    result = run_cli(["-ref", str(model["root"] / "labels"), "-pred", str(rules_prediction), "-o",
+                      str(tmp_path / "eval"), "-np", "1"])
+    summary = result["summary"]
+    assert summary["modalities"] == ["CT", "MR"] and summary["num_cases"] == {"CT": 1, "MR": 1}
+    for case, modality in (("ct_0100", "CT"), ("mr_0100", "MR")):
+        ref = read(model["root"] / "labels" / f"{case}.nii.gz")[1]
+        pred = read(rules_prediction / f"{case}.nii.gz")[1]
+        for name, label in (("MYO", 1), ("LV", 3)):
+            r, p = ref == label, pred == label
+            expected = 2 * (r & p).sum() / (r.sum() + p.sum()) if r.sum() + p.sum() else float("nan")
+            np.testing.assert_allclose(summary["per_modality"][modality][name]["Dice"], expected)
+    assert (tmp_path / "eval.csv").is_file()
+
+
 def test_modality_flag_reaches_preprocessing_and_network(model_env, rules_prediction, tmp_path):
     m = model_env
     predict_cli(m, m["inputs"]["MR"], tmp_path / "mr_as_mr", "-m", "MR", "--save_probabilities", "-npp", "0",
