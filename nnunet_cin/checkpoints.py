@@ -155,3 +155,23 @@ def convert_checkpoint(source: str, destination: str, dataset, configuration: st
                                    "modalities": checkpoint.get("modalities")},
                 "trainer_name": trainer}, destination)
     return destination
+
+
+# ------------------------------------------------------------------------------------------ command line (cli.py)
+def add_arguments(parser) -> None:
+    """Arguments of `nnunet-cin convert-pretrained` (wired up in nnunet_cin.cli)."""
+    parser.add_argument("source", help="nnU-Net checkpoint to start from (e.g. .../fold_0/checkpoint_final.pth of a "
+                                       "plain nnUNetTrainer model)")
+    parser.add_argument("destination", help="converted checkpoint to write (for nnUNetv2_train -pretrained_weights)")
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name or id you will train on")
+    parser.add_argument("-c", "--configuration", default="3d_fullres")
+    parser.add_argument("-p", "--plans", default="nnUNetPlansCIN", help="plans identifier you will train with")
+    parser.add_argument("-tr", "--trainer", default="nnUNetTrainerCIN", help="trainer you will train with")
+
+
+def run(args) -> int:
+    """`nnunet-cin convert-pretrained`: convert, then print the nnUNetv2_train command that uses the result."""
+    out = convert_checkpoint(args.source, args.destination, args.dataset, args.configuration, args.plans, args.trainer)
+    print(f"wrote {out}\ntrain with:\n  nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr {args.trainer} "
+          f"-p {args.plans} -pretrained_weights {out}")
+    return 0

@@ -6,6 +6,7 @@ the plans with a narrower U-Net ("nnUNetPlansTiny", same preprocessed data) to k
 trainers are users' subclasses in their own folder on nnUNet_extTrainer, next to ours, as the README tells users to
 do.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -229,7 +230,8 @@ def test_conditional_checkpoint_loads_directly(trained, local):
     loader, no conversion); for a plain baseline it converts (CIN rows averaged)."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_cin.checkpoints import convert_checkpoint
+    from nnunet_cin.checkpoints import add_arguments, convert_checkpoint
+    from nnunet_cin.checkpoints import run as run_convert
 
     checkpoint = trained[0] / "checkpoint_final.pth"
     source = torch.load(checkpoint, weights_only=False)["network_weights"]
@@ -240,7 +242,10 @@ def test_conditional_checkpoint_loads_directly(trained, local):
             torch.testing.assert_close(value, source[key])
 
     joint_file = local.results / "cin_as_joint.pth"
-    convert_checkpoint(str(checkpoint), str(joint_file), DATASET_ID, "3d_fullres", PLANS, "nnUNetTrainerJoint")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)  # `nnunet-cin convert-pretrained`
+    assert run_convert(parser.parse_args([str(checkpoint), str(joint_file), "-d", str(DATASET_ID), "-p", PLANS,
+                                          "-tr", "nnUNetTrainerJoint"])) == 0
     joint = make_trainer("nnUNetTrainerJoint", fold=2)
     load_pretrained_weights(joint.network, str(joint_file))
     key = next(k for k, v in source.items() if v.dim() == 2 and k.endswith("norm.weight"))

@@ -8,11 +8,15 @@ One conditional network for all modalities of a dataset. What changes against nn
 - folds: stratified by modality when nnU-Net creates splits_final.json (nnunet_cin.splits)
 - reporting: pseudo-Dice per modality each epoch and per-modality means in validation/summary.json
   (nnunet_cin.reporting)
-- checkpoints: nnU-Net's, plus checkpoint["modalities"] (the conditioning order) (nnunet_cin.checkpoints)
+- checkpoints: nnU-Net's, plus checkpoint["modalities"] (the conditioning order) and checkpoint["cin"] (options);
+  `--c` refuses a checkpoint made for other modalities
+- -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.checkpoints)
+Where nnU-Net 2.8.1 has no hook (get_dataloaders, save_checkpoint) its method body is copied and marked as such.
 
-Options (set them in a subclass's __init__ after super().__init__, like nnU-Net's other hyperparameters):
-    self.modality_sampling = "mixed" | "alternate"
-    self.modality_shares = "equal" | "proportional" | {"CT": 2, "MR": 1}
+Options: class attributes of a subclass, or set in its __init__ after super().__init__ (like nnU-Net's
+hyperparameters); they take effect when the data loaders are built (on_train_start):
+    modality_sampling = "mixed" | "alternate"
+    modality_shares = "equal" | "proportional" | {"CT": 2, "MR": 1}
 
 NOTE: nnU-Net imports the files of this folder as top-level modules; shared code is imported absolutely
 (`from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN`), never relatively.
