@@ -338,3 +338,12 @@ def test_cli_dry_run_and_errors(nnunet_env, tmp_path):
         assert f"nnUNetv2_train Dataset555_Dry 3d_fullres {fold} -tr nnUNetTrainerCIN_1epoch " in out
     assert not (nnunet_env.preprocessed / "Dataset555_Dry").exists()  # nothing planned, nothing trained
     assert not (nnunet_env.results / "Dataset555_Dry" / "nnUNetTrainerCIN_5epochs__nnUNetPlansCIN__3d_fullres").exists()
+
+
+def test_every_arm_names_a_trainer_nnunet_finds(nnunet_env):
+    """The trainer of every arm (transformer arms included, with a schedule) is what nnU-Net's lookup finds; an
+    unknown one stops the comparison before anything runs, naming it."""
+    plan = plan_arms(["CT", "MR"], list(compare.METHODS), schedule="_1epoch")
+    compare.check_trainers(sorted({a.trainer for a in plan.arms.values()}), dict(os.environ))
+    with pytest.raises(RuntimeError, match="nnUNetTrainerNoSuchThing"):
+        compare.check_trainers(["nnUNetTrainerCIN", "nnUNetTrainerNoSuchThing"], dict(os.environ))
