@@ -59,6 +59,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_arguments(p)
     p.set_defaults(func=demo.run)
 
+    from nnunet_cin import checkpoints
+    p = sub.add_parser("convert-pretrained", help="convert an nnU-Net checkpoint (plain or conditional) into the "
+                                                  "layout of a trainer's network, for nnUNetv2_train "
+                                                  "-pretrained_weights", description=checkpoints.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    checkpoints.add_arguments(p)
+    p.set_defaults(func=checkpoints.run)
+
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -41,6 +41,7 @@ def demo_environment(output: Path) -> dict:
         key, value = line[len("export "):].split("=", 1)
         env[key] = value.strip("'")
     env.setdefault("nnUNet_compile", "false")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve nnU-Net's augmentation workers
     # nnU-Net's default of 8 export workers (each importing torch) costs minutes on a small machine
     env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, os.cpu_count() or 1))))
     return env

@@ -8,6 +8,8 @@ import pytest
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
 os.environ.setdefault("nnUNet_compile", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# busy-waiting OpenMP threads turn a 0.15 s CPU step into seconds on a shared 2-core machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # nnU-Net spawns nnUNet_def_n_proc (default 8) export/preprocessing workers, each importing torch: 8 on 2 cores
 # turns a second of work into minutes
 os.environ.setdefault("nnUNet_def_n_proc", "2")
