@@ -4,7 +4,8 @@ forward+backward time and peak memory.
     python benchmarks/bench_swin.py [--device cpu|cuda] [--dim 3] [--patch 64] [--feature-size 24] [--window 7] ...
 
 Time: median of --repeats timed fwd+bwd steps after --warmup ones, the four variants interleaved so that machine
-noise hits them alike. Peak memory: the most memory held by tensors allocated during one fwd+bwd step (activations,
+noise hits them alike. On cpu the time is the process's CPU time (time.process_time, summed over threads; use
+--threads 1): on a shared, loaded machine wall time mostly measures the other processes. On cuda: wall time. Peak memory: the most memory held by tensors allocated during one fwd+bwd step (activations,
 gradients, workspace; the parameters and the input, allocated before, not counted):
   cpu:  torch profiler (profile_memory=True), summing its individual allocation/free records in time order
         (tracemalloc does not see torch's CPU allocator); a separate, untimed step
@@ -90,15 +91,16 @@ def main():
     x = torch.randn(args.batch, 1, *(args.patch,) * args.dim, device=args.device)
     modality = torch.arange(args.batch, device=args.device) % 2
     steps = {v: step_fn(n, x, modality, args.device) for v, n in nets.items()}
+    clock = time.process_time if args.device == "cpu" else time.perf_counter
     times = {v: [] for v in VARIANTS}
     for _ in range(args.warmup):
         for s in steps.values():
             s()
     for _ in range(args.repeats):
         for v, s in steps.items():
-            t = time.perf_counter()
+            t = clock()
             s()
-            times[v].append(time.perf_counter() - t)
+            times[v].append(clock() - t)
     ms = {v: statistics.median(t) * 1e3 for v, t in times.items()}
     mib = {v: peak_memory(s, args.device) / 2 ** 20 for v, s in steps.items()}
     params = {v: sum(q.numel() for q in n.parameters()) for v, n in nets.items()}
@@ -106,7 +108,8 @@ def main():
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}; input "
           f"{args.batch}x1x{'x'.join([str(args.patch)] * args.dim)}, token {args.token}, feature size "
           f"{args.feature_size}, depths {args.depths}, heads {args.heads}, window {args.window}; time: median of "
-          f"{args.repeats}; memory: {'torch profiler' if args.device == 'cpu' else 'CUDA allocator'} peak")
+          f"{args.repeats} ({'process CPU time' if args.device == 'cpu' else 'wall'}); memory: "
+          f"{'torch profiler' if args.device == 'cpu' else 'CUDA allocator'} peak")
     print(f"| {'':40} | {'C-Swin (cin)':>12} | {'LayerNorm ref':>13} | {'ratio':>6} |")
     print(f"|{'-' * 42}|{'-' * 13}:|{'-' * 14}:|{'-' * 7}:|")
     rows = [("parameters", params[("cin", False)], params[("layernorm", False)], "{:,}")]
