@@ -531,7 +531,8 @@ def bar_plot(records: Sequence[dict], plan: ComparisonPlan, structures: Sequence
             recs = [by[(key, m, c)] for c in columns]
             means = [np.nan if r["mean"] is None else r["mean"] for r in recs]
             errs = [0 if r["std"] is None else r["std"] for r in recs]
-            ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=errs, capsize=2, label=label)
+            ax.bar(x - 0.4 + width * (i + 0.5), means, width, label=label,
+                   **({"yerr": errs, "capsize": 2} if any(r["std"] is not None for r in recs) else {}))
         ax.set_xticks(x)
         ax.set_xticklabels(columns)
         ax.set_ylim(0, 1)
