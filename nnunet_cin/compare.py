@@ -485,7 +485,7 @@ def markdown_table(records: Sequence[dict], plan: ComparisonPlan, structures: Se
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
-    out = [f"# {title}" if title else "", *notes, "",
+    out = [*([f"# {title}", ""] if title else []), *notes, "",
            "## Summary: mean Dice over structures, and whole heart (WH), per modality", ""]
     header = [f"{m} {c}" for m in plan.modalities for c in (MEAN, WHOLE_HEART)]
     out.append(table(header, [(label, [by[(key, m, c)] for m in plan.modalities for c in (MEAN, WHOLE_HEART)])
