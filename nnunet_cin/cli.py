@@ -59,6 +59,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_arguments(p)
     p.set_defaults(func=demo.run)
 
+    from nnunet_cin import compare
+    p = sub.add_parser("compare", help="the paper's comparison (single-modality, fine-tuning, joint, conditional) "
+                                       "with nnU-Net's commands: Markdown table, CSV, bar plot; resumable",
+                       description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_arguments(p)
+    p.set_defaults(func=compare.run)
+
     from nnunet_cin import checkpoints
     p = sub.add_parser("convert-pretrained", help="convert an nnU-Net checkpoint (plain or conditional) into the "
                                                   "layout of a trainer's network, for nnUNetv2_train "
