@@ -123,7 +123,9 @@ def main(argv=None):
     rows = [("command", "wall time (s)", "ratio")] + [
         (name, f"{min(t):.1f}", f"{min(t) / base:.3f}x") for name, t in times.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
     print(line(rows[0]))
     print("| " + " | ".join("-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)) + " |")
     for r in rows[1:]:

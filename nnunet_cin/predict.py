@@ -9,8 +9,8 @@ How a case's modality reaches the network:
    the model was not trained on, is a ModalityError listing the cases and the valid names.
 2. Preprocessing: the plans' preprocessor (CINPreprocessor for nnUNetPlansCIN: the modality's normalization) runs
    inside nnU-Net's own data iterators; `ModalityConfigurationManager.preprocessor_class` hands them a
-   `ModalityPreprocessor` that knows the resolved modality of each case and stores it in the case properties
-   (properties["modality"], properties["modality_index"]).
+   `ModalityPreprocessor` (nnunet_cin.inference_preprocessing) that knows the resolved modality of each case and
+   stores it in the case properties (properties["modality"], properties["modality_index"]).
 3. Prediction: every case's sliding-window prediction (all patches, all mirrored copies, every fold of an ensemble)
    runs inside `nnunet_cin.condition(network, index)` with the modality of the properties of that case. Plain
    networks (Joint / single-modality baselines) are not conditioned, but still get per-modality preprocessing.
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json, subdirs
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, save_json, subdirs
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.export_prediction import (convert_predicted_logits_to_segmentation_with_correct_shape,
                                                   export_prediction_from_logits)
@@ -38,102 +38,11 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.inference_preprocessing import ModalityConfigurationManager
 from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_image_file
-from nnunet_cin.preprocessing import CINPreprocessor
-
-CIN_PREPROCESSOR = CINPreprocessor.__name__
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# preprocessing: the plans' preprocessor, told the modality of each case
-
-
-class ModalityPreprocessor:
-    """The plans' preprocessor for one prediction run, with the resolved modality of every input case.
-
-    nnU-Net's data iterators create it through `configuration_manager.preprocessor_class(verbose=...)` (in their
-    worker processes) and call `run_case` / `run_case_npy` without a modality: it adds the case's modality, passes it
-    to CINPreprocessor (which normalizes with the modality's scheme and statistics), and records it in the case
-    properties for any preprocessor, which is where the predictor reads it back."""
-
-    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str],
-                 verbose: bool = False):
-        self.base = base_class(verbose=verbose)
-        self.modalities = list(modalities)
-        self.case_modalities = dict(case_modalities)
-        self.takes_modality = issubclass(base_class, CINPreprocessor)
-
-    def modality_of_files(self, image_files: List[str], file_ending: str) -> str:
-        case_id = case_id_from_image_file(image_files[0], file_ending)
-        if case_id not in self.case_modalities:
-            raise ModalityError(f'case "{case_id}" ({image_files[0]}) was not among the cases whose modality was '
-                                f'resolved for this prediction run')
-        return self.case_modalities[case_id]
-
-    def _tag(self, properties: dict, modality: str) -> dict:
-        properties["modality"] = modality
-        properties["modality_index"] = self.modalities.index(modality)
-        return properties
-
-    def run_case(self, image_files, seg_file, plans_manager, configuration_manager, dataset_json):
-        if isinstance(dataset_json, str):
-            dataset_json = load_json(dataset_json)
-        modality = self.modality_of_files(image_files, dataset_json["file_ending"])
-        extra = {"modality": modality} if self.takes_modality else {}
-        data, seg, properties = self.base.run_case(image_files, seg_file, plans_manager, configuration_manager,
-                                                   dataset_json, **extra)
-        return data, seg, self._tag(properties, modality)
-
-    def run_case_npy(self, data, seg, properties, plans_manager, configuration_manager, dataset_json):
-        modality = properties.get("modality")
-        if modality not in self.modalities:
-            raise ModalityError(f"image properties name modality {modality!r}; this model serves {self.modalities}")
-        extra = {"modality": modality} if self.takes_modality else {}
-        data, seg, properties = self.base.run_case_npy(data, seg, properties, plans_manager, configuration_manager,
-                                                       dataset_json, **extra)
-        return data, seg, self._tag(properties, modality)
-
-
-class ModalityPreprocessorFactory:
-    """What `ModalityConfigurationManager.preprocessor_class` returns: called like a preprocessor class. Picklable,
-    so that nnU-Net's spawned preprocessing workers receive it with the configuration manager."""
-
-    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str]):
-        self.base_class, self.modalities, self.case_modalities = base_class, list(modalities), dict(case_modalities)
-
-    def __call__(self, verbose: bool = False) -> ModalityPreprocessor:
-        return ModalityPreprocessor(self.base_class, self.modalities, self.case_modalities, verbose)
-
-
-class ModalityConfigurationManager(ConfigurationManager):
-    """nnU-Net's ConfigurationManager whose `preprocessor_class` is our preprocessor for the current run.
-
-    nnU-Net finds the preprocessor by name inside its own package, which cannot see CINPreprocessor: this is the one
-    place where inference picks it (plans whose preprocessor_name is CINPreprocessor, or that carry per-modality
-    normalization in plans["cin"]); other plans keep nnU-Net's preprocessor."""
-
-    def __init__(self, configuration_dict: dict, per_modality_normalization: bool, modalities: Sequence[str]):
-        super().__init__(configuration_dict)
-        self.per_modality_normalization = per_modality_normalization
-        self.modalities = list(modalities)
-        self.case_modalities: Dict[str, str] = {}
-
-    @property
-    def base_preprocessor_class(self) -> type:
-        if self.per_modality_normalization or self.preprocessor_name == CIN_PREPROCESSOR:
-            return CINPreprocessor
-        cls = super().preprocessor_class
-        if cls is None:
-            raise RuntimeError(f"preprocessor {self.preprocessor_name!r} named by the plans was not found in nnU-Net")
-        return cls
-
-    @property
-    def preprocessor_class(self) -> ModalityPreprocessorFactory:
-        return ModalityPreprocessorFactory(self.base_preprocessor_class, self.modalities, self.case_modalities)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -393,7 +302,8 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         empty_cache(self.device)
         return ret
 
-    def predict_from_list_of_npy_arrays(self, image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage,
+    def predict_from_list_of_npy_arrays(self, image_or_list_of_images,
+                                        segs_from_prev_stage_or_list_of_segs_from_prev_stage,
                                         properties_or_list_of_properties, truncated_ofname, num_processes: int = 3,
                                         save_probabilities: bool = False,
                                         num_processes_segmentation_export: int = default_num_processes,
@@ -448,8 +358,8 @@ def check_model_folder(model_folder: str, use_folds, checkpoint_name: str) -> Li
     if missing or not folds:
         raise FileNotFoundError(
             f"{model_folder} has no {checkpoint_name} for fold(s) {missing if folds else '(none found)'}; folds with "
-            f"that checkpoint: {sorted(available) or 'none'}. Choose folds with -f (e.g. -f {' '.join(available[:1]) or 0})"
-            f" or the checkpoint with -chk")
+            f"that checkpoint: {sorted(available) or 'none'}. Choose folds with -f (e.g. -f "
+            f"{' '.join(available[:1]) or 0}) or the checkpoint with -chk")
     return folds
 
 

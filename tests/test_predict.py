@@ -3,9 +3,8 @@ with -m and with the model's rules; nnU-Net's ensembling/postprocessing on the o
 import json
 import os
 import shutil
+import pickle
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,7 +141,7 @@ def test_rules_prediction_keeps_geometry_and_nnunet_labels(model, rules_predicti
         np.testing.assert_allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
         assert set(np.unique(arr)) <= set(LABELS) and np.issubdtype(arr.dtype, np.integer)
-        props = __import__("pickle").load(open(rules_prediction / f"{case}.pkl", "rb"))
+        props = pickle.load(open(rules_prediction / f"{case}.pkl", "rb"))
         assert props["modality"] == modality
         p = probabilities(rules_prediction / f"{case}.npz")
         assert p.shape[0] == len(LABELS) and np.allclose(p.sum(0), 1, atol=1e-3)
@@ -184,7 +183,7 @@ def test_modality_flag_reaches_preprocessing_and_network(model_env, rules_predic
     p_mr = probabilities(tmp_path / "mr_as_mr" / "mr_0100.npz")
     assert np.abs(p_ct - p_mr).max() > 0.05
     assert json.loads((tmp_path / "mr_as_ct" / "predict_from_raw_data_args.json").read_text())["modality"] == "CT"
-    props = __import__("pickle").load(open(tmp_path / "mr_as_ct" / "mr_0100.pkl", "rb"))
+    props = pickle.load(open(tmp_path / "mr_as_ct" / "mr_0100.pkl", "rb"))
     assert props["modality"] == "CT"
 
 
@@ -216,8 +215,8 @@ def test_every_patch_and_mirror_is_conditioned_like_nnunets_predictor_inside_con
 
 def test_folds_ensemble_and_nnunet_ensembling_postprocessing(model_env, rules_prediction, tmp_path):
     from nnunetv2.ensembling.ensemble import ensemble_folders
-    from nnunetv2.postprocessing.remove_connected_components import (apply_postprocessing_to_folder,
-                                                                       remove_all_but_largest_component_from_segmentation)
+    from nnunetv2.postprocessing.remove_connected_components import (
+        apply_postprocessing_to_folder, remove_all_but_largest_component_from_segmentation)
     m = model_env
     # a second fold with the same weights: the fold average must equal the single fold
     shutil.copytree(m["folder"] / "fold_0", m["folder"] / "fold_1", dirs_exist_ok=True)
