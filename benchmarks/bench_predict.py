@@ -60,7 +60,8 @@ def main(argv=None):
     parser.add_argument("--shape", type=int, nargs=3, default=(40, 40, 40), help="image shape. Default: 40 40 40")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--disable_tta", action="store_true")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per command, alternating. Default: 1")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per command, in ABBA order; the best is shown. Default: 1")
     parser.add_argument("--workdir", default=None, help="keep the data here (default: a temporary folder)")
     args = parser.parse_args(argv)
 
@@ -111,14 +112,17 @@ def main(argv=None):
     }
     times = {k: [] for k in commands}
     for r in range(args.repeats):
-        for i, (name, cmd) in enumerate(commands.items()):
-            out = root / f"out_{i}_{r}"
+        order = list(commands.items())
+        for name, cmd in (order if r % 2 == 0 else order[::-1]):  # ABBA: neither command always runs second
+            out = root / f"out_{list(commands).index(name)}_{r}"
             times[name].append(run(cmd + ["-o", str(out)], env))
     n = len(list((raw / "imagesTs").iterdir()))
     cfgm = cin_plans["configurations"][CONFIG]
     print(f"\n{n} cases ({args.cases} CT + {args.cases} MR, shape {tuple(args.shape)}), patch "
           f"{cfgm['patch_size']}, device {args.device}, TTA {'off' if args.disable_tta else 'on'}, "
-          f"{args.repeats} run(s) each (best shown), torch {torch.__version__}\n")
+          f"{args.repeats} run(s) each (best shown; all: "
+          f"{', '.join(f'{k.split()[0]} {[round(x, 1) for x in v]}' for k, v in times.items())}), "
+          f"torch {torch.__version__}\n")
     base = min(next(iter(times.values())))
     rows = [("command", "wall time (s)", "ratio")] + [
         (name, f"{min(t):.1f}", f"{min(t) / base:.3f}x") for name, t in times.items()]

@@ -271,6 +271,11 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
     plain = nnUNetPredictorCIN(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     plain.initialize_from_trained_model_folder(str(joint), (0,))
     assert not plain.conditioned and plain.modalities == ["CT", "MR"]
+    single = nnUNetPredictorCIN(device=torch.device("cpu"), allow_tqdm=False)
+    single.initialize_from_trained_model_folder(str(joint), (0,))
+    single.set_modalities(["CT"])  # as a single-modality baseline records it
+    with pytest.raises(ValueError, match=r"(?s)\"mr_0100\" \(MR\).*\['CT'\]"):
+        single.case_modalities(["ct_0100", "mr_0100"])
     from nnunet_cin.predict import predict_from_modelfolder_entry_point
     predict_from_modelfolder_entry_point(["-i", str(m["inputs"]["all"]), "-o", str(tmp_path / "joint_out"), "-m",
                                           str(joint), "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "0",
