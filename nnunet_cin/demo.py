@@ -80,7 +80,7 @@ def write_overlay(image_file: Path, reference_file: Path, prediction_file: Path,
 
 
 def run_demo(output: Path, device: str, quick: bool = False, cases_per_modality: int = 12, test_cases: int = 3,
-             shape: Sequence[int] = (40, 40, 40), num_processes: int = 2) -> Path:
+             shape: Sequence[int] = (32, 32, 32), num_processes: int = 2) -> Path:
     from nnunet_cin.synthetic import write_nnunet_dataset
 
     output = Path(output).resolve()
@@ -128,7 +128,7 @@ def run_demo(output: Path, device: str, quick: bool = False, cases_per_modality:
                 shutil.copy2(f, inputs / f.name)
         _run(["nnUNetv2_predict_cin", "-i", str(inputs), "-o", str(predictions), "-d", str(DATASET_ID), "-c",
               "3d_fullres", "-f", "0", "-tr", trainer, "-p", "nnUNetPlansCIN", "-m", modality, "-device", device,
-              "-npp", "1", "-nps", "1"], env)
+              "-npp", "1", "-nps", "1", "--continue_prediction"], env)  # a rerun skips finished cases
 
     _stage(5, total, "evaluate per modality and structure (nnUNetv2_evaluate_cin)")
     _run(["nnUNetv2_evaluate_cin", "-ref", str(raw / "labelsTs"), "-pred", str(predictions), "-d", str(DATASET_ID),

@@ -8,8 +8,8 @@ from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN
 
 
 class nnUNetTrainerCINDemo(nnUNetTrainerCIN):
-    """40 epochs of 25 iterations (nnU-Net: 1000 x 250): enough for the synthetic data, a few minutes on a CPU."""
-    demo_epochs, demo_iterations, demo_val_iterations = 40, 25, 5
+    """30 epochs of 20 iterations (nnU-Net: 1000 x 250): enough for the synthetic data, minutes on a CPU."""
+    demo_epochs, demo_iterations, demo_val_iterations = 30, 20, 4
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
