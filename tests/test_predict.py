@@ -334,3 +334,27 @@ def test_errors_name_the_problem_and_leave_no_output(model_env, tmp_path, capsys
     _fails(capsys, ["-i", str(odd), "-o", str(out), "-m", str(tmp_path / "nope"), "-f", "0", "-device", "cpu"],
            "does not exist", entry=predict_from_modelfolder_entry_point)
     assert list(out.iterdir()) == []
+
+
+def test_export_to_zip_and_install_keep_what_inference_needs(model, rules_prediction, tmp_path):
+    """nnUNetv2_export_model_to_zip -> nnUNetv2_install_pretrained_model_from_zip into an empty nnUNet_results ->
+    nnUNetv2_predict_cin gives the same segmentation (the modalities, rules and conditional architecture travel in
+    the zip's plans.json, dataset.json and checkpoint)."""
+    zip_file = tmp_path / "model.zip"
+    # nnU-Net's exporter always packs fold_0/validation/summary.json, which this test's trainer (final validation
+    # skipped for speed) never wrote: give it a stand-in; inference does not read it
+    validation = model["folder"] / "fold_0" / "validation"
+    validation.mkdir(exist_ok=True)
+    if not (validation / "summary.json").exists():
+        (validation / "summary.json").write_text("{}")
+    _run(["nnUNetv2_export_model_to_zip", "-d", str(DATASET_ID), "-o", str(zip_file), "-c", "3d_fullres", "-tr",
+          TRAINER, "-p", "nnUNetPlansCIN", "-f", "0", "--not_strict"], model["env"])
+    installed = dict(model["env"], nnUNet_results=str(tmp_path / "installed_results"))
+    (tmp_path / "installed_results").mkdir()
+    _run(["nnUNetv2_install_pretrained_model_from_zip", str(zip_file)], installed)
+    out = tmp_path / "pred_installed"
+    _run(["nnUNetv2_predict_cin", "-i", str(model["inputs"]["all"]), "-o", str(out), "-d", str(DATASET_ID), "-c",
+          "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
+          "--disable_progress_bar"], installed)
+    for case in ("ct_0100", "mr_0100"):
+        np.testing.assert_array_equal(read(out / f"{case}.nii.gz")[1], read(rules_prediction / f"{case}.nii.gz")[1])
