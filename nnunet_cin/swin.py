@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nnunet_cin.cin import CIN_BY_DIM, cin_layers
-from nnunet_cin.unetr import ConditionalUNETR, _ConvBlocks
+from nnunet_cin.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks
 from nnunet_cin.vit import NORMS, as_tuple, token_norm
 
 MASKED = -1e4  # additive attention score of a forbidden key: exp() underflows to exactly 0 (also in float16)
@@ -347,31 +347,17 @@ class SwinUNETREncoder(nn.Module):
                 + [self.bottleneck(hidden[s])])
 
 
-class SwinUNETRDecoder(nn.Module):
-    """Upsampling path of Swin-UNETR. `deep_supervision` (toggled by nnU-Net's set_deep_supervision_enabled) picks
-    between the full-resolution logits and the list of every stage's logits, full resolution first."""
+class SwinUNETRDecoder(SkipDecoder):
+    """Upsampling path of Swin-UNETR: one stage per Swin stage, then the token patch."""
 
     def __init__(self, feature_size: int, num_stages: int, num_classes: int, token_patch_size: Tuple[int, ...],
                  blocks: _ConvBlocks, deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.ups, self.convs, self.seg_layers = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        super().__init__(deep_supervision)
         cin = feature_size * 2 ** num_stages
         for i in range(num_stages - 1, -2, -1):  # skip h_i (stride t * 2^i), i = -1: the image block (stride 1)
             c = feature_size * 2 ** max(i, 0)
-            self.ups.append(blocks.up(cin, c, (2,) * len(token_patch_size) if i >= 0 else token_patch_size))
-            self.convs.append(blocks.res(2 * c, c))
-            self.seg_layers.append(blocks.conv_op(c, num_classes, 1, 1, 0, bias=True))
+            self.add_stage(blocks, cin, c, (2,) * len(token_patch_size) if i >= 0 else token_patch_size, num_classes)
             cin = c
-
-    def forward(self, skips: List[torch.Tensor]):
-        x, outputs = skips[-1], []
-        for j, (up, conv, seg) in enumerate(zip(self.ups, self.convs, self.seg_layers)):
-            x = conv(torch.cat((up(x), skips[-2 - j]), dim=1))
-            if self.deep_supervision or j == len(self.ups) - 1:
-                outputs.append(seg(x))
-        outputs = outputs[::-1]
-        return outputs if self.deep_supervision else outputs[0]
 
 
 class ConditionalSwinUNETR(nn.Module):

@@ -108,23 +108,21 @@ class UNETREncoder(nn.Module):
         return [self.stem(x)] + [skip(h) for skip, h in zip(self.skips, hidden[:-1])] + [hidden[-1]]
 
 
-class UNETRDecoder(nn.Module):
-    """Upsampling path; `deep_supervision` (toggled by nnU-Net's set_deep_supervision_enabled) picks between the
+class SkipDecoder(nn.Module):
+    """Upsampling path shared by the UNETR and Swin-UNETR decoders: subclasses fill `ups`, `convs` and `seg_layers`
+    coarse to fine. `deep_supervision` (toggled by nnU-Net's set_deep_supervision_enabled) picks between the
     full-resolution logits and the list of every stage's logits, full resolution first."""
 
-    def __init__(self, hidden_size: int, feature_size: int, num_classes: int, strides, blocks: _ConvBlocks,
-                 deep_supervision: bool):
+    def __init__(self, deep_supervision: bool):
         super().__init__()
-        n = len(strides)
         self.deep_supervision = deep_supervision
         self.ups, self.convs, self.seg_layers = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        cin = hidden_size
-        for j in range(n - 1, -1, -1):  # coarse to fine; stage j ends at stride 2^j
-            c = feature_size * 2 ** j
-            self.ups.append(blocks.up(cin, c, strides[j]))
-            self.convs.append(blocks.res(2 * c, c))
-            self.seg_layers.append(blocks.conv_op(c, num_classes, 1, 1, 0, bias=True))
-            cin = c
+
+    def add_stage(self, blocks: _ConvBlocks, in_channels: int, channels: int, up_stride, num_classes: int):
+        """Next finer stage: upsample, concatenate the skip (also `channels` wide), conv block, segmentation head."""
+        self.ups.append(blocks.up(in_channels, channels, up_stride))
+        self.convs.append(blocks.res(2 * channels, channels))
+        self.seg_layers.append(blocks.conv_op(channels, num_classes, 1, 1, 0, bias=True))
 
     def forward(self, skips: List[torch.Tensor]):
         x, outputs = skips[-1], []
@@ -134,6 +132,20 @@ class UNETRDecoder(nn.Module):
                 outputs.append(seg(x))
         outputs = outputs[::-1]
         return outputs if self.deep_supervision else outputs[0]
+
+
+class UNETRDecoder(SkipDecoder):
+    """UNETR's upsampling path: one stage per power of two of the token patch."""
+
+    def __init__(self, hidden_size: int, feature_size: int, num_classes: int, strides, blocks: _ConvBlocks,
+                 deep_supervision: bool):
+        super().__init__(deep_supervision)
+        n = len(strides)
+        cin = hidden_size
+        for j in range(n - 1, -1, -1):  # coarse to fine; stage j ends at stride 2^j
+            c = feature_size * 2 ** j
+            self.add_stage(blocks, cin, c, strides[j], num_classes)
+            cin = c
 
 
 class ConditionalUNETR(nn.Module):
