@@ -12,7 +12,6 @@ import csv
 import multiprocessing
 import os
 import sys
-import warnings
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np

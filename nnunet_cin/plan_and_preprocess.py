@@ -11,7 +11,7 @@ import shutil
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
 
 from nnunet_cin.modalities import ModalityError, ModalityRules
 

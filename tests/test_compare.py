@@ -6,8 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -31,9 +31,7 @@ from copy import deepcopy
 from typing import List, Sequence, Union
 
 import torch
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
-from torch import nn
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_cin.swin import ConditionalSwinUNETR, adjust_patch_size, deep_supervision_scales
 from nnunet_cin.trainers.nnUNetTrainerCIN import add_schedules
@@ -44,6 +42,7 @@ SWIN_UNETR_CLASS = f"{ConditionalSwinUNETR.__module__}.{ConditionalSwinUNETR.__n
 
 
 class nnUNetTrainerCSwinUNETR(nnUNetTrainerCViT):
+    plans_network_class = SWIN_UNETR_CLASS
     # network (Swin-UNETR); see the module docstring
     token_patch_size: Union[int, Sequence[int]] = 2
     feature_size = 48
@@ -83,19 +82,6 @@ class nnUNetTrainerCSwinUNETR(nnUNetTrainerCViT):
             patch_size=patch_size, architecture={"network_class_name": SWIN_UNETR_CLASS, "arch_kwargs": arch_kwargs,
                                                  "_kw_requires_import": []})
         return plans
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        """The Swin-UNETR the plans describe (also at inference: the model folder's plans.json)."""
-        name = configuration_manager.network_arch_class_name
-        if name != SWIN_UNETR_CLASS:
-            raise ValueError(f"these plans describe a {name}, not {SWIN_UNETR_CLASS}: use the plans.json that "
-                             f"nnUNetTrainerCSwinUNETR wrote into its model folder (or let the trainer write it)")
-        return get_network_from_plans(name, configuration_manager.network_arch_init_kwargs,
-                                      configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
-                                      num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
 
     def _get_deep_supervision_scales(self) -> Union[List[List[float]], None]:
         if not self.enable_deep_supervision:

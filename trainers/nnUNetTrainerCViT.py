@@ -95,6 +95,7 @@ class WarmupPolyLRScheduler(PolyLRScheduler):
 
 
 class nnUNetTrainerCViT(nnUNetTrainerCIN):
+    plans_network_class = UNETR_CLASS  # the network class unetr_plans writes into the plans
     # network (UNETR-Base); see the module docstring
     token_patch_size: Union[int, Sequence[int]] = 16
     hidden_size = 768
@@ -145,15 +146,15 @@ class nnUNetTrainerCViT(nnUNetTrainerCIN):
             architecture={"network_class_name": UNETR_CLASS, "arch_kwargs": arch_kwargs, "_kw_requires_import": []})
         return plans
 
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        """The UNETR the plans describe (also at inference: the model folder's plans.json)."""
+        """The network the plans describe (also at inference: the model folder's plans.json)."""
         name = configuration_manager.network_arch_class_name
-        if name != UNETR_CLASS:
-            raise ValueError(f"these plans describe a {name}, not {UNETR_CLASS}: use the plans.json that "
-                             f"nnUNetTrainerCViT wrote into its model folder (or let the trainer write it)")
+        if name != cls.plans_network_class:
+            raise ValueError(f"these plans describe a {name}, not {cls.plans_network_class}: use the plans.json that "
+                             f"{cls.__name__} wrote into its model folder (or let the trainer write it)")
         return get_network_from_plans(name, configuration_manager.network_arch_init_kwargs,
                                       configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
                                       num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
