@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nnunet_cin.cin import CIN_BY_DIM, cin_layers
-from nnunet_cin.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks
+from nnunet_cin.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks, run_padded
 from nnunet_cin.vit import NORMS, as_tuple, token_norm
 
 MASKED = -1e4  # additive attention score of a forbidden key: exp() underflows to exactly 0 (also in float16)
@@ -424,16 +424,7 @@ class ConditionalSwinUNETR(nn.Module):
             raise ValueError(f"input {tuple(size)} leaves a single token at the deepest stage (sides <= "
                              f"{self.divisor}), where instance norm and CIN have no statistics: use a patch size "
                              f"from nnunet_cin.swin.adjust_patch_size")
-        if any(pad):
-            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
-        out = self.decoder(self.encoder(x))
-        if not any(pad):
-            return out
-
-        def crop(y):
-            f = [x.shape[2 + i] // y.shape[2 + i] for i in range(len(size))]
-            return y[(..., *(slice(0, math.ceil(s / fi)) for s, fi in zip(size, f)))]
-        return [crop(y) for y in out] if isinstance(out, list) else crop(out)
+        return run_padded(lambda v: self.decoder(self.encoder(v)), x, self.divisor)
 
     # nnU-Net applies this to every module: He init for convs, truncated normal for the transformer's linear layers
     initialize = staticmethod(ConditionalUNETR.initialize)

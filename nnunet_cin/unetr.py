@@ -148,6 +148,22 @@ class UNETRDecoder(SkipDecoder):
             cin = c
 
 
+def run_padded(fn, x: torch.Tensor, multiple: Sequence[int]):
+    """fn(x) with x's spatial sides zero-padded up to multiples of `multiple`; every output (a tensor or nnU-Net's
+    deep-supervision list, possibly at lower resolutions) cropped back to the unpadded extent."""
+    size = x.shape[2:]
+    pad = [(-s) % m for s, m in zip(size, multiple)]
+    if not any(pad):
+        return fn(x)
+    x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
+    out = fn(x)
+
+    def crop(y):
+        f = [x.shape[2 + i] // y.shape[2 + i] for i in range(len(size))]
+        return y[(..., *(slice(0, math.ceil(s / fi)) for s, fi in zip(size, f)))]
+    return [crop(y) for y in out] if isinstance(out, list) else crop(out)
+
+
 class ConditionalUNETR(nn.Module):
     """UNETR with a conditional ViT encoder (C-ViT), built from nnU-Net plans.
 
@@ -201,18 +217,7 @@ class ConditionalUNETR(nn.Module):
                                     deep_supervision)
 
     def forward(self, x: torch.Tensor):
-        size = x.shape[2:]
-        pad = [(-s) % p for s, p in zip(size, self.token_patch_size)]
-        if any(pad):
-            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
-        out = self.decoder(self.encoder(x))
-        if not any(pad):
-            return out
-
-        def crop(y):
-            f = [x.shape[2 + i] // y.shape[2 + i] for i in range(len(size))]
-            return y[(..., *(slice(0, math.ceil(s / fi)) for s, fi in zip(size, f)))]
-        return [crop(y) for y in out] if isinstance(out, list) else crop(out)
+        return run_padded(lambda v: self.decoder(self.encoder(v)), x, self.token_patch_size)
 
     @staticmethod
     def initialize(module: nn.Module):
