@@ -30,3 +30,15 @@ def nnunet_env(tmp_path, monkeypatch):
         monkeypatch.setenv(name, str(p))
     monkeypatch.setenv("nnUNet_extTrainer", nnunet_cin.trainers.__path__[0])
     return paths
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread in this process: busy-waiting OpenMP threads are pathologically slow on a loaded machine.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -45,13 +45,7 @@ class TinySwinJoint(Tiny, nnUNetTrainerSwinUNETRJoint):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread in this process: busy-waiting OpenMP threads are pathologically slow on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(cmd, env, timeout=900):

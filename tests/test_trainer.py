@@ -88,13 +88,7 @@ def planned(tmp_path_factory):
     return paths, env
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread in this process: busy-waiting OpenMP threads are pathologically slow on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
