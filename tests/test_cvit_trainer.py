@@ -2,34 +2,23 @@
 the optimizer and its warm-up, and a tiny end-to-end run through nnU-Net's real commands on CPU."""
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 import warnings
 from copy import deepcopy
-from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
-import nnunet_cin.trainers
 from nnunet_cin.cin import cin_layers, condition
-from nnunet_cin.synthetic import write_nnunet_dataset
 from nnunet_cin.trainers.nnUNetTrainerCViT import UNETR_CLASS, WarmupPolyLRScheduler, nnUNetTrainerCViT
 from nnunet_cin.trainers.nnUNetTrainerViTJoint import nnUNetTrainerViTJoint
 from nnunet_cin.unetr import ConditionalUNETR
 from nnunet_cin.vit import TokenConditionalInstanceNorm, ViTBlock
+from transformer_e2e import plan_tiny_dataset, predict_test_cases, train_user_trainer
 
 DATASET = 999
-BIN = Path(sys.executable).parent
-TRAINERS = nnunet_cin.trainers.__path__[0]
-PLANS = "nnUNetPlansCIN"
 
 
 class Tiny:
@@ -45,38 +34,12 @@ class TinyViTJoint(Tiny, nnUNetTrainerViTJoint):
     pass
 
 
-def run(cmd, env, timeout=600):
-    out = subprocess.run([str(BIN / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-    return out
-
-
-def subprocess_env(paths, ext_trainers=()):
-    env = dict(os.environ, nnUNet_raw=str(paths.raw), nnUNet_preprocessed=str(paths.preprocessed),
-               nnUNet_results=str(paths.results), nnUNet_compile="false", nnUNet_n_proc_DA="0",
-               nnUNet_def_n_proc="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
-               nnUNet_extTrainer=os.pathsep.join([TRAINERS, *map(str, ext_trainers)]))
-    return env
 
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    """Synthetic CT+MR data (2+2 training cases of 24^3, one test case per modality), planned and preprocessed
-    (3d_fullres) once for this module by nnUNetv2_plan_and_preprocess_cin."""
-    root = tmp_path_factory.mktemp("cvit_planned")
-    paths = SimpleNamespace(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results")
-    for p in vars(paths).values():
-        p.mkdir()
-    folder = write_nnunet_dataset(paths.raw, DATASET, cases_per_modality={"CT": 2, "MR": 2}, shape=(24, 24, 24),
-                                  test_cases_per_modality=1)
-    env = dict(subprocess_env(paths), nnUNet_n_proc_DA="1")  # nnU-Net's planner needs >= 1 thread here
-    run(["nnUNetv2_plan_and_preprocess_cin", "-d", DATASET, "-c", "3d_fullres", "-np", 1, "-npfp", 1], env)
-    pre = paths.preprocessed / folder.name
-    paths.folder_name = folder.name
-    paths.plans = json.loads((pre / f"{PLANS}.json").read_text())
-    paths.dataset_json = json.loads((pre / "dataset.json").read_text())
-    return paths
+    """Tiny CT+MR data, planned once for this module (transformer_e2e.plan_tiny_dataset)."""
+    return plan_tiny_dataset(tmp_path_factory.mktemp("cvit_planned"), DATASET, "SyntheticHeart")
 
 
 def make_trainer(cls, planned, configuration="3d_fullres", patch_size=None):
@@ -267,27 +230,12 @@ class nnUNetTrainerCViTTiny(nnUNetTrainerCViT):
 
 
 def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_path):
-    for name in ("raw", "preprocessed"):
-        shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name)
-    pre = nnunet_env.preprocessed / planned.folder_name
-    # one validation case keeps nnU-Net's final validation short
-    cases = sorted(p.name[:-len(".nii.gz")] for p in (nnunet_env.raw / planned.folder_name / "labelsTr").iterdir())
-    (pre / "splits_final.json").write_text(json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
-    ext = tmp_path / "my_trainers"
-    ext.mkdir()
-    (ext / "nnUNetTrainerCViTTiny.py").write_text(TINY_TRAINER)
-    env = subprocess_env(nnunet_env, [ext])
-
-    run(["nnUNetv2_train", DATASET, "3d_fullres", 0, "-tr", "nnUNetTrainerCViTTiny", "-p", PLANS, "-device", "cpu"],
-        env)
-
-    model = nnunet_env.results / planned.folder_name / f"nnUNetTrainerCViTTiny__{PLANS}__3d_fullres"
-    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    model, ckpt, saved, env = train_user_trainer(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny",
+                                                 TINY_TRAINER)
     assert ckpt["modalities"] == ["CT", "MR"] and ckpt["current_epoch"] == 1
     assert ckpt["cin"]["recipe"] == {"optimizer": "AdamW", "initial_lr": 1e-4, "weight_decay": 1e-5,
                                      "warmup_epochs": 0, "lr_decay": "poly", "num_epochs": 1}
     assert any(k.endswith("blocks.3.norm2.weight") and v.shape == (2, 32) for k, v in ckpt["network_weights"].items())
-    saved = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
     planned_patch = planned.plans["configurations"]["3d_fullres"]["patch_size"]
     assert any(p % 16 for p in planned_patch)  # not a multiple of the token patch: the trainer rounds it up
     assert saved["patch_size"] == [-(-p // 16) * 16 for p in planned_patch]
@@ -302,13 +250,4 @@ def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_pa
     net.load_state_dict(ckpt["network_weights"])
     assert len(cin_layers(net)) > 0
 
-    images = nnunet_env.raw / planned.folder_name / "imagesTs"
-    out = tmp_path / "predictions"
-    run(["nnUNetv2_predict_cin", "-i", images, "-o", out, "-d", DATASET, "-c", "3d_fullres", "-f", 0,
-         "-tr", "nnUNetTrainerCViTTiny", "-p", PLANS, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"], env)
-    import SimpleITK as sitk
-    for image in sorted(images.iterdir()):
-        case = image.name[:-len("_0000.nii.gz")]
-        pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
-        assert pred.GetSize() == sitk.ReadImage(str(image)).GetSize()
-        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(range(8))
+    predict_test_cases(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny", env)

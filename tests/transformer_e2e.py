@@ -1,0 +1,85 @@
+"""Shared scaffolding of the transformer trainer tests (test_cvit_trainer.py, test_swin_trainer.py): nnU-Net's real
+commands in subprocesses, a tiny planned dataset per module, and a user's tiny trainer trained and predicted."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+import nnunet_cin.trainers
+from nnunet_cin.synthetic import write_nnunet_dataset
+
+BIN = Path(sys.executable).parent
+TRAINERS = nnunet_cin.trainers.__path__[0]
+PLANS = "nnUNetPlansCIN"
+
+
+def run(cmd, env, timeout=900):
+    out = subprocess.run([str(BIN / cmd[0]), *map(str, cmd[1:])], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out
+
+
+def subprocess_env(paths, ext_trainers=()):
+    return dict(os.environ, nnUNet_raw=str(paths.raw), nnUNet_preprocessed=str(paths.preprocessed),
+                nnUNet_results=str(paths.results), nnUNet_compile="false", nnUNet_n_proc_DA="0",
+                nnUNet_def_n_proc="1", OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
+                nnUNet_extTrainer=os.pathsep.join([TRAINERS, *map(str, ext_trainers)]))
+
+
+def plan_tiny_dataset(root: Path, dataset: int, name: str) -> SimpleNamespace:
+    """Synthetic CT+MR data (2+2 training cases of 24^3, one test case per modality), planned and preprocessed
+    (3d_fullres) by nnUNetv2_plan_and_preprocess_cin. Returns the folders, folder_name, plans and dataset_json."""
+    paths = SimpleNamespace(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results")
+    for p in vars(paths).values():
+        p.mkdir()
+    folder = write_nnunet_dataset(paths.raw, dataset, name, cases_per_modality={"CT": 2, "MR": 2},
+                                  shape=(24, 24, 24), test_cases_per_modality=1)
+    env = dict(subprocess_env(paths), nnUNet_n_proc_DA="1")  # nnU-Net's planner needs >= 1 thread here
+    run(["nnUNetv2_plan_and_preprocess_cin", "-d", dataset, "-c", "3d_fullres", "-np", 1, "-npfp", 1], env)
+    pre = paths.preprocessed / folder.name
+    paths.folder_name = folder.name
+    paths.plans = json.loads((pre / f"{PLANS}.json").read_text())
+    paths.dataset_json = json.loads((pre / "dataset.json").read_text())
+    return paths
+
+
+def train_user_trainer(planned, nnunet_env, tmp_path, dataset: int, trainer: str, source: str):
+    """nnUNetv2_train of a user's trainer (`source`, written to its own folder on nnUNet_extTrainer before ours) on
+    the planned data, with one validation case to keep nnU-Net's final validation short.
+    Returns (model folder, checkpoint, the model's plans.json 3d_fullres configuration, env)."""
+    for name in ("raw", "preprocessed"):
+        shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name)
+    cases = sorted(p.name[:-len(".nii.gz")] for p in (nnunet_env.raw / planned.folder_name / "labelsTr").iterdir())
+    (nnunet_env.preprocessed / planned.folder_name / "splits_final.json").write_text(
+        json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
+    ext = tmp_path / "my_trainers"
+    ext.mkdir()
+    (ext / f"{trainer}.py").write_text(source)
+    env = subprocess_env(nnunet_env, [ext])
+    run(["nnUNetv2_train", dataset, "3d_fullres", 0, "-tr", trainer, "-p", PLANS, "-device", "cpu"], env)
+    model = nnunet_env.results / planned.folder_name / f"{trainer}__{PLANS}__3d_fullres"
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    saved = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
+    return model, ckpt, saved, env
+
+
+def predict_test_cases(planned, nnunet_env, tmp_path, dataset: int, trainer: str, env):
+    """nnUNetv2_predict_cin on the test images: one segmentation per image, its size, nnU-Net's label values."""
+    images = nnunet_env.raw / planned.folder_name / "imagesTs"
+    out = tmp_path / "predictions"
+    run(["nnUNetv2_predict_cin", "-i", images, "-o", out, "-d", dataset, "-c", "3d_fullres", "-f", 0,
+         "-tr", trainer, "-p", PLANS, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"], env)
+    assert len(list(out.glob("*.nii.gz"))) == len(list(images.iterdir()))
+    for image in sorted(images.iterdir()):
+        case = image.name[:-len("_0000.nii.gz")]
+        pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        assert pred.GetSize() == sitk.ReadImage(str(image)).GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(range(8))
