@@ -28,14 +28,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from dynamic_network_architectures.building_blocks.helper import get_matching_instancenorm
 from dynamic_network_architectures.building_blocks.patch_encode_decode import PatchEmbed
 from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nnunet_cin.cin import CIN_BY_DIM, cin_layers
-from nnunet_cin.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks, run_padded
+from nnunet_cin.cin import cin_layers
+from nnunet_cin.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks, encoder_decoder_blocks, run_padded
 from nnunet_cin.vit import NORMS, as_tuple, token_norm
 
 MASKED = -1e4  # additive attention score of a forbidden key: exp() underflows to exactly 0 (also in float16)
@@ -407,12 +406,7 @@ class ConditionalSwinUNETR(nn.Module):
         self.patch_size = tuple(patch_size)
         self.token_patch_size = swin.token_patch_size
         self.divisor = swin.divisor
-        instance_norm = get_matching_instancenorm(dimension=ndim)
-        if norm == "cin":
-            encoder_blocks = _ConvBlocks(ndim, CIN_BY_DIM[ndim], {"num_modalities": num_modalities, "eps": eps})
-        else:
-            encoder_blocks = _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
-        decoder_blocks = _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
+        encoder_blocks, decoder_blocks = encoder_decoder_blocks(ndim, norm, num_modalities, eps)
         self.encoder = SwinUNETREncoder(swin, input_channels, feature_size, encoder_blocks)
         self.decoder = SwinUNETRDecoder(feature_size, len(depths), num_classes, self.token_patch_size,
                                         decoder_blocks, deep_supervision)

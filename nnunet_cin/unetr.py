@@ -86,6 +86,17 @@ class _ConvBlocks:
         return self.transp_op(cin, cout, kernel_size=stride, stride=stride, bias=False)
 
 
+def encoder_decoder_blocks(ndim: int, norm: str, num_modalities: int, eps: float) -> Tuple[_ConvBlocks, _ConvBlocks]:
+    """Conv blocks of the encoder side (CIN when norm="cin", else affine instance norm) and of the decoder (always
+    affine instance norm): where the method puts CIN, shared by the UNETR and Swin-UNETR networks."""
+    instance_norm = get_matching_instancenorm(dimension=ndim)
+    if norm == "cin":
+        encoder = _ConvBlocks(ndim, CIN_BY_DIM[ndim], {"num_modalities": num_modalities, "eps": eps})
+    else:
+        encoder = _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
+    return encoder, _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
+
+
 class UNETREncoder(nn.Module):
     """C-ViT plus UNETR's convolutional skip paths; forward returns the skips, fine to coarse, then the bottleneck."""
 
@@ -206,12 +217,7 @@ class ConditionalUNETR(nn.Module):
                              f"{len(strides)} feature_depths; got {tuple(feature_depths)}")
         vit = ConditionalViT(input_channels, patch_size, self.token_patch_size, hidden_size, depth, num_heads,
                              mlp_ratio, feature_depths, qkv_bias, dropout, attn_dropout, norm, num_modalities, eps)
-        instance_norm = get_matching_instancenorm(dimension=ndim)
-        if norm == "cin":
-            encoder_blocks = _ConvBlocks(ndim, CIN_BY_DIM[ndim], {"num_modalities": num_modalities, "eps": eps})
-        else:
-            encoder_blocks = _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
-        decoder_blocks = _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
+        encoder_blocks, decoder_blocks = encoder_decoder_blocks(ndim, norm, num_modalities, eps)
         self.encoder = UNETREncoder(vit, input_channels, feature_size, strides, encoder_blocks)
         self.decoder = UNETRDecoder(hidden_size, feature_size, num_classes, strides, decoder_blocks,
                                     deep_supervision)
