@@ -21,6 +21,7 @@ hyperparameters); they take effect when the data loaders are built (on_train_sta
 NOTE: nnU-Net imports the files of this folder as top-level modules; shared code is imported absolutely
 (`from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN`), never relatively.
 """
+import os
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import List, Optional
 
@@ -179,8 +180,12 @@ class nnUNetTrainerCIN(nnUNetTrainer):
             self.print_to_log_file("Creating new 5-fold cross-validation split, stratified by modality...")
             identifiers = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
                 self.preprocessed_dataset_folder)
+            # written aside and renamed: runs started together (several folds, `nnunet-cin compare -j`) may all
+            # create it; each writes the same seeded split, and none may read a half-written file
+            partial = f"{splits_file}.{os.getpid()}.partial"
             save_json(stratified_crossval_split(identifiers, {k: self.lookup.name_of(k) for k in identifiers}),
-                      splits_file)
+                      partial)
+            os.replace(partial, splits_file)
         tr_keys, val_keys = super().do_split()
         if self.single_modality is not None:
             tr_keys = [k for k in tr_keys if self.lookup.name_of(k) == self.single_modality]
