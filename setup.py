@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="nnunet-cin",
@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     # trainers/ and planners/ live at the top of the repository (nnU-Net's nnUNet_extTrainer points at a
     # folder), but are installed inside the package so that a non-editable install carries them too.
-    packages=["nnunet_cin", "nnunet_cin.trainers", "nnunet_cin.planners"],
+    packages=find_packages(include=["nnunet_cin", "nnunet_cin.*"]) + ["nnunet_cin.trainers", "nnunet_cin.planners"],
     package_dir={"nnunet_cin": "nnunet_cin", "nnunet_cin.trainers": "trainers", "nnunet_cin.planners": "planners"},
     install_requires=[
         "nnunetv2==2.8.*",
@@ -18,11 +18,11 @@ setup(
     entry_points={
         "console_scripts": [
             "nnunet-cin=nnunet_cin.cli:main",
-            "nnUNetv2_plan_and_preprocess_cin=nnunet_cin.plan_and_preprocess:main",
-            "nnUNetv2_predict_cin=nnunet_cin.predict:predict_entry_point",
-            "nnUNetv2_predict_cin_from_modelfolder=nnunet_cin.predict:predict_from_modelfolder_entry_point",
-            "nnUNetv2_evaluate_cin=nnunet_cin.evaluate:main",
-            "nnUNetv2_convert_mmwhs=nnunet_cin.mmwhs:main",
+            "nnUNetv2_plan_and_preprocess_cin=nnunet_cin.planning.plan_and_preprocess:main",
+            "nnUNetv2_predict_cin=nnunet_cin.inference.predict:predict_entry_point",
+            "nnUNetv2_predict_cin_from_modelfolder=nnunet_cin.inference.predict:predict_from_modelfolder_entry_point",
+            "nnUNetv2_evaluate_cin=nnunet_cin.evaluation.evaluate:main",
+            "nnUNetv2_convert_mmwhs=nnunet_cin.dataset_conversion.mmwhs:main",
         ]
     },
 )

@@ -13,7 +13,7 @@ import time
 import torch
 
 from nnunet_cin import condition
-from nnunet_cin.unetr import ConditionalUNETR
+from nnunet_cin.networks.unetr import ConditionalUNETR
 
 
 def build(norm, args):

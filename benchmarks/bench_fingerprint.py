@@ -2,7 +2,7 @@
 
     python benchmarks/bench_fingerprint.py [--ct 8] [--mr 8] [--shape 48] [--np 2] [--repeats 3] [--keep DIR]
 
-Generates a two-modality dataset (nnunet_cin.synthetic) in a temporary nnUNet_raw, then runs both extractors
+Generates a two-modality dataset (nnunet_cin.dataset_conversion.synthetic) in a temporary nnUNet_raw, then runs both extractors
 --repeats times each, interleaved (plain, ours, plain, ours, ...) so that machine noise hits both alike, with
 nnU-Net's default number of foreground samples (1e8; nnUnet_cin_fingerprint_samples is ignored here). Prints a
 Markdown table of the median wall times and their ratio, and whether the dataset-wide statistics agree.
@@ -33,8 +33,8 @@ def main():
 
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
-    from nnunet_cin.fingerprint import CINFingerprintExtractor
-    from nnunet_cin.synthetic import write_nnunet_dataset
+    from nnunet_cin.planning.fingerprint import CINFingerprintExtractor
+    from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
     dataset_id = 997
     if not os.path.isdir(os.path.join(root, "raw", "Dataset997_BenchFingerprint")):

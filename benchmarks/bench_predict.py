@@ -66,8 +66,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import nnunet_cin.trainers
-    from nnunet_cin.conditioning import plain_architecture, plans_for_trainer
-    from nnunet_cin.synthetic import write_nnunet_dataset
+    from nnunet_cin.training.conditioning import plain_architecture, plans_for_trainer
+    from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_predict_"))
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),

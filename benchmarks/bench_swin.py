@@ -19,7 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from nnunet_cin import condition
-from nnunet_cin.swin import ConditionalSwinUNETR
+from nnunet_cin.networks.swin import ConditionalSwinUNETR
 
 VARIANTS = [("cin", False), ("layernorm", False), ("cin", True), ("layernorm", True)]
 

@@ -6,7 +6,7 @@ conditioning the network. Iterations alternate between the two trainers so that 
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--iterations 20] [--shape 64] [--workdir DIR]
 
-Generates a two-modality synthetic dataset (nnunet_cin.synthetic), plans it with plain `nnUNetv2_plan_and_preprocess`
+Generates a two-modality synthetic dataset (nnunet_cin.dataset_conversion.synthetic), plans it with plain `nnUNetv2_plan_and_preprocess`
 (3d_fullres) in a temporary folder, then prints a Markdown table.
 """
 import argparse
@@ -34,7 +34,7 @@ def prepare(workdir: Path, shape: int, cases: int) -> dict:
     os.environ.setdefault("nnUNet_n_proc_DA", "0")
     os.environ.setdefault("nnUNet_compile", "false")
     if not list((workdir / "preprocessed").glob(f"Dataset{DATASET_ID}_*/nnUNetPlans.json")):
-        from nnunet_cin.synthetic import write_nnunet_dataset
+        from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
         write_nnunet_dataset(workdir / "raw", DATASET_ID, name="BenchTrainStep",
                              cases_per_modality={"CT": cases, "MR": cases}, shape=(shape,) * 3)

@@ -1,35 +1,10 @@
 """`nnunet-cin`: helper commands around nnU-Net's own (`nnunet-cin env`, `nnunet-cin demo`, ...)."""
 import argparse
 import os
-import shlex
 import sys
-from typing import List, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
-NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-
-
-def trainer_folder() -> str:
-    """The folder nnU-Net must search for our trainers (the installed `nnunet_cin.trainers` package)."""
-    import nnunet_cin.trainers
-
-    return os.path.abspath(nnunet_cin.trainers.__path__[0])
-
-
-def env_exports(environ: Mapping[str, str], root: Optional[str] = None) -> List[str]:
-    """Shell `export` lines for what `environ` lacks: nnU-Net's three folders (under `root`, only if `root` is
-    given) and our trainer folder on nnUNet_extTrainer (appended, so the user's own trainer folders stay first)."""
-    lines = []
-    if root is not None:
-        for name in NNUNET_FOLDERS:
-            if not environ.get(name):
-                lines.append(f"export {name}={shlex.quote(os.path.join(os.path.abspath(root), name))}")
-    ours = trainer_folder()
-    current = environ.get("nnUNet_extTrainer", "")
-    known = [os.path.abspath(p) for p in current.split(os.pathsep) if p]
-    if ours not in known:
-        value = os.pathsep.join([*filter(None, current.split(os.pathsep)), ours])
-        lines.append(f"export nnUNet_extTrainer={shlex.quote(value)}")
-    return lines
+from nnunet_cin.environment import NNUNET_FOLDERS, env_exports
 
 
 def _env(args) -> int:
@@ -52,21 +27,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 "for those not set yet")
     p.set_defaults(func=_env)
 
-    from nnunet_cin import demo
+    from nnunet_cin.experiments import demo
     p = sub.add_parser("demo", help="the whole workflow on generated CT and MR hearts: generate, plan, train, "
                                     "predict per modality, evaluate, overlays",
                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_arguments(p)
     p.set_defaults(func=demo.run)
 
-    from nnunet_cin import compare
+    from nnunet_cin.experiments import compare
     p = sub.add_parser("compare", help="the paper's comparison (single-modality, fine-tuning, joint, conditional) "
                                        "with nnU-Net's commands: Markdown table, CSV, bar plot; resumable",
                        description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_arguments(p)
     p.set_defaults(func=compare.run)
 
-    from nnunet_cin import checkpoints
+    from nnunet_cin.training import checkpoints
     p = sub.add_parser("convert-pretrained", help="convert an nnU-Net checkpoint (plain or conditional) into the "
                                                   "layout of a trainer's network, for nnUNetv2_train "
                                                   "-pretrained_weights", description=checkpoints.__doc__,

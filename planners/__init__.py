@@ -1,5 +1,5 @@
 """Experiment planners for nnunet-cin (installed as nnunet_cin.planners)."""
-from nnunet_cin.planners.cin_planners import (PLANNERS, CINPlannerMixin, ExperimentPlannerCIN, ResEncUNetPlannerCIN,
+from nnunet_cin.planning.planners import (PLANNERS, CINPlannerMixin, ExperimentPlannerCIN, ResEncUNetPlannerCIN,
                                               nnUNetPlannerResEncLCIN, nnUNetPlannerResEncMCIN,
                                               nnUNetPlannerResEncXLCIN)
 

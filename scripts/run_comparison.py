@@ -7,7 +7,7 @@ Same as `nnunet-cin compare`; see nnunet_cin/compare.py or `python scripts/run_c
 """
 import sys
 
-from nnunet_cin.compare import main
+from nnunet_cin.experiments.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

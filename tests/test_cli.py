@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import nnunet_cin.trainers
-from nnunet_cin.cli import env_exports
+from nnunet_cin.environment import env_exports
 
 OURS = os.path.abspath(nnunet_cin.trainers.__path__[0])
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cin import compare
-from nnunet_cin.compare import (MEAN, WHOLE_HEART, aggregate, evaluate_predictions, markdown_table, plan_arms,
+from nnunet_cin.experiments import compare
+from nnunet_cin.experiments.compare import (MEAN, WHOLE_HEART, aggregate, evaluate_predictions, markdown_table, plan_arms,
                                 trainer_name, training_state, write_csv)
 
 STRUCTURES = ["MYO", "LA"]
@@ -203,10 +203,10 @@ def test_evaluate_predictions_whole_heart(tmp_path):
 # test-time mirroring, for every trainer the comparison uses ("{trainer}Tiny").
 TINY_TRAINERS = '''
 import torch
-from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN
+from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 from nnunet_cin.trainers.nnUNetTrainerJoint import nnUNetTrainerJoint
 from nnunet_cin.trainers.nnUNetTrainerJointAlternate import nnUNetTrainerJointAlternate
-from nnunet_cin.trainers.nnUNetTrainerSingleModality import single_modality_trainer
+from nnunet_cin.training.baselines import single_modality_class
 
 
 class Tiny:
@@ -226,8 +226,8 @@ class Tiny:
 class nnUNetTrainerCINTiny(Tiny, nnUNetTrainerCIN): pass
 class nnUNetTrainerJointTiny(Tiny, nnUNetTrainerJoint): pass
 class nnUNetTrainerJointAlternateTiny(Tiny, nnUNetTrainerJointAlternate): pass
-class nnUNetTrainerSingleModality_CTTiny(Tiny, single_modality_trainer("CT")): pass
-class nnUNetTrainerSingleModality_MRTiny(Tiny, single_modality_trainer("MR")): pass
+class nnUNetTrainerSingleModality_CTTiny(Tiny, single_modality_class("CT")): pass
+class nnUNetTrainerSingleModality_MRTiny(Tiny, single_modality_class("MR")): pass
 '''
 
 
@@ -312,7 +312,7 @@ def test_compare_end_to_end_and_resume(nnunet_env, tmp_path, monkeypatch):
 
 
 def test_cli_dry_run_and_errors(nnunet_env, tmp_path):
-    from nnunet_cin.synthetic import write_nnunet_dataset
+    from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
     missing = subprocess.run([sys.executable, str(compare.__file__), "-d", "555", "--schedule", "_1epoch"],
                              capture_output=True, text=True, env=dict(os.environ))

@@ -8,9 +8,9 @@ from torch import nn
 
 from nnunet_cin import ConditionalInstanceNorm1d, condition
 from nnunet_cin.cin import cin_layers
-from nnunet_cin.networks import num_modalities_of
-from nnunet_cin.unetr import ConditionalUNETR, adjust_patch_size, deep_supervision_scales, stage_strides
-from nnunet_cin.vit import ViTBlock
+from nnunet_cin.networks.unet import num_modalities_of
+from nnunet_cin.networks.unetr import ConditionalUNETR, adjust_patch_size, deep_supervision_scales, stage_strides
+from nnunet_cin.networks.vit import ViTBlock
 
 # tiny sizes: hidden 32, depth 4, heads 2, token patch 8, patches 32^3 (3D) / 32^2 (2D)
 TINY = dict(token_patch_size=8, hidden_size=32, depth=4, num_heads=2, feature_size=4, num_modalities=2)
@@ -190,7 +190,7 @@ def test_non_multiple_sizes_are_padded_and_cropped(dim, size):
 
 def test_built_by_get_network_from_plans_with_deep_supervision_toggle():
     kwargs = dict(patch_size=[32, 32, 32], **TINY, norm="cin")
-    net = get_network_from_plans("nnunet_cin.unetr.ConditionalUNETR", kwargs, [], 1, 4, allow_init=True,
+    net = get_network_from_plans("nnunet_cin.networks.unetr.ConditionalUNETR", kwargs, [], 1, 4, allow_init=True,
                                  deep_supervision=True)
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
@@ -199,7 +199,7 @@ def test_built_by_get_network_from_plans_with_deep_supervision_toggle():
         net.decoder.deep_supervision = False  # what nnUNetTrainer.set_deep_supervision_enabled does
         torch.testing.assert_close(run(net, x, 1), outs[0])
     # a model trained with deep supervision loads into one built without (nnU-Net's predictor)
-    plain = get_network_from_plans("nnunet_cin.unetr.ConditionalUNETR", kwargs, [], 1, 4, deep_supervision=False)
+    plain = get_network_from_plans("nnunet_cin.networks.unetr.ConditionalUNETR", kwargs, [], 1, 4, deep_supervision=False)
     plain.load_state_dict(net.state_dict())
 
 

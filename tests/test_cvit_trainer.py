@@ -12,10 +12,10 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 from nnunet_cin.cin import cin_layers, condition
-from nnunet_cin.trainers.nnUNetTrainerCViT import UNETR_CLASS, WarmupPolyLRScheduler, nnUNetTrainerCViT
+from nnunet_cin.training.transformer_trainers import UNETR_CLASS, WarmupPolyLRScheduler, nnUNetTrainerCViT
 from nnunet_cin.trainers.nnUNetTrainerViTJoint import nnUNetTrainerViTJoint
-from nnunet_cin.unetr import ConditionalUNETR
-from nnunet_cin.vit import TokenConditionalInstanceNorm, ViTBlock
+from nnunet_cin.networks.unetr import ConditionalUNETR
+from nnunet_cin.networks.vit import TokenConditionalInstanceNorm, ViTBlock
 from transformer_e2e import plan_tiny_dataset, predict_test_cases, train_user_trainer
 
 DATASET = 999
@@ -82,7 +82,7 @@ def test_plans_record_the_unetr_and_its_hyper_parameters(planned, nnunet_env):
     trainer = make_trainer(TinyCViT, planned)
     cfg = trainer.plans_manager.plans["configurations"]["3d_fullres"]
     arch = cfg["architecture"]
-    assert arch["network_class_name"] == UNETR_CLASS == "nnunet_cin.unetr.ConditionalUNETR"
+    assert arch["network_class_name"] == UNETR_CLASS == "nnunet_cin.networks.ConditionalUNETR"
     assert arch["arch_kwargs"] == {
         "patch_size": cfg["patch_size"], "token_patch_size": [8, 8, 8], "hidden_size": 32, "depth": 3,
         "num_heads": 2, "mlp_ratio": 4.0, "feature_depths": None, "feature_size": 4, "num_modalities": 2,
@@ -173,7 +173,7 @@ def test_adamw_with_linear_warmup_then_poly(planned, nnunet_env):
 
 
 def test_warmup_is_capped_for_short_schedules_and_cosine_option(planned, nnunet_env):
-    from nnunet_cin.trainers.nnUNetTrainerCViT import nnUNetTrainerCViT_5epochs, nnUNetTrainerCViT_100epochs
+    from nnunet_cin.training.transformer_trainers import nnUNetTrainerCViT_5epochs, nnUNetTrainerCViT_100epochs
 
     five = make_trainer(type("T5", (Tiny, nnUNetTrainerCViT_5epochs), {}), planned)
     assert five.num_epochs == 5 and five.effective_warmup_epochs() == 0
@@ -207,7 +207,7 @@ def test_scheduler_argument_errors():
 
 TINY_TRAINER = '''
 import torch
-from nnunet_cin.trainers.nnUNetTrainerCViT import nnUNetTrainerCViT
+from nnunet_cin.training.transformer_trainers import nnUNetTrainerCViT
 
 
 class nnUNetTrainerCViTTiny(nnUNetTrainerCViT):

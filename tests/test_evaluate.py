@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cin.evaluate import (compute_surface_metrics, format_table, label_names_of, main,
+from nnunet_cin.evaluation.evaluate import (compute_surface_metrics, format_table, label_names_of, main,
                                  run_cli, summarize_by_modality, surface_distance_metrics)
 
 LABELS = {"background": 0, "MYO": 1, "LV": 2}

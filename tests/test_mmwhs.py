@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cin import synthetic
-from nnunet_cin.mmwhs import MMWHSError, convert_mmwhs
+from nnunet_cin.dataset_conversion import synthetic
+from nnunet_cin.dataset_conversion.mmwhs import MMWHSError, convert_mmwhs
 
 SHAPE = (20, 20, 20)
 N_CT, N_MR = 4, 3
@@ -154,7 +154,7 @@ def test_invalid_label_value_is_rejected_before_writing(tmp_path):
 
     # the command says the same on stderr and exits 1
     env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre))
-    result = subprocess.run([sys.executable, "-m", "nnunet_cin.mmwhs", "-i", str(src)], env=env,
+    result = subprocess.run([sys.executable, "-m", "nnunet_cin.dataset_conversion.mmwhs", "-i", str(src)], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "333" in result.stderr and "mr_train_1002_label" in result.stderr
     assert list(raw.iterdir()) == []

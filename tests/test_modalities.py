@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_image_file, case_ids_from_image_files)
-from nnunet_cin.plan_and_preprocess import check_dataset
-from nnunet_cin.synthetic import write_nnunet_dataset
+from nnunet_cin.planning.plan_and_preprocess import check_dataset
+from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
 RULES = {"modalities": ["CT", "MR"], "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}}
 
@@ -134,7 +134,7 @@ def test_cli_fails_before_writing_anything(bad_datasets):
     before = tree_hash(env.raw)
     script = textwrap.dedent(f"""
         import contextlib, io, json, os
-        from nnunet_cin.plan_and_preprocess import main
+        from nnunet_cin.planning.plan_and_preprocess import main
         out = {{}}
         for d in {sorted(BAD)}:
             err = io.StringIO()

@@ -11,7 +11,7 @@ from torch import nn
 
 from nnunet_cin import condition
 from nnunet_cin.cin import cin_layers
-from nnunet_cin.networks import (ConditionalPlainConvUNet, ConditionalResidualEncoderUNet, conditional_architecture,
+from nnunet_cin.networks.unet import (ConditionalPlainConvUNet, ConditionalResidualEncoderUNet, conditional_architecture,
                                  make_conditional, num_modalities_of)
 
 REQ_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cin.fingerprint import SAMPLES_ENV, fingerprint_is_current
+from nnunet_cin.planning.fingerprint import SAMPLES_ENV, fingerprint_is_current
 from nnunet_cin.modalities import ModalityError, ModalityRules
-from nnunet_cin.planners.cin_planners import modality_normalization
-from nnunet_cin.synthetic import write_nnunet_dataset
+from nnunet_cin.planning.planners import modality_normalization
+from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
 SHAPE = (24, 24, 24)
 
@@ -75,7 +75,7 @@ def test_two_modalities(nnunet_env, few_samples):
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
     from nnunet_cin.cin import cin_layers
-    from nnunet_cin.preprocessing import CINPreprocessor
+    from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
 
     raw = write_nnunet_dataset(nnunet_env.raw, 999, cases_per_modality={"CT": 3, "MR": 3}, shape=SHAPE)
     before = tree_hash(raw)
@@ -180,7 +180,8 @@ def test_three_modalities_resenc_and_override(nnunet_env, few_samples):
     assert cin["modalities"] == ["CT", "MR", "T2"]
     assert cin["normalization_schemes"] == {"CT": "CTNormalization", "MR": "ZScoreNormalization",
                                             "T2": "ZScoreNormalization"}
-    assert cin["num_training_cases"] == {"CT": 2, "MR": 3, "T2": 1}
+    fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
+    assert {m: v["num_cases"] for m, v in fingerprint["cin"]["per_modality"].items()} == {"CT": 2, "MR": 3, "T2": 1}
     assert_stats_close(cin["intensity_properties"]["T2"]["0"], expected_stats(raw, ["t2_0000"]), "T2")
     assert_stats_close(cin["intensity_properties"]["MR"]["0"], expected_stats(raw, ["mr_0000", "mr_0001", "t2_0001"]),
                        "MR")

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_cin.synthetic import generate_case, write_nnunet_dataset
+from nnunet_cin.dataset_conversion.synthetic import generate_case, write_nnunet_dataset
 
 DATASET_ID = 987
 DATASET = f"Dataset{DATASET_ID}_PredictCIN"
@@ -20,7 +20,7 @@ LABELS = list(range(8))  # background + 7 structures
 
 TRAINER_SOURCE = '''
 import torch
-from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN
+from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 
 
 class nnUNetTrainerCINPredictTest(nnUNetTrainerCIN):
@@ -100,7 +100,7 @@ def model_env(model, monkeypatch):
 
 def predict_cli(model, inputs, output, *extra):
     """nnUNetv2_predict_cin in-process (fast), sequential mode unless extra says otherwise."""
-    from nnunet_cin.predict import predict_entry_point
+    from nnunet_cin.inference.predict import predict_entry_point
     predict_entry_point(["-i", str(inputs), "-o", str(output), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0",
                          "-tr", TRAINER, "-device", "cpu", "--disable_tta", "--disable_progress_bar",
                          *(extra or ("-npp", "0", "-nps", "0"))])
@@ -146,7 +146,7 @@ def test_rules_prediction_keeps_geometry_and_nnunet_labels(model, rules_predicti
 
 def test_evaluate_the_predictions(model, rules_prediction, tmp_path):
     """nnUNetv2_evaluate_cin on the predictions (dataset.json from the prediction folder) = Dice by hand."""
-    from nnunet_cin.evaluate import run_cli
+    from nnunet_cin.evaluation.evaluate import run_cli
     result = run_cli(["-ref", str(model["root"] / "labels"), "-pred", str(rules_prediction), "-o",
                       str(tmp_path / "eval"), "-np", "1"])
     summary = result["summary"]
@@ -185,7 +185,7 @@ def test_every_patch_and_mirror_is_conditioned_like_nnunets_predictor_inside_con
     """Reference: nnU-Net's own predictor, with the network wrapped by hand in condition(network, index)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunet_cin import condition
-    from nnunet_cin.predict import nnUNetPredictorCIN
+    from nnunet_cin.inference.predict import nnUNetPredictorCIN
     kw = dict(tile_step_size=0.5, use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False)
     ours = nnUNetPredictorCIN(**kw)
     ours.initialize_from_trained_model_folder(str(model_env["folder"]), (0,))
@@ -236,7 +236,7 @@ def test_folds_ensemble_and_nnunet_ensembling_postprocessing(model_env, rules_pr
 
 def test_python_api_single_array_and_plain_joint_network(model_env, rules_prediction, tmp_path):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunet_cin.predict import nnUNetPredictorCIN
+    from nnunet_cin.inference.predict import nnUNetPredictorCIN
     m = model_env
     predictor = nnUNetPredictorCIN(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(m["folder"]), (0,))
@@ -248,7 +248,7 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
 
     # the joint-training baseline: a plain network (no CIN), checkpoint with modalities -> per-modality
     # preprocessing, no conditioning. Its model folder: plans for a plain network, this model's weights where shared.
-    from nnunet_cin.conditioning import plans_for_trainer
+    from nnunet_cin.training.conditioning import plans_for_trainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     joint = tmp_path / "nnUNetTrainerJoint__nnUNetPlansCIN__3d_fullres"
@@ -270,12 +270,12 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
     single.set_modalities(["CT"])  # as a single-modality baseline records it
     with pytest.raises(ValueError, match=r"(?s)\"mr_0100\" \(MR\).*\['CT'\]"):
         single.case_modalities(["ct_0100", "mr_0100"])
-    from nnunet_cin.predict import predict_from_modelfolder_entry_point
+    from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
     predict_from_modelfolder_entry_point(["-i", str(m["inputs"]["all"]), "-o", str(tmp_path / "joint_out"), "-m",
                                           str(joint), "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "0",
                                           "-nps", "0", "--save_probabilities", "--disable_progress_bar"])
     # reference: the plain network on CINPreprocessor's per-modality normalization of each case
-    from nnunet_cin.preprocessing import CINPreprocessor
+    from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
     for case, modality in (("ct_0100", "CT"), ("mr_0100", "MR")):
         data, _, p = CINPreprocessor(verbose=False).run_case(
             [str(m["inputs"]["all"] / f"{case}_0000.nii.gz")], None, plain.plans_manager,
@@ -290,7 +290,7 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
 # --- errors: clear message, nothing written --------------------------------------------------------------------------
 
 def _fails(capsys, argv, *expected, entry=None):
-    from nnunet_cin.predict import predict_entry_point
+    from nnunet_cin.inference.predict import predict_entry_point
     with pytest.raises(SystemExit) as e:
         (entry or predict_entry_point)(argv)
     assert e.value.code not in (0, None)
@@ -324,7 +324,7 @@ def test_errors_name_the_problem_and_leave_no_output(model_env, tmp_path, capsys
     _fails(capsys, ["-i", str(m["inputs"]["all"]), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres", "-tr",
                     TRAINER, "-device", "cpu", "-f", "3"], "fold(s) [3]", "checkpoint_final.pth")
     _fails(capsys, ["-i", str(odd), "-o", str(out), "-d", "555", "-c", "3d_fullres"], "555")
-    from nnunet_cin.predict import predict_from_modelfolder_entry_point
+    from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
     _fails(capsys, ["-i", str(odd), "-o", str(out), "-m", str(tmp_path / "nope"), "-f", "0", "-device", "cpu"],
            "does not exist", entry=predict_from_modelfolder_entry_point)
     assert list(out.iterdir()) == []

@@ -1,4 +1,4 @@
-"""The mixed-modality sampler (nnunet_cin.sampling) on a real nnU-Net (blosc2) dataset: shares, alternation, DDP
+"""The mixed-modality sampler (nnunet_cin.training.sampling) on a real nnU-Net (blosc2) dataset: shares, alternation, DDP
 rank splitting, reachability of every case and nnU-Net's foreground oversampling."""
 from collections import Counter
 
@@ -8,7 +8,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_cin.sampling import ModalityDataLoader, case_probabilities, modality_shares
+from nnunet_cin.training.sampling import ModalityDataLoader, case_probabilities, modality_shares
 
 MODALITIES = ["CT", "MR"]
 CT_CASES = [f"ct_{i:04d}" for i in range(6)]

@@ -8,10 +8,10 @@ from torch import nn
 
 from nnunet_cin import condition
 from nnunet_cin.cin import CIN_BY_DIM, cin_layers
-from nnunet_cin.networks import num_modalities_of
-from nnunet_cin.swin import (ConditionalSwinUNETR, PatchMerging, SwinBlock, adjust_patch_size, attention_mask,
+from nnunet_cin.networks.unet import num_modalities_of
+from nnunet_cin.networks.swin import (ConditionalSwinUNETR, PatchMerging, SwinBlock, adjust_patch_size, attention_mask,
                              deep_supervision_scales)
-from nnunet_cin.vit import TokenConditionalInstanceNorm
+from nnunet_cin.networks.vit import TokenConditionalInstanceNorm
 
 # tiny sizes: F=8, 2 stages of 2 blocks, heads 2/4, window 4, token 2 -> sides multiples of 8
 TINY = dict(token_patch_size=2, feature_size=8, depths=(2, 2), num_heads=(2, 4), window_size=4, num_modalities=2)
@@ -276,7 +276,7 @@ def test_anisotropic_token_patch():
 
 def test_built_by_get_network_from_plans_with_deep_supervision_toggle():
     kwargs = dict(patch_size=[16, 16, 16], **TINY, norm="cin")
-    net = get_network_from_plans("nnunet_cin.swin.ConditionalSwinUNETR", kwargs, [], 1, 4, allow_init=True,
+    net = get_network_from_plans("nnunet_cin.networks.swin.ConditionalSwinUNETR", kwargs, [], 1, 4, allow_init=True,
                                  deep_supervision=True)
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
@@ -284,7 +284,7 @@ def test_built_by_get_network_from_plans_with_deep_supervision_toggle():
         assert [tuple(o.shape) for o in outs] == [(1, 4, 16, 16, 16), (1, 4, 8, 8, 8), (1, 4, 4, 4, 4)]
         net.decoder.deep_supervision = False  # what nnUNetTrainer.set_deep_supervision_enabled does
         torch.testing.assert_close(run(net, x, 1), outs[0])
-    plain = get_network_from_plans("nnunet_cin.swin.ConditionalSwinUNETR", kwargs, [], 1, 4, deep_supervision=False)
+    plain = get_network_from_plans("nnunet_cin.networks.swin.ConditionalSwinUNETR", kwargs, [], 1, 4, deep_supervision=False)
     plain.load_state_dict(net.state_dict())
 
 

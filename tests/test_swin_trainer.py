@@ -11,11 +11,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_cin.cin import cin_layers, condition
-from nnunet_cin.swin import ConditionalSwinUNETR, PatchMerging, SwinBlock
-from nnunet_cin.trainers.nnUNetTrainerCSwinUNETR import SWIN_UNETR_CLASS, nnUNetTrainerCSwinUNETR
+from nnunet_cin.networks.swin import ConditionalSwinUNETR, PatchMerging, SwinBlock
+from nnunet_cin.training.transformer_trainers import SWIN_UNETR_CLASS, nnUNetTrainerCSwinUNETR
 from nnunet_cin.trainers.nnUNetTrainerSwinUNETRJoint import nnUNetTrainerSwinUNETRJoint
-from nnunet_cin.trainers.nnUNetTrainerCViT import nnUNetTrainerCViT
-from nnunet_cin.vit import TokenConditionalInstanceNorm
+from nnunet_cin.training.transformer_trainers import nnUNetTrainerCViT
+from nnunet_cin.networks.vit import TokenConditionalInstanceNorm
 from transformer_e2e import plan_tiny_dataset, predict_test_cases, train_user_trainer
 
 DATASET = 996
@@ -79,7 +79,7 @@ def test_plans_record_the_swin_unetr_and_its_hyper_parameters(planned, nnunet_en
     trainer = make_trainer(TinyCSwin, planned)
     cfg = trainer.plans_manager.plans["configurations"]["3d_fullres"]
     arch = cfg["architecture"]
-    assert arch["network_class_name"] == SWIN_UNETR_CLASS == "nnunet_cin.swin.ConditionalSwinUNETR"
+    assert arch["network_class_name"] == SWIN_UNETR_CLASS == "nnunet_cin.networks.ConditionalSwinUNETR"
     assert arch["arch_kwargs"] == {
         "patch_size": cfg["patch_size"], "token_patch_size": [2, 2, 2], "feature_size": 8, "depths": [2, 2],
         "num_heads": [2, 4], "window_size": [4, 4, 4], "mlp_ratio": 4.0, "num_modalities": 2, "norm": "cin",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cin import synthetic
+from nnunet_cin.dataset_conversion import synthetic
 
 STRUCTURES = ["MYO", "LA", "LV", "RA", "RV", "AA", "PA"]
 

@@ -20,7 +20,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 
 import nnunet_cin.trainers
 from nnunet_cin.cin import cin_layers
-from nnunet_cin.synthetic import write_nnunet_dataset
+from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
 DATASET_ID, DATASET = 999, "Dataset999_SyntheticHeart"
 PLANS = "nnUNetPlansTiny"
@@ -33,7 +33,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_cin.trainers.nnUNetTrainerCIN import nnUNetTrainerCIN  # ours: imported absolutely
+from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN  # ours: imported absolutely
 
 
 class nnUNetTrainerCINTest(nnUNetTrainerCIN):
@@ -178,7 +178,7 @@ def test_pretrained_plain_to_conditional(planned, local):
     convert_checkpoint makes it fit, and nnUNetv2_train -pretrained_weights then trains from it."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_cin.checkpoints import convert_checkpoint
+    from nnunet_cin.training.checkpoints import convert_checkpoint
 
     paths, env = planned
     plain = make_trainer("nnUNetTrainer")
@@ -223,8 +223,8 @@ def test_conditional_checkpoint_loads_directly(trained, local):
     loader, no conversion); for a plain baseline it converts (CIN rows averaged)."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_cin.checkpoints import add_arguments, convert_checkpoint
-    from nnunet_cin.checkpoints import run as run_convert
+    from nnunet_cin.training.checkpoints import add_arguments, convert_checkpoint
+    from nnunet_cin.training.checkpoints import run as run_convert
 
     checkpoint = trained[0] / "checkpoint_final.pth"
     source = torch.load(checkpoint, weights_only=False)["network_weights"]
@@ -391,7 +391,7 @@ def test_short_schedule_sets_epochs(local):
 
 
 def test_stratified_split():
-    from nnunet_cin.splits import stratified_crossval_split
+    from nnunet_cin.training.splits import stratified_crossval_split
 
     cases = [f"ct_{i:04d}" for i in range(7)] + [f"mr_{i:04d}" for i in range(3)]
     splits = stratified_crossval_split(cases, {c: c[:2] for c in cases})

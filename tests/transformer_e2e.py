@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 import nnunet_cin.trainers
-from nnunet_cin.synthetic import write_nnunet_dataset
+from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
 BIN = Path(sys.executable).parent
 TRAINERS = nnunet_cin.trainers.__path__[0]

@@ -1,10 +1,6 @@
-"""Joint-training baseline: nnUNetTrainerCIN's data pipeline (mixed-modality batches, same shares, same folds and
-per-modality reporting) with a plain nnU-Net network: no conditioning."""
-from nnunet_cin.trainers.nnUNetTrainerCIN import add_schedules, nnUNetTrainerCIN
+"""nnUNetTrainerJoint and its schedules (_1epoch ... _250epochs), from nnunet_cin.training.baselines.
+Thin on purpose: nnU-Net finds trainers by searching the modules of the nnUNet_extTrainer folder."""
+from nnunet_cin.training.baselines import nnUNetTrainerJoint
+from nnunet_cin.training.schedules import schedule_variants
 
-
-class nnUNetTrainerJoint(nnUNetTrainerCIN):
-    conditioned = False
-
-
-add_schedules(nnUNetTrainerJoint, globals())
+globals().update(schedule_variants(nnUNetTrainerJoint))

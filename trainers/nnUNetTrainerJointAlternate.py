@@ -1,11 +1,6 @@
-"""Joint training with alternating batches (the paper's joint-training baseline): plain network, each batch holds
-one modality, modalities take turns."""
-from nnunet_cin.trainers.nnUNetTrainerCIN import add_schedules
-from nnunet_cin.trainers.nnUNetTrainerJoint import nnUNetTrainerJoint
+"""nnUNetTrainerJointAlternate and its schedules (_1epoch ... _250epochs), from nnunet_cin.training.baselines.
+Thin on purpose: nnU-Net finds trainers by searching the modules of the nnUNet_extTrainer folder."""
+from nnunet_cin.training.baselines import nnUNetTrainerJointAlternate
+from nnunet_cin.training.schedules import schedule_variants
 
-
-class nnUNetTrainerJointAlternate(nnUNetTrainerJoint):
-    modality_sampling = "alternate"
-
-
-add_schedules(nnUNetTrainerJointAlternate, globals())
+globals().update(schedule_variants(nnUNetTrainerJointAlternate))

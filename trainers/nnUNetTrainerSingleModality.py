@@ -1,49 +1,5 @@
-"""Single-modality baseline from the same preprocessed dataset: `-tr nnUNetTrainerSingleModality_<MODALITY>`
-(e.g. nnUNetTrainerSingleModality_CT, nnUNetTrainerSingleModality_MR_50epochs) trains a plain nnU-Net network on
-that modality's cases of the fold only (validation too), in its own results folder.
+"""nnUNetTrainerSingleModality_<MODALITY>[_<N>epochs] (nnunet_cin.training.baselines), made on demand when nnU-Net's
+nUNet_extTrainer search asks this module for the name."""
+from nnunet_cin.training.baselines import nnUNetTrainerSingleModality, single_modality_class, single_modality_lookup
 
-The classes are made on demand for any modality name (nnU-Net looks trainers up with hasattr/getattr on this
-module); fine-tune on another modality with nnU-Net's `-pretrained_weights`.
-"""
-import re
-
-import torch
-
-from nnunet_cin.trainers.nnUNetTrainerCIN import SCHEDULES, nnUNetTrainerCIN, schedule_suffix
-
-_NAME = re.compile(r"^nnUNetTrainerSingleModality_(?P<modality>.+?)(?:_(?P<epochs>\d+)epochs?)?$")
-
-
-class nnUNetTrainerSingleModality(nnUNetTrainerCIN):
-    """Base class; train `nnUNetTrainerSingleModality_<MODALITY>`."""
-    conditioned = False
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        if self.single_modality is None:
-            raise RuntimeError("name the modality in the trainer: -tr nnUNetTrainerSingleModality_<MODALITY>, "
-                               "e.g. nnUNetTrainerSingleModality_CT")
-        super().__init__(plans, configuration, fold, dataset_json, device)
-
-
-def single_modality_trainer(modality: str, epochs: int = None) -> type:
-    """The trainer class for `modality` (and an optional schedule), created once and kept in this module."""
-    name = f"nnUNetTrainerSingleModality_{modality}" + (schedule_suffix(epochs) if epochs is not None else "")
-    if name not in globals():
-        if epochs is not None and epochs not in SCHEDULES:
-            raise AttributeError(f"no schedule {epochs}epochs; available: {SCHEDULES}")
-        globals()[name] = type(name, (nnUNetTrainerSingleModality,), {
-            "single_modality": modality, "schedule_epochs": epochs, "__module__": __name__, "__qualname__": name,
-            "__doc__": f"Single-modality baseline: {modality} only" + (f", {epochs} epochs." if epochs else ".")})
-    return globals()[name]
-
-
-def __getattr__(name: str):
-    match = _NAME.match(name)
-    if match is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    epochs = match.group("epochs")
-    trainer = single_modality_trainer(match.group("modality"), int(epochs) if epochs else None)
-    if trainer.__name__ != name:  # e.g. "_5epoch": nnU-Net spells it "_5epochs"
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (did you mean {trainer.__name__}?)")
-    return trainer
+__getattr__ = single_modality_lookup

@@ -1,13 +1,6 @@
-"""The unconditioned reference of nnUNetTrainerCSwinUNETR: the same Swin-UNETR with LayerNorm before every
-transformer sub-layer, in patch merging and on the hidden states (and instance norm in every conv block), trained
-with the same data pipeline (mixed-modality batches, folds, per-modality reporting) and the same recipe, without
-conditioning: the paper's joint-training Swin baseline."""
-from nnunet_cin.trainers.nnUNetTrainerCIN import add_schedules
-from nnunet_cin.trainers.nnUNetTrainerCSwinUNETR import nnUNetTrainerCSwinUNETR
+"""nnUNetTrainerSwinUNETRJoint and its schedules (_1epoch ... _250epochs), from nnunet_cin.training.transformer_trainers.
+Thin on purpose: nnU-Net finds trainers by searching the modules of the nnUNet_extTrainer folder."""
+from nnunet_cin.training.transformer_trainers import nnUNetTrainerSwinUNETRJoint
+from nnunet_cin.training.schedules import schedule_variants
 
-
-class nnUNetTrainerSwinUNETRJoint(nnUNetTrainerCSwinUNETR):
-    conditioned = False
-
-
-add_schedules(nnUNetTrainerSwinUNETRJoint, globals())
+globals().update(schedule_variants(nnUNetTrainerSwinUNETRJoint))

@@ -1,12 +1,6 @@
-"""The unconditioned reference of nnUNetTrainerCViT: the same UNETR with LayerNorm before every transformer sub-layer
-(and instance norm in every conv block), trained with the same data pipeline (mixed-modality batches, folds,
-per-modality reporting) and the same recipe, without conditioning: the paper's joint-training ViT baseline."""
-from nnunet_cin.trainers.nnUNetTrainerCIN import add_schedules
-from nnunet_cin.trainers.nnUNetTrainerCViT import nnUNetTrainerCViT
+"""nnUNetTrainerViTJoint and its schedules (_1epoch ... _250epochs), from nnunet_cin.training.transformer_trainers.
+Thin on purpose: nnU-Net finds trainers by searching the modules of the nnUNet_extTrainer folder."""
+from nnunet_cin.training.transformer_trainers import nnUNetTrainerViTJoint
+from nnunet_cin.training.schedules import schedule_variants
 
-
-class nnUNetTrainerViTJoint(nnUNetTrainerCViT):
-    conditioned = False
-
-
-add_schedules(nnUNetTrainerViTJoint, globals())
+globals().update(schedule_variants(nnUNetTrainerViTJoint))

@@ -6,7 +6,7 @@ its 3D form as in MONAI). A Swin block is the pre-norm transformer block with at
     x = x + WindowAttention(norm1(x));  x = x + MLP(norm2(x))
 every other block on windows shifted by half a window (cyclic shift + a mask that keeps attention inside the
 regions that were contiguous before the shift). With norm="cin", norm1/norm2, the patch-merging norm and the norms
-of the hidden states handed to the decoder are CIN over the tokens (nnunet_cin.vit.token_norm: statistics per
+of the hidden states handed to the decoder are CIN over the tokens (nnunet_cin.networks.vit.token_norm: statistics per
 sample and channel over all tokens of the sample, scale/shift of the sample's modality); norm="layernorm" is the
 unconditioned reference with otherwise identical weights.
 
@@ -34,8 +34,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nnunet_cin.cin import cin_layers
-from nnunet_cin.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks, encoder_decoder_blocks, run_padded
-from nnunet_cin.vit import NORMS, as_tuple, token_norm
+from nnunet_cin.networks.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks, encoder_decoder_blocks, run_padded
+from nnunet_cin.networks.vit import NORMS, as_tuple, token_norm
 
 MASKED = -1e4  # additive attention score of a forbidden key: exp() underflows to exactly 0 (also in float16)
 
@@ -417,7 +417,7 @@ class ConditionalSwinUNETR(nn.Module):
         if all(s + p == d for s, p, d in zip(size, pad, self.divisor)):
             raise ValueError(f"input {tuple(size)} leaves a single token at the deepest stage (sides <= "
                              f"{self.divisor}), where instance norm and CIN have no statistics: use a patch size "
-                             f"from nnunet_cin.swin.adjust_patch_size")
+                             f"from nnunet_cin.networks.swin.adjust_patch_size")
         return run_padded(lambda v: self.decoder(self.encoder(v)), x, self.divisor)
 
     # nnU-Net applies this to every module: He init for convs, truncated normal for the transformer's linear layers

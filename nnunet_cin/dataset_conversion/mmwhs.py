@@ -31,14 +31,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_cin.splits import stratified_crossval_split
+from nnunet_cin.training.splits import stratified_crossval_split
 
 # MM-WHS label value -> (nnU-Net label, name)
 MMWHS_LABELS = {205: (1, "MYO"), 420: (2, "LA"), 500: (3, "LV"), 550: (4, "RA"), 600: (5, "RV"), 820: (6, "AA"),
                 850: (7, "PA")}
 KNOWN_STRAY_VALUES = {421: 420}  # mr_train_1010 holds a few voxels of 421, meant as left atrium
 MODALITIES = {"CT": "ct", "MR": "mr"}  # modality name -> file prefix
-CONVERTER = "nnunet_cin.mmwhs"
+CONVERTER = "nnunet_cin.dataset_conversion.mmwhs"
 
 _FILE_RE = re.compile(r"^(ct|mr)_(train|test)_(\d+)_(image|label)\.nii(\.gz)?$")
 _CASE_RE = re.compile(r"^(ct|mr)_(?:(?:train|test)_)?(\d+)(?=$|[_.])", re.IGNORECASE)
@@ -68,7 +68,7 @@ def dataset_json_for(n_training: int, modalities: Sequence[str], extra: Optional
         "numTraining": int(n_training),
         "file_ending": ".nii.gz",
         "name": "MMWHS",
-        "description": "MM-WHS 2017 whole-heart substructures, CT and MR (converted by nnunet_cin.mmwhs)",
+        "description": "MM-WHS 2017 whole-heart substructures, CT and MR (converted by nnunet_cin.dataset_conversion.mmwhs)",
         "reference": "Zhuang et al., Multi-modality whole heart segmentation challenge (MM-WHS 2017)",
         "modalities": list(modalities),
         "modality_patterns": {m: f"^{MODALITIES[m]}_" for m in modalities},

@@ -79,9 +79,15 @@ def _class_path(cls) -> str:
     return f"{cls.__module__}.{cls.__name__}"
 
 
+def plans_class_path(cls: type) -> str:
+    """The name under which plans record a network class of ours: `nnunet_cin.networks.<Class>`, which nnU-Net's
+    get_network_from_plans resolves whichever module of the package defines the class."""
+    return f"nnunet_cin.networks.{cls.__name__}"
+
+
 CONDITIONAL_OF = {
-    _class_path(PlainConvUNet): _class_path(ConditionalPlainConvUNet),
-    _class_path(ResidualEncoderUNet): _class_path(ConditionalResidualEncoderUNet),
+    _class_path(PlainConvUNet): plans_class_path(ConditionalPlainConvUNet),
+    _class_path(ResidualEncoderUNet): plans_class_path(ConditionalResidualEncoderUNet),
 }
 
 

@@ -2,15 +2,15 @@
 
 Each planner is nnU-Net's (default or ResEnc preset) with three changes:
 - the architecture of every configuration is its conditional counterpart (CIN in the encoder, one affine row per
-  modality): `nnunet_cin.networks.conditional_architecture`; patch and batch size are planned exactly as nnU-Net
+  modality): `nnunet_cin.networks.unet.conditional_architecture`; patch and batch size are planned exactly as nnU-Net
   plans them for the plain network (CIN adds no feature maps);
 - plans["cin"] records the modalities (conditioning order), each modality's normalization scheme (chosen from the
   modality name the way nnU-Net chooses from a channel name), whether it uses the nonzero mask, and its foreground
-  intensity statistics (from that modality's cases only, see nnunet_cin.fingerprint);
+  intensity statistics (from that modality's cases only, see nnunet_cin.planning.fingerprint);
 - preprocessed data get their own identifier (PLANS_CONFIGURATION; nnU-Net's ResEnc planners would share
   nnUNetPlans' folders, whose normalization is not per modality) and the preprocessor is CINPreprocessor.
 
-The planner needs the per-modality fingerprint (nnunet_cin.fingerprint.CINFingerprintExtractor).
+The planner needs the per-modality fingerprint (nnunet_cin.planning.fingerprint.CINFingerprintExtractor).
 """
 from typing import List, Tuple, Union
 
@@ -22,9 +22,11 @@ from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization impo
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from nnunet_cin.fingerprint import fingerprint_is_current
+from nnunet_cin.planning.fingerprint import fingerprint_is_current
 from nnunet_cin.modalities import ModalityRules
-from nnunet_cin.networks import conditional_architecture
+from nnunet_cin.networks.unet import conditional_architecture
+from nnunet_cin.plans import KEY as CIN_KEY
+from nnunet_cin.plans import CINPlans
 
 CIN_PREPROCESSOR = "CINPreprocessor"
 CIN_SCOPE = "encoder"
@@ -85,20 +87,11 @@ class CINPlannerMixin:
     def cin_plans(self) -> dict:
         fp = self.dataset_fingerprint['cin']
         schemes, use_mask = modality_normalization(self.rules.modalities, fp['per_modality'])
-        return {
-            "modalities": list(self.rules.modalities),
-            "normalization_schemes": schemes,
-            "use_mask_for_norm": use_mask,
-            "intensity_properties": {m: fp['foreground_intensity_properties_per_modality'][m]
-                                     for m in self.rules.modalities},
-            "rules": self.rules.to_dict(),
-            "cin_scope": CIN_SCOPE,
-            "preprocessor": "nnunet_cin.preprocessing.CINPreprocessor",
-            "num_training_cases": {m: fp['per_modality'][m]['num_cases'] for m in self.rules.modalities},
-        }
+        return CINPlans.entry_for(self.rules.modalities, self.rules.to_dict(), schemes, use_mask,
+                                  fp['foreground_intensity_properties_per_modality'])
 
     def save_plans(self, plans):
-        plans['cin'] = self.cin_plans()
+        plans[CIN_KEY] = self.cin_plans()
         super().save_plans(plans)
 
 

@@ -9,7 +9,7 @@ How a case's modality reaches the network:
    the model was not trained on, is a ModalityError listing the cases and the valid names.
 2. Preprocessing: the plans' preprocessor (CINPreprocessor for nnUNetPlansCIN: the modality's normalization) runs
    inside nnU-Net's own data iterators; `ModalityConfigurationManager.preprocessor_class` hands them a
-   `ModalityPreprocessor` (nnunet_cin.inference_preprocessing) that knows the resolved modality of each case and
+   `ModalityPreprocessor` (nnunet_cin.inference.preprocessing) that knows the resolved modality of each case and
    stores it in the case properties (properties["modality"], properties["modality_index"]).
 3. Prediction: every case's sliding-window prediction (all patches, all mirrored copies, every fold of an ensemble)
    runs inside `nnunet_cin.condition(network, index)` with the modality of the properties of that case. Plain
@@ -41,7 +41,8 @@ from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_cin.cin import cin_layers, condition
-from nnunet_cin.inference_preprocessing import ModalityConfigurationManager
+from nnunet_cin.inference.preprocessing import ModalityConfigurationManager
+from nnunet_cin.plans import CINPlans
 from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_image_file
 
 
@@ -80,7 +81,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         if any(r != recorded[0] for r in recorded):
             raise ModalityError(f"the folds {list(folds)} of {model_training_output_dir} were trained for different "
                                 f"modalities: {recorded}")
-        modalities = recorded[0] or self.plans_manager.plans.get("cin", {}).get("modalities")
+        modalities = recorded[0] or CINPlans(self.plans_manager.plans).modalities
         self.set_modalities(modalities, source=join(model_training_output_dir, 'dataset.json'))
 
     def set_modalities(self, modalities: Optional[Sequence[str]], source: Optional[str] = None):
@@ -97,9 +98,9 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         if layers and layers[0].num_modalities != len(self.modalities):
             raise ModalityError(f"the network has {layers[0].num_modalities} modality rows per CIN layer but the "
                                 f"checkpoint records {len(self.modalities)} modalities {self.modalities}")
-        cin = self.plans_manager.plans.get("cin", {})
         self.configuration_manager = ModalityConfigurationManager(
-            self.configuration_manager.configuration, "normalization_schemes" in cin, self.modalities)
+            self.configuration_manager.configuration, CINPlans(self.plans_manager.plans).per_modality_normalization,
+            self.modalities)
 
     # ----------------------------------------------------------------------------------------------------- modality
     def _check_name(self, modality: str) -> str:

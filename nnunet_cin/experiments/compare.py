@@ -18,7 +18,7 @@ then evaluates each fold's validation cases. The predictions are nnU-Net's final
 (`fold_X/validation/*`, written by `nnUNetv2_train` at the end of training with the same sliding-window predictor
 `nnUNetv2_predict_cin` uses, each case conditioned on its own modality): exactly the fold's validation cases, and
 nothing is predicted twice. Metrics are nnU-Net's (`compute_metrics`) against `nnUNet_preprocessed/<dataset>/
-gt_segmentations`, grouped per modality with `nnunet_cin.evaluate.summarize_by_modality`.
+gt_segmentations`, grouped per modality with `nnunet_cin.evaluation.evaluate.summarize_by_modality`.
 
 Every number in the table is a mean +- standard deviation over folds of the fold's value; a fold's value is the mean
 Dice over that fold's validation cases of the modality. Columns: each structure, "mean" (mean of the structures'
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 WHOLE_HEART = "WH"
-MEAN = "mean"  # nnunet_cin.evaluate.MEAN_ROW
+MEAN = "mean"  # nnunet_cin.evaluation.evaluate.MEAN_ROW
 DEFAULT_ARMS = ("single", "finetune", "joint", "joint_alternate", "cin")
 
 
@@ -308,7 +308,7 @@ def evaluate_predictions(reference_folder: Path, prediction_folder: Path, datase
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-    from nnunet_cin.evaluate import case_id_of, case_modalities, label_names_of, summarize_by_modality
+    from nnunet_cin.evaluation.evaluate import case_id_of, case_modalities, label_names_of, summarize_by_modality
 
     file_ending = dataset_json["file_ending"]
     predictions = sorted(p.name for p in Path(prediction_folder).iterdir() if p.name.endswith(file_ending))
@@ -554,12 +554,9 @@ def bar_plot(records: Sequence[dict], plan: ComparisonPlan, structures: Sequence
 def comparison_environment() -> dict:
     """os.environ plus our trainers on nnUNet_extTrainer (after the user's own folders) and nnU-Net's folders
     checked."""
-    from nnunet_cin.cli import env_exports
+    from nnunet_cin.environment import with_our_trainers
 
-    env = dict(os.environ)
-    for line in env_exports(env):
-        key, value = line[len("export "):].split("=", 1)
-        env[key] = value.strip("'")
+    env = with_our_trainers(os.environ)
     missing = [n for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not env.get(n)]
     if missing:
         raise RuntimeError(f"set {', '.join(missing)} as for nnU-Net (or: eval \"$(nnunet-cin env --root DIR)\")")
@@ -610,7 +607,7 @@ def ensure_raw_dataset(args, env: dict) -> str:
                                     f"--synthetic N to generate the built-in synthetic two-modality hearts")
         if not str(args.d).isdigit():
             raise ValueError("--synthetic needs a numeric -d (the new dataset's id)")
-        from nnunet_cin.synthetic import write_nnunet_dataset
+        from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
         _log(f"generating the synthetic dataset: {args.synthetic} training cases per modality (CT, MR), shape "
              f"{tuple(args.shape)}")
@@ -700,7 +697,7 @@ def run_comparison(args) -> Path:
     if args.dry_run:
         return args.output_folder / "comparison.md"
 
-    from nnunet_cin.evaluate import label_names_of
+    from nnunet_cin.evaluation.evaluate import label_names_of
 
     structures = list(label_names_of(dataset_json).values())
     records = aggregate(plan, evaluations, folds, structures)

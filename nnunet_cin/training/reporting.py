@@ -2,7 +2,7 @@
 per-modality means of the final validation (summary.json and a table in the training log).
 
 The per-case metrics are nnU-Net's own (compute_metrics_on_folder writes them to summary.json); the per-modality
-summary is nnunet_cin.evaluate's, the same as `nnUNetv2_evaluate_cin` prints.
+summary is nnunet_cin.evaluation.evaluate's, the same as `nnUNetv2_evaluate_cin` prints.
 """
 from typing import Dict, Mapping, Sequence
 
@@ -124,8 +124,8 @@ def add_per_modality_summary(summary_file: str, modality_of: Mapping[str, str], 
                              modalities: Sequence[str]) -> str:
     """Add per-modality means to nnU-Net's validation summary.json and return them as a table:
     "foreground_mean_per_modality": {modality: {"Dice": mean over its cases and foreground labels}} and
-    "per_modality": nnunet_cin.evaluate's full summary (per label, case lists, counts)."""
-    from nnunet_cin.evaluate import format_table, label_names_of, summarize_by_modality
+    "per_modality": nnunet_cin.evaluation.evaluate's full summary (per label, case lists, counts)."""
+    from nnunet_cin.evaluation.evaluate import format_table, label_names_of, summarize_by_modality
 
     summary = load_json(summary_file)
     per_modality = summarize_by_modality(summary, modality_of, dataset_json["file_ending"],

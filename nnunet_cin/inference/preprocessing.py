@@ -1,4 +1,4 @@
-"""The preprocessing side of nnunet_cin.predict: nnU-Net's inference preprocessing, told each case's modality.
+"""The preprocessing side of nnunet_cin.inference.predict: nnU-Net's inference preprocessing, told each case's modality.
 
 nnU-Net's data iterators (predict_from_files, predict_from_list_of_npy_arrays, predict_single_npy_array) create the
 preprocessor as `configuration_manager.preprocessor_class(verbose=...)`, in spawned worker processes, and call
@@ -16,7 +16,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_cin.modalities import ModalityError, case_id_from_image_file
 
-CIN_PREPROCESSOR = "CINPreprocessor"  # nnunet_cin.preprocessing.CINPreprocessor.__name__
+CIN_PREPROCESSOR = "CINPreprocessor"  # nnunet_cin.preprocessing.preprocessor.CINPreprocessor.__name__
 
 
 class ModalityPreprocessor:
@@ -29,7 +29,7 @@ class ModalityPreprocessor:
 
     def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str],
                  verbose: bool = False):
-        from nnunet_cin.preprocessing import CINPreprocessor
+        from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
         self.base = base_class(verbose=verbose)
         self.modalities = list(modalities)
         self.case_modalities = dict(case_modalities)
@@ -93,7 +93,7 @@ class ModalityConfigurationManager(ConfigurationManager):
     @property
     def base_preprocessor_class(self) -> type:
         if self.per_modality_normalization or self.preprocessor_name == CIN_PREPROCESSOR:
-            from nnunet_cin.preprocessing import CINPreprocessor
+            from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
             return CINPreprocessor
         cls = super().preprocessor_class
         if cls is None:

@@ -17,34 +17,19 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_cin.plans import CINPlans
 from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_image_file
-
-
-def cin_block(plans_manager: PlansManager) -> dict:
-    """plans["cin"], or an error saying how to make plans that have it."""
-    cin = plans_manager.plans.get("cin")
-    if not cin or "normalization_schemes" not in cin:
-        raise ModalityError(f"plans {plans_manager.plans.get('plans_name')!r} carry no per-modality normalization "
-                            f"(plans['cin']): make them with nnUNetv2_plan_and_preprocess_cin")
-    return cin
 
 
 def modality_managers(plans_manager: PlansManager, configuration_manager: ConfigurationManager, modality: str,
                       num_channels: int) -> Tuple[PlansManager, ConfigurationManager]:
     """Copies of the managers whose channel-wise normalization entries are those of `modality`, so that nnU-Net's
     `_normalize` applies the modality's scheme with the modality's statistics."""
-    cin = cin_block(plans_manager)
-    if modality not in cin["modalities"]:
-        raise ModalityError(f'unknown modality "{modality}"; these plans serve {cin["modalities"]}')
-    props = cin["intensity_properties"][modality]
-    missing = [str(c) for c in range(num_channels) if str(c) not in props]
-    if missing:
-        raise ModalityError(f'plans["cin"]["intensity_properties"]["{modality}"] has no statistics for channel(s) '
-                            f'{missing}; re-run nnUNetv2_plan_and_preprocess_cin')
+    scheme, use_mask, props = CINPlans(plans_manager.plans).normalization(modality, num_channels)
     pm = PlansManager({**plans_manager.plans, "foreground_intensity_properties_per_channel": props})
     cm = ConfigurationManager({**configuration_manager.configuration,
-                               "normalization_schemes": [cin["normalization_schemes"][modality]] * num_channels,
-                               "use_mask_for_norm": [bool(cin["use_mask_for_norm"][modality])] * num_channels})
+                               "normalization_schemes": [scheme] * num_channels,
+                               "use_mask_for_norm": [use_mask] * num_channels})
     return pm, cm
 
 
@@ -71,7 +56,7 @@ class CINPreprocessor(DefaultPreprocessor):
                                 "(or set properties['modality'])")
         pm, cm = modality_managers(plans_manager, configuration_manager, modality, data.shape[0])
         properties["modality"] = modality
-        properties["modality_index"] = cin_block(plans_manager)["modalities"].index(modality)
+        properties["modality_index"] = CINPlans(plans_manager.plans).modalities.index(modality)
         return super().run_case_npy(data, seg, properties, pm, cm, dataset_json)
 
     # nnU-Net's run_case body (read images and seg, then run_case_npy), plus the modality

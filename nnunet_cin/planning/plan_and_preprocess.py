@@ -161,9 +161,9 @@ def plan_and_preprocess(args) -> Dict[int, str]:
         for d in args.d:
             verify_dataset_integrity(join(nnUNet_raw, names[d]), args.npfp)
 
-    from nnunet_cin.fingerprint import CINFingerprintExtractor
+    from nnunet_cin.planning.fingerprint import CINFingerprintExtractor
     from nnunet_cin.planners import PLANNERS
-    from nnunet_cin.preprocessing import CINPreprocessor
+    from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
     planner_class = PLANNERS[planner_name]
     identifiers = {}
     for d in args.d:

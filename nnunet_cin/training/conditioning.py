@@ -1,7 +1,7 @@
 """How a trainer learns which modality each sample is, and which network the plans describe for it.
 
 - `training_modalities(plans, dataset_json)`: the conditioning order. nnUNetv2_plan_and_preprocess_cin plans carry
-  it as plans["cin"]["modalities"]; plain nnU-Net plans get it from the dataset.json rules.
+  it (nnunet_cin.plans); plain nnU-Net plans get it from the dataset.json rules.
 - `plans_for_trainer(...)`: a copy of the plans whose configuration builds the network the trainer trains
   (conditional or plain) and which records the modalities, so the model folder's plans.json is self-describing.
 - `ModalityLookup`: case identifier -> conditioning index, and a batch's keys -> the (batch,) index tensor that
@@ -16,20 +16,17 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_cin.modalities import ModalityRules
-from nnunet_cin.networks import CONDITIONAL_OF, conditional_architecture
+from nnunet_cin.plans import CINPlans
+from nnunet_cin.networks.unet import CONDITIONAL_OF, conditional_architecture
 
 PLAIN_OF = {v: k for k, v in CONDITIONAL_OF.items()}
 _warned = set()
 
 
-def is_cin_plans(plans: dict) -> bool:
-    return bool(plans.get("cin", {}).get("modalities"))
-
-
 def training_modalities(plans: dict, dataset_json: dict) -> List[str]:
     rules = ModalityRules.from_dataset_json(dataset_json)
-    if is_cin_plans(plans):
-        planned = list(plans["cin"]["modalities"])
+    planned = CINPlans(plans).modalities
+    if planned:
         if planned != list(rules.modalities):
             raise ValueError(f"the plans were made for modalities {planned} but dataset.json lists "
                              f"{list(rules.modalities)}; re-run nnUNetv2_plan_and_preprocess_cin")
@@ -50,8 +47,8 @@ def plans_for_trainer(plans: dict, configuration: str, modalities: Sequence[str]
                       trainer_name: str) -> dict:
     """Copy of `plans` whose `configuration` builds a conditional (conditioned=True) or plain network; records
     plans["cin"]["modalities"]. Plain nnU-Net plans normalise all modalities alike: warn once."""
-    plans = deepcopy(plans)
-    if not is_cin_plans(plans) and (trainer_name, configuration) not in _warned:
+    plans = CINPlans(plans).with_modalities(modalities)
+    if not CINPlans(plans).per_modality_normalization and (trainer_name, configuration) not in _warned:
         _warned.add((trainer_name, configuration))
         warnings.warn(f"{trainer_name}: these are plain nnU-Net plans ({plans.get('plans_name')}): intensity "
                       f"normalization is NOT per modality (one scheme and one set of statistics for "
@@ -62,8 +59,6 @@ def plans_for_trainer(plans: dict, configuration: str, modalities: Sequence[str]
     cin_scope = arch["arch_kwargs"].get("cin_scope", "encoder")
     arch = conditional_architecture(arch, len(modalities), cin_scope) if conditioned else plain_architecture(arch)
     plans["configurations"][configuration]["architecture"] = arch
-    plans.setdefault("cin", {})
-    plans["cin"] = dict(plans["cin"], modalities=list(modalities))
     return plans
 
 

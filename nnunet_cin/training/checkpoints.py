@@ -103,7 +103,7 @@ def target_network(plans: dict, configuration: str, dataset_json: dict, trainer:
     output folders, no log file)."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-    from nnunet_cin.conditioning import plans_for_trainer, training_modalities
+    from nnunet_cin.training.conditioning import plans_for_trainer, training_modalities
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans = plans_for_trainer(plans, configuration, training_modalities(plans, dataset_json),
@@ -126,7 +126,7 @@ def convert_checkpoint(source: str, destination: str, dataset, configuration: st
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnunet_cin.conditioning import training_modalities
+    from nnunet_cin.training.conditioning import training_modalities
 
     if not isfile(source):
         raise FileNotFoundError(f"pretrained checkpoint {source} does not exist")

@@ -31,15 +31,13 @@ def _run(command: List[str], env: dict):
 def demo_environment(output: Path) -> dict:
     """nnU-Net's folders inside `output` (the demo never touches the user's own), our trainers on
     nnUNet_extTrainer, and CPU-friendly defaults the user may override."""
-    from nnunet_cin.cli import env_exports
+    from nnunet_cin.environment import NNUNET_FOLDERS, with_our_trainers
 
     env = dict(os.environ)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    for name in NNUNET_FOLDERS:
         env[name] = str(output / name)
         Path(env[name]).mkdir(parents=True, exist_ok=True)
-    for line in env_exports(env):
-        key, value = line[len("export "):].split("=", 1)
-        env[key] = value.strip("'")
+    env = with_our_trainers(env)
     env.setdefault("nnUNet_compile", "false")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve nnU-Net's augmentation workers
     # nnU-Net's default of 8 export workers (each importing torch) costs minutes on a small machine
@@ -81,7 +79,7 @@ def write_overlay(image_file: Path, reference_file: Path, prediction_file: Path,
 
 def run_demo(output: Path, device: str, quick: bool = False, cases_per_modality: int = 12, test_cases: int = 3,
              shape: Sequence[int] = (32, 32, 32), num_processes: int = 2) -> Path:
-    from nnunet_cin.synthetic import write_nnunet_dataset
+    from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)

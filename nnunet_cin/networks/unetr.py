@@ -23,7 +23,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 from nnunet_cin.cin import CIN_BY_DIM
-from nnunet_cin.vit import NORMS, ConditionalViT, as_tuple
+from nnunet_cin.networks.vit import NORMS, ConditionalViT, as_tuple
 
 
 def _levels(token_patch_size: Sequence[int]) -> Tuple[int, ...]:

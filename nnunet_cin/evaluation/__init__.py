@@ -1,0 +1,1 @@
+"""Evaluation: nnU-Net's metrics per case, summarised per modality and structure (nnUNetv2_evaluate_cin)."""

@@ -1,0 +1,1 @@
+"""Experiments built from nnU-Net's commands: the demo and the comparison (nnunet-cin demo / compare)."""

@@ -1,0 +1,79 @@
+"""The CIN part of nnU-Net plans, `plans["cin"]`: written by our planners, read everywhere else through `CINPlans`.
+
+    plans["cin"] = {
+        "modalities": ["CT", "MR"],                         conditioning order (CIN row m = modalities[m])
+        "rules": {dataset.json modality keys},               the rules the data was planned with
+        "normalization_schemes": {"CT": "CTNormalization", "MR": "ZScoreNormalization"},
+        "use_mask_for_norm": {"CT": false, "MR": false},
+        "intensity_properties": {"CT": {"0": {mean, std, percentile_00_5, ...}}, ...},   foreground statistics per modality
+    }
+
+Plans made by plain `nnUNetv2_plan_and_preprocess` have no "cin" entry; a trainer of ours that trains from them
+records only "modalities" (one normalization for every modality, nnU-Net's). Like nnU-Net's PlansManager, this class
+reads a plans dict; `with_modalities` returns a new plans dict, the caller's is never modified.
+"""
+from copy import deepcopy
+from typing import Dict, List, Optional, Sequence
+
+from nnunet_cin.modalities import ModalityError
+
+KEY = "cin"
+
+
+class CINPlansError(ModalityError):
+    """Plans whose CIN part cannot serve the request; the message says what to re-run."""
+
+
+class CINPlans:
+    def __init__(self, plans: dict):
+        self.plans = plans
+        self.entry: dict = plans.get(KEY) or {}
+
+    # ------------------------------------------------------------------------------------------------------- state
+    @property
+    def modalities(self) -> Optional[List[str]]:
+        """The conditioning order the plans record (None: plain nnU-Net plans)."""
+        m = self.entry.get("modalities")
+        return list(m) if m else None
+
+    @property
+    def per_modality_normalization(self) -> bool:
+        """Whether the plans normalize each modality with its own scheme and statistics (our planners' plans)."""
+        return "normalization_schemes" in self.entry
+
+    @property
+    def rules(self) -> Optional[dict]:
+        """The dataset.json modality keys the data was planned (and preprocessed) with."""
+        return self.entry.get("rules")
+
+    def normalization(self, modality: str, num_channels: int):
+        """(scheme class name, use_mask_for_norm, {channel: intensity properties}) of `modality`."""
+        if not self.per_modality_normalization:
+            raise CINPlansError(f"plans {self.plans.get('plans_name')!r} carry no per-modality normalization "
+                                f"(plans['cin']): make them with nnUNetv2_plan_and_preprocess_cin")
+        if modality not in self.entry["normalization_schemes"]:
+            raise CINPlansError(f'unknown modality "{modality}"; these plans serve {self.modalities}')
+        props = self.entry["intensity_properties"][modality]
+        missing = [str(c) for c in range(num_channels) if str(c) not in props]
+        if missing:
+            raise CINPlansError(f'plans["cin"]["intensity_properties"]["{modality}"] has no statistics for channel(s) '
+                                f'{missing}; re-run nnUNetv2_plan_and_preprocess_cin')
+        return (self.entry["normalization_schemes"][modality], bool(self.entry["use_mask_for_norm"][modality]),
+                {str(c): props[str(c)] for c in range(num_channels)})
+
+    # ------------------------------------------------------------------------------------------------------ writing
+    @staticmethod
+    def entry_for(modalities: Sequence[str], rules: dict, schemes: Dict[str, str], use_mask: Dict[str, bool],
+                  intensity_properties: Dict[str, dict]) -> dict:
+        """The plans["cin"] entry a planner writes."""
+        modalities = list(modalities)
+        return {"modalities": modalities, "rules": dict(rules),
+                "normalization_schemes": {m: schemes[m] for m in modalities},
+                "use_mask_for_norm": {m: bool(use_mask[m]) for m in modalities},
+                "intensity_properties": {m: intensity_properties[m] for m in modalities}}
+
+    def with_modalities(self, modalities: Sequence[str]) -> dict:
+        """A copy of the plans that records `modalities` as the conditioning order."""
+        plans = deepcopy(self.plans)
+        plans[KEY] = dict(plans.get(KEY) or {}, modalities=list(modalities))
+        return plans

@@ -1,0 +1,1 @@
+"""Training: nnUNetTrainerCIN and its baselines, the modality sampler, folds, per-modality reporting, checkpoints."""
