@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from damaged_files import corrupt_gzip, overstate_slices, truncate_half
 from nnunet_cin.dataset_conversion import synthetic
 from nnunet_cin.dataset_conversion.mmwhs import MMWHSError, convert_mmwhs
 
@@ -210,6 +211,79 @@ def test_bad_input_errors_name_the_problem(source, tmp_path):
         finally:
             if env is not None:
                 os.environ["nnUNet_raw"] = env
+
+
+# the reproductions of issue "no silent corruption": each damage alone, then all at once (one message)
+DAMAGES = {
+    "truncated label": ("ct_train/ct_train_1001_label.nii.gz", truncate_half, "is truncated"),
+    "truncated image": ("mr_train/mr_train_1001_image.nii.gz", truncate_half, "is truncated"),
+    "truncated test image": ("ct_test/ct_test_2001_image.nii.gz", truncate_half, "is truncated"),
+    "corrupt gzip": ("ct_train/ct_train_1002_image.nii.gz", corrupt_gzip, "is a corrupt gzip file"),
+    "header promises more voxels": ("mr_train/mr_train_1002_label.nii.gz", overstate_slices,
+                                    "but its header promises"),
+}
+
+
+@pytest.fixture(scope="module")
+def intact(tmp_path_factory):
+    return synthetic.write_mmwhs_layout(tmp_path_factory.mktemp("intact") / "src", n_ct=2, n_mr=2, shape=(12, 12, 16),
+                                        with_test=True)
+
+
+def assert_rejected(src, tmp_path, expected):
+    """The conversion of src fails naming every (file, reason) of expected, writes nothing, leaves src untouched."""
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    before = tree_digest(src)
+    with pytest.raises(MMWHSError) as e:
+        convert_mmwhs(src, raw_root=raw, preprocessed_root=pre, stratified_splits=True, log=lambda m: None)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{len(expected)} bad source file(s), nothing was written:"
+    for file, reason in expected:
+        assert any(line.strip().startswith(f"{src / file}: ") and reason in line for line in lines), (file, lines)
+    assert not raw.exists() and not pre.exists()
+    assert tree_digest(src) == before
+    return str(e.value)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_source_file_is_named_before_writing(intact, tmp_path, damage):
+    src = tmp_path / "src"
+    shutil.copytree(intact, src)
+    file, damage_file, reason = DAMAGES[damage]
+    damage_file(src / file)
+    if damage == "truncated label":  # what happened before: SimpleITK reads the cut-off label, zeros for the rest
+        half = array(src / file)
+        full = array(intact / file)
+        assert half.shape == full.shape and np.count_nonzero(half) < np.count_nonzero(full)
+    assert_rejected(src, tmp_path, [(file, reason)])
+
+
+def test_all_damaged_source_files_in_one_message(intact, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(intact, src)
+    for file, damage_file, _ in DAMAGES.values():
+        damage_file(src / file)
+    # a label value problem in an intact file is listed with them
+    lab = read(src / "mr_train" / "mr_train_1001_label.nii.gz")
+    a = sitk.GetArrayFromImage(lab)
+    a[0, 0, 0] = 333
+    bad = sitk.GetImageFromArray(a)
+    bad.CopyInformation(lab)
+    sitk.WriteImage(bad, str(src / "mr_train" / "mr_train_1001_label.nii.gz"))
+    expected = [(f, r) for f, _, r in DAMAGES.values()] + [("mr_train/mr_train_1001_label.nii.gz", "333 (1 voxels)")]
+    assert_rejected(src, tmp_path, expected)
+
+    # the command: exit 1, the list on stderr, an earlier conversion left as it was
+    raw, pre = tmp_path / "raw2", tmp_path / "pre2"
+    earlier = convert_mmwhs(intact, raw_root=raw, preprocessed_root=pre, log=lambda m: None)
+    earlier_digest = tree_digest(earlier)
+    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre))
+    result = subprocess.run([sys.executable, "-m", "nnunet_cin.dataset_conversion.mmwhs", "-i", str(src)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "6 bad source file(s), nothing was written" in result.stderr
+    assert all(str(src / f) in result.stderr for f, _ in expected)
+    assert tree_digest(earlier) == earlier_digest and [p.name for p in raw.iterdir()] == [earlier.name]
 
 
 def write_json(path, content):

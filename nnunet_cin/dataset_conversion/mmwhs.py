@@ -7,6 +7,9 @@ and ct_test/ + mr_test/ (images only) when present. Writes $nnUNet_raw/Dataset60
 (case ids ct_1001, mr_1001, ...), imagesTs (ct_2001, mr_2001, ...) and a dataset.json with consecutive labels
 (205 420 500 550 600 820 850 -> 1..7: MYO LA LV RA RV AA PA) and "modalities"/"modality_patterns".
 
+- Every source file is read completely before anything is written: a cut-off (truncated) or corrupt .nii.gz, or
+  a header promising more voxels than the file holds, is an error naming the file (SimpleITK alone would read the
+  missing part as zeros). All bad files are listed in one message.
 - Labels are all checked before anything is written. The known stray value 421 (mr_train_1010, meant 420, left
   atrium) is set to 420 and reported per file; any other unexpected value is an error naming file and value.
 - Image geometry is kept exactly: images are copied byte for byte (read and rewritten only for .nii inputs or
@@ -26,11 +29,12 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_cin.io_checks import check_files_complete
 from nnunet_cin.training.splits import stratified_crossval_split
 
 # MM-WHS label value -> (nnU-Net label, name)
@@ -137,27 +141,52 @@ def find_cases(source) -> List[SourceCase]:
     return sorted(cases, key=lambda c: (c.part != "train", c.case_id))
 
 
-def check_labels(cases: Sequence[SourceCase]) -> Dict[str, Dict[int, int]]:
-    """Reads every training label once. Returns {case_id: {stray value: voxel count}} for the known stray values;
-    raises MMWHSError listing every file with another unexpected value (or a grid that differs from its image)."""
+def check_sources(cases: Sequence[SourceCase], num_workers: Optional[int] = None,
+                  log: Callable[[str], None] = print) -> Dict[str, Dict[int, int]]:
+    """Reads every source file (images and labels) completely, then every training label's values. Returns {case_id:
+    {stray value: voxel count}} for the known stray values; raises one MMWHSError listing every incomplete or corrupt
+    file (SimpleITK would read a truncated one as zeros), every label with another unexpected value and every label
+    whose grid differs from its image."""
+    files = [c.image for c in cases] + [c.label for c in cases if c.label is not None]
+    log(f"reading {len(files)} source files completely (a cut-off or corrupt file is named before anything is "
+        f"written)...")
+    incomplete = check_files_complete(files, num_workers or os.cpu_count() or 1)
+    problems = [f"{f}: {reason}" for f, reason in incomplete.items()]
+    label_problems, strays = _label_problems([c for c in cases if str(c.label) not in incomplete],
+                                             images_to_skip={c.image for c in cases if str(c.image) in incomplete})
+    problems += label_problems
+    if problems:
+        raise MMWHSError(f"{len(problems)} bad source file(s), nothing was written:\n  " + "\n  ".join(problems) +
+                         "\nReplace each named file with a complete copy from the MM-WHS download (a cut-off file "
+                         "is often an interrupted download or unzip) and rerun.")
+    return strays
+
+
+def _label_problems(cases: Sequence[SourceCase], images_to_skip: Collection[Path] = ()
+                    ) -> Tuple[List[str], Dict[str, Dict[int, int]]]:
+    """Reads every training label once: ([problem, ...], {case_id: {stray value: voxel count}}). Problems: a label
+    with an unexpected value (other than the known strays) or a grid that differs from its image (not compared for
+    the images_to_skip, already reported as broken)."""
     allowed = {0, *MMWHS_LABELS}
     problems, strays = [], {}
     for c in cases:
         if c.label is None:
             continue
-        reader = sitk.ImageFileReader()
-        try:
-            reader.SetFileName(str(c.image))
-            reader.ReadImageInformation()
-        except RuntimeError as e:
-            problems.append(f"{c.image}: cannot be read ({str(e).strip()[:200]})")
-            continue
+        reader = None
+        if c.image not in images_to_skip:
+            reader = sitk.ImageFileReader()
+            try:
+                reader.SetFileName(str(c.image))
+                reader.ReadImageInformation()
+            except RuntimeError as e:
+                problems.append(f"{c.image}: cannot be read ({str(e).strip()[:200]})")
+                continue
         try:
             label = sitk.ReadImage(str(c.label))
         except RuntimeError as e:
             problems.append(f"{c.label}: cannot be read ({str(e).strip()[:200]})")
             continue
-        if tuple(label.GetSize()) != tuple(reader.GetSize()):
+        if reader is not None and tuple(label.GetSize()) != tuple(reader.GetSize()):
             problems.append(f"{c.label}: size {label.GetSize()} differs from its image {c.image.name} "
                             f"{reader.GetSize()}")
             continue
@@ -179,9 +208,7 @@ def check_labels(cases: Sequence[SourceCase]) -> Dict[str, Dict[int, int]]:
                             ", ".join(f"{v:g} ({n} voxels)" for v, n in bad.items()) +
                             f"; MM-WHS labels are 0 and {sorted(MMWHS_LABELS)} (421 is fixed to 420). "
                             f"Fix or remove this file")
-    if problems:
-        raise MMWHSError("label check failed, nothing was written:\n  " + "\n  ".join(problems))
-    return strays
+    return problems, strays
 
 
 # ----------------------------------------------------------------------------------------------------------- output
@@ -205,7 +232,7 @@ def n4_correct(image: sitk.Image, max_iterations: Sequence[int] = (50, 50, 50, 5
 
 def convert_label(label: sitk.Image) -> Tuple[sitk.Image, Dict[int, int]]:
     """MM-WHS values -> 0..7 (uint8, same geometry); the known stray values are mapped first. Returns the label and
-    {stray value: voxels fixed}. Unexpected values must have been rejected by check_labels."""
+    {stray value: voxels fixed}. Unexpected values must have been rejected by check_sources."""
     array = sitk.GetArrayViewFromImage(label)
     out = np.zeros(array.shape, np.uint8)
     for value, (new, _) in MMWHS_LABELS.items():
@@ -387,7 +414,7 @@ def convert_mmwhs(source, dataset_id: int = 601, name: str = "MMWHS", n4: bool =
     cases = find_cases(source)
     training = [c.case_id for c in cases if c.part == "train"]
     # everything that can fail on the input fails here, before anything is written
-    check_labels(cases)
+    check_sources(cases, log=log)
     split_content = None
     if splits:
         split_content = combine_splits(splits, training, log)
