@@ -202,16 +202,21 @@ def check_raw_dataset(raw_dataset_folder: str, completely: bool = False, num_wor
         reader = determine_reader_writer_from_dataset_json(dataset_json, verbose=False)
     except RuntimeError:
         reader = None  # no reader for this file ending: nnU-Net's own steps say so
-    if reader is SimpleITKIO:
-        for case, files in dataset.items():
-            problems += grid_problems(case, files["images"], files["label"])
+    incomplete: Dict[str, str] = {}
     if completely:
         files = [f for v in dataset.values() for f in list(v["images"]) + [v["label"]] if os.path.isfile(f)]
         if isdir(join(raw_dataset_folder, "imagesTs")):
             files += subfiles(join(raw_dataset_folder, "imagesTs"), suffix=dataset_json["file_ending"])
-        problems += [f"{f}: {reason}" for f, reason in check_files_complete(files, num_workers).items()]
+        incomplete = check_files_complete(files, num_workers)
+        problems += [f"{f}: {reason}" for f, reason in incomplete.items()]
+    if reader is SimpleITKIO:  # the grids of the cases whose files are complete (or not read completely)
+        cases = [(c, v) for c, v in dataset.items() if not incomplete.keys() & {*v["images"], v["label"]}]
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            for found in pool.map(lambda item: grid_problems(item[0], item[1]["images"], item[1]["label"]), cases):
+                problems += found
     if problems:
         raise FileCheckError(f"{raw_dataset_folder}: {len(problems)} problem(s) with the raw data, nothing was "
                              f"written:\n  " + "\n  ".join(problems) +
-                             "\nReplace the named files with complete, matching ones (e.g. copy or convert them "
-                             "again from the source) and rerun.")
+                             "\nFix or replace each named file (a cut-off or corrupt file: copy or convert it again "
+                             "from its source; a label on another grid: fix the pairing or resample the label to its "
+                             "image's grid) and rerun.")

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
 
+from nnunet_cin.io_checks import FileCheckError, check_raw_dataset
 from nnunet_cin.modalities import ModalityError, ModalityRules
 
 DEFAULT_NP = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
@@ -156,6 +157,8 @@ def plan_and_preprocess(args) -> Dict[int, str]:
         except RuntimeError as e:
             raise PlanError(f"-d {d}: {e}") from None
         check_dataset(join(nnUNet_raw, names[d]))
+        # image/label grids from the headers; with --verify_dataset_integrity every file read completely (io_checks)
+        check_raw_dataset(join(nnUNet_raw, names[d]), completely=args.verify_dataset_integrity, num_workers=args.npfp)
     if args.verify_dataset_integrity:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
         for d in args.d:
@@ -200,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         identifiers = plan_and_preprocess(args)
-    except (ModalityError, PlanError) as e:
+    except (ModalityError, PlanError, FileCheckError) as e:
         print(f"nnUNetv2_plan_and_preprocess_cin: error: {e}", file=sys.stderr)
         return 2
     for d, ident in identifiers.items():
