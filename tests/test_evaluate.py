@@ -49,10 +49,12 @@ def test_surface_distances_planes_and_cube():
     assert 0 < r["ASSD"] < r["HD95"] <= 3 + 1e-9
 
 
-def write_image(path, array_zyx, spacing_xyz=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+def write_image(path, array_zyx, spacing_xyz=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None):
     img = sitk.GetImageFromArray(array_zyx.astype(np.uint8))
     img.SetSpacing(spacing_xyz)
     img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
     sitk.WriteImage(img, str(path))
 
 
@@ -170,3 +172,127 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
         main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-dj", dj, "-np", "1"])
     assert "us_007" in capsys.readouterr().err
     assert not (pred_dir / "summary_cin.json").exists()
+
+
+# --- predictions that do not match their reference (issue "no silent corruption": its reproductions) ----------------
+
+def reference_case():
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[1:3, 1:3, 1:3] = 1  # MYO: 8 voxels
+    ref[5:7, 5:7, 4:8] = 2  # LV: 16 voxels
+    return ref
+
+
+# what is done to one prediction (otherwise equal to its reference, spacing (1, 1, 2)) -> the line that names it
+MISMATCHES = {
+    "twice the spacing": ({"spacing_xyz": (2.0, 2.0, 4.0)},
+                          "spacing (2, 2, 4) differs from the reference's (1, 1, 2)"),
+    "50 mm origin shift": ({"origin": (50.0, 0.0, 0.0)}, "origin (50, 0, 0) differs from the reference's (0, 0, 0)"),
+    "flipped direction": ({"direction": (-1.0, 0, 0, 0, 1, 0, 0, 0, 1)},
+                          "direction (-1, 0, 0, 0, 1, 0, 0, 0, 1) differs from the reference's "
+                          "(1, 0, 0, 0, 1, 0, 0, 0, 1)"),
+    "label value the dataset lacks": ({"value": 9}, "value(s) 9 are not labels of the dataset (0, 1, 2)"),
+    "another shape": ({"shape": (8, 8, 6)}, "shape (8, 8, 6) differs from the reference's (8, 8, 8)"),
+}
+
+
+def mismatch_folders(tmp_path, damaged: dict, good=("ct_001", "mr_001")):
+    """ref/pred folders: the `good` cases predicted perfectly, each case of `damaged` ({case: MISMATCHES key}) with
+    that mismatch. The unknown value 9 replaces 4 of the 8 MYO voxels."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    for case in list(good) + list(damaged):
+        write_image(ref_dir / f"{case}.nii.gz", reference_case(), (1.0, 1.0, 2.0))
+        kw = {"spacing_xyz": (1.0, 1.0, 2.0)}
+        pred = reference_case()
+        if case in damaged:
+            change = dict(MISMATCHES[damaged[case]][0])
+            if "value" in change:
+                pred[1, 1:3, 1:3] = change.pop("value")
+            if "shape" in change:
+                pred = pred[tuple(slice(0, n) for n in change.pop("shape"))]
+            kw.update(change)
+        write_image(pred_dir / f"{case}.nii.gz", pred, **kw)
+    (tmp_path / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    return ref_dir, pred_dir, ["-ref", str(ref_dir), "-pred", str(pred_dir), "-dj", str(tmp_path / "dataset.json"),
+                               "-np", "1"]
+
+
+def problem_lines(err):
+    return [line.strip() for line in err.splitlines() if line.startswith("  ")]
+
+
+@pytest.mark.parametrize("mismatch", list(MISMATCHES))
+def test_mismatched_prediction_stops_the_evaluation(tmp_path, capsys, mismatch):
+    ref_dir, pred_dir, args = mismatch_folders(tmp_path, {"ct_002": mismatch})
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"1 of 3 prediction(s) in {pred_dir} do not match their reference in {ref_dir}; nothing was scored" in err
+    assert problem_lines(err) == [f"ct_002: {MISMATCHES[mismatch][1]}"]
+    flag = "--ignore_unknown_labels" if mismatch.startswith("label") else "--ignore_geometry_mismatch"
+    assert flag in err and "broadcast" not in err
+    assert not (pred_dir / "summary_cin.json").exists()
+
+
+def test_all_mismatches_listed_then_scored_or_skipped_on_request(tmp_path, capsys):
+    damaged = {f"ct_{i:03d}": m for i, m in enumerate(MISMATCHES, start=2)}
+    ref_dir, pred_dir, args = mismatch_folders(tmp_path, damaged)
+    with pytest.raises(SystemExit):
+        main(args)
+    err = capsys.readouterr().err
+    assert "5 of 7 prediction(s)" in err
+    assert problem_lines(err) == [f"{c}: {MISMATCHES[m][1]}" for c, m in damaged.items()]
+    assert "--ignore_geometry_mismatch" in err and "--ignore_unknown_labels" in err
+
+    # going on with geometry only: the unknown label still stops everything
+    with pytest.raises(SystemExit):
+        main(args + ["--ignore_geometry_mismatch"])
+    err = capsys.readouterr().err
+    unknown_label = MISMATCHES["label value the dataset lacks"][1]
+    assert "1 of 7 prediction(s)" in err and problem_lines(err) == [f"ct_005: {unknown_label}"]
+    assert not (pred_dir / "summary_cin.json").exists()
+
+    # both flags: other spacing/origin/direction and the unknown value are scored and marked, another shape skipped
+    # (-np 2: the worker-process path, the others run in this process)
+    result = run_cli(args + ["--ignore_geometry_mismatch", "--ignore_unknown_labels", "-np", "2"])
+    out = capsys.readouterr().out
+    assert result["skipped"] == {"ct_006": [MISMATCHES["another shape"][1]]}
+    assert result["mismatches"] == {c: [MISMATCHES[m][1]] for c, m in damaged.items() if c != "ct_006"}
+    assert "4 case(s) scored although they do not match their reference:" in out
+    assert "1 case(s) skipped: another shape than their reference:\n  ct_006: shape" in out
+    per_case = {c["case"]: c for c in result["metric_per_case"]}
+    assert sorted(per_case) == ["ct_001", "ct_002", "ct_003", "ct_004", "ct_005", "mr_001"]
+    assert "mismatches" not in per_case["ct_001"] and per_case["ct_002"]["mismatches"] == \
+        [MISMATCHES["twice the spacing"][1]]
+    # scored voxel by voxel, as if on the reference's grid: the shifted, rescaled and flipped ones are "perfect"
+    for c in ("ct_001", "ct_002", "ct_003", "ct_004"):
+        assert per_case[c]["metrics"]["MYO"]["Dice"] == 1.0 and per_case[c]["metrics"]["LV"]["Dice"] == 1.0
+    # 4 of the 8 MYO voxels hold the unknown 9, counted as background: Dice 2 * 4 / (8 + 4)
+    assert per_case["ct_005"]["metrics"]["MYO"]["Dice"] == pytest.approx(2 / 3)
+    assert result["summary"]["num_cases"] == {"CT": 5, "MR": 1}
+    saved = json.loads((pred_dir / "summary_cin.json").read_text())
+    assert saved["skipped"] == result["skipped"] and saved["mismatches"] == result["mismatches"]
+
+
+def test_nnunet_means_match_nnunets_own_folder_evaluation(tmp_path):
+    """_nnunet_means is a copy of nnU-Net's compute_metrics_on_folder means: same numbers on the same folder."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    ref_dir, pred_dir = make_folders(tmp_path)
+    only_myo = reference_case() * (reference_case() == 1)  # LV in neither: its Dice is NaN, left out of the means
+    write_image(ref_dir / "mr_002.nii.gz", only_myo, (1.0, 1.0, 2.0))
+    write_image(pred_dir / "mr_002.nii.gz", only_myo, (1.0, 1.0, 2.0))
+    ours = run_cli(["-ref", str(ref_dir), "-pred", str(pred_dir), "-dj", str(tmp_path / "dataset.json"), "-np", "1",
+                    "-o", str(tmp_path / "ours")])
+    theirs = compute_metrics_on_folder(str(ref_dir), str(pred_dir), None, SimpleITKIO(), ".nii.gz", [1, 2], None, 1)
+    names = {1: "MYO", 2: "LV"}
+    assert math.isnan(ours["metric_per_case"][-1]["metrics"]["LV"]["Dice"])
+    # assert_equal: NaN equals NaN, nested dicts compared key by key
+    np.testing.assert_equal(ours["nnunet_mean"], {names[k]: v for k, v in theirs["mean"].items()})
+    np.testing.assert_equal(ours["nnunet_foreground_mean"], theirs["foreground_mean"])
+    np.testing.assert_equal([c["metrics"] for c in ours["metric_per_case"]],
+                            [{names[k]: v for k, v in c["metrics"].items()} for c in theirs["metric_per_case"]])

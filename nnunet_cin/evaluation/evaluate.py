@@ -1,23 +1,32 @@
 """Per-modality evaluation: nnU-Net's metrics per case, summarised per modality and per structure.
 
     nnUNetv2_evaluate_cin -ref GT -pred PRED [-d DATASET | -dj DATASET_JSON] [-m NAME] [--hd95] [-o OUT_PREFIX]
+                          [--ignore_geometry_mismatch] [--ignore_unknown_labels]
 
-Dice/IoU/TP/FP/FN come from nnU-Net's own `compute_metrics_on_folder`; `--hd95` adds the 95th percentile Hausdorff
+Dice/IoU/TP/FP/FN come from nnU-Net's own `compute_metrics` per case; `--hd95` adds the 95th percentile Hausdorff
 distance and the average symmetric surface distance (in the images' physical units, spacing respected). The summary
 has the layout of the paper's results table: rows are structures plus their mean, columns are modalities.
 `summarize_by_modality` is the reusable piece (e.g. for a trainer's validation summary).
+
+Before anything is scored, every prediction is compared with its reference (`case_mismatches`): same shape, same
+spacing, origin and direction (np.allclose, the tolerance of nnU-Net's verify_dataset_integrity), and only values
+that are labels of the dataset. Dice is computed voxel by voxel, so a prediction on another grid would be scored as
+if it were on the reference's: every mismatch stops the evaluation, all of them listed per case, unless the user
+says how to go on (--ignore_geometry_mismatch: score other spacing/origin/direction, skip other shapes;
+--ignore_unknown_labels: score, unknown values counting as background); such cases are listed in the output.
 """
 import argparse
 import csv
 import multiprocessing
 import os
 import sys
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import pandas as pd
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json, subfiles
 from nnunetv2.configuration import default_num_processes
-from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder, label_or_region_to_key
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics, label_or_region_to_key
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
@@ -204,6 +213,88 @@ def write_csv(summary: dict, filename: str):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# checks: can each prediction be scored against its reference?
+
+
+class CaseMismatchError(ValueError):
+    """Predictions that do not match their reference (grid or label values); the message lists every case."""
+
+
+SHAPE, GEOMETRY, LABELS = "shape", "geometry", "labels"  # kinds of mismatch: what --ignore_* flags may let through
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in np.ravel(values)) + ")"
+
+
+def _geometry(props: dict) -> Dict[str, np.ndarray]:
+    """What places a file's voxels in space, as nnU-Net's reader reports it: SimpleITK's spacing, origin and direction
+    (x, y, z order, as image viewers show them), else the reader's spacing and nibabel's affine."""
+    if "sitk_stuff" in props:
+        return {k: np.asarray(props["sitk_stuff"][k], float) for k in ("spacing", "origin", "direction")}
+    geometry = {"spacing": np.asarray(props["spacing"], float)}
+    if "nibabel_stuff" in props:
+        geometry["affine"] = np.asarray(props["nibabel_stuff"]["original_affine"], float)
+    return geometry
+
+
+def case_mismatches(reference_file: str, prediction_file: str, image_reader_writer: BaseReaderWriter,
+                    allowed_values: Collection[int]) -> List[Tuple[str, str]]:
+    """[(kind, what is wrong)] of one prediction against its reference, read as nnU-Net's metrics read them: another
+    shape (SHAPE), another spacing/origin/direction (GEOMETRY, np.allclose as nnU-Net's integrity check) or values
+    that are not in allowed_values (LABELS). Empty when the prediction can be scored."""
+    seg_ref, props_ref = image_reader_writer.read_seg(reference_file)
+    seg_pred, props_pred = image_reader_writer.read_seg(prediction_file)
+    found = []
+    if seg_pred.shape != seg_ref.shape:
+        found.append((SHAPE, f"shape {seg_pred.shape[1:]} differs from the reference's {seg_ref.shape[1:]}"))
+    geo_ref, geo_pred = _geometry(props_ref), _geometry(props_pred)
+    for key in geo_ref:
+        if geo_ref[key].shape != geo_pred[key].shape or not np.allclose(geo_pred[key], geo_ref[key]):
+            found.append((GEOMETRY, f"{key} {_fmt(geo_pred[key])} differs from the reference's {_fmt(geo_ref[key])}"))
+    allowed_values = set(allowed_values)
+    unknown = sorted(v for v in pd.unique(seg_pred.ravel()).tolist() if v not in allowed_values)
+    if unknown:
+        found.append((LABELS, f"value(s) {', '.join(f'{v:g}' for v in unknown)} are not labels of the dataset "
+                              f"({', '.join(str(v) for v in sorted(allowed_values))})"))
+    return found
+
+
+def sort_mismatches(mismatches: Mapping[str, List[Tuple[str, str]]], num_cases: int, folder_ref: str,
+                    folder_pred: str, ignore_geometry_mismatch: bool = False,
+                    ignore_unknown_labels: bool = False) -> List[str]:
+    """The cases to skip (another shape, with ignore_geometry_mismatch). Raises one CaseMismatchError listing every
+    mismatched case unless the flags let all of them through."""
+    allowed = ({SHAPE, GEOMETRY} if ignore_geometry_mismatch else set()) | \
+        ({LABELS} if ignore_unknown_labels else set())
+    blocking = {c: m for c, m in mismatches.items() if any(kind not in allowed for kind, _ in m)}
+    if blocking:
+        kinds = {kind for m in blocking.values() for kind, _ in m}
+        advice = ["Re-predict these cases, or check that -ref and -pred hold the same cases."]
+        if kinds & {SHAPE, GEOMETRY}:
+            advice.append("--ignore_geometry_mismatch scores cases whose spacing, origin or direction differ anyway "
+                          "(voxel by voxel, as if on the reference's grid) and skips cases of another shape.")
+        if LABELS in kinds:
+            advice.append("--ignore_unknown_labels scores predictions holding values that are not dataset labels "
+                          "(those voxels count as background).")
+        raise CaseMismatchError(
+            f"{len(blocking)} of {num_cases} prediction(s) in {folder_pred} do not match their reference in "
+            f"{folder_ref}; nothing was scored:\n  " +
+            "\n  ".join(f"{c}: " + "; ".join(text for _, text in m) for c, m in sorted(blocking.items())) +
+            "\n" + " ".join(advice))
+    return sorted(c for c, m in mismatches.items() if any(kind == SHAPE for kind, _ in m))
+
+
+def _nnunet_means(per_case: List[dict], labels: Sequence[LabelOrRegion]) -> Tuple[dict, dict]:
+    """nnU-Net 2.8.1's means of compute_metrics_on_folder, copied: that function scores every file of a folder, with
+    no way to leave out a case that cannot be scored; the only change: it is given the per-case results."""
+    metric_list = list(per_case[0]["metrics"][labels[0]].keys())
+    means = {r: {m: np.nanmean([i["metrics"][r][m] for i in per_case]) for m in metric_list} for r in labels}
+    foreground_mean = {m: np.mean([means[k][m] for k in means if not (k == 0 or k == "0")]) for m in metric_list}
+    return means, foreground_mean
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # folders
 
 
@@ -217,12 +308,34 @@ def case_modalities(case_ids: Sequence[str], dataset_json: dict, modality: Optio
     return rules.resolve(case_ids)
 
 
+class _InProcess:
+    """A pool for -np 1: the same starmap, without starting a worker process (each imports torch: seconds)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def starmap(function, iterable):
+        return [function(*args) for args in iterable]
+
+
+def _pool(num_processes: int):
+    return _InProcess() if num_processes == 1 else multiprocessing.get_context("spawn").Pool(num_processes)
+
+
 def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modality: Optional[str] = None,
                     surface_metrics: bool = False, num_processes: int = default_num_processes,
-                    chill: bool = False) -> dict:
+                    chill: bool = False, ignore_geometry_mismatch: bool = False,
+                    ignore_unknown_labels: bool = False) -> dict:
     """nnU-Net's metrics of every prediction in folder_pred against folder_ref, plus HD95/ASSD if asked, and their
-    per-modality summary. Returns {"summary": summarize_by_modality(...), "metric_per_case": [...],
-    "nnunet_mean": nnU-Net's means over all cases, "nnunet_foreground_mean": ...}."""
+    per-modality summary. Every prediction is checked against its reference first (case_mismatches,
+    sort_mismatches: CaseMismatchError unless the ignore_* flags let the mismatches through). Returns {"summary":
+    summarize_by_modality(...), "metric_per_case": [...], "nnunet_mean": nnU-Net's means over all scored cases,
+    "nnunet_foreground_mean": ..., "mismatches": {case: [what differs]} (cases scored anyway), "skipped": {case:
+    [what differs]} (another shape, not scored)}."""
     file_ending = dataset_json["file_ending"]
     pred_files = subfiles(folder_pred, suffix=file_ending, join=False)
     if not pred_files:
@@ -241,33 +354,48 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
 
     lm = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
     labels = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+    allowed_values = set(lm.all_labels) | ({lm.ignore_label} if lm.has_ignore_label else set())
     rw = determine_reader_writer_from_dataset_json(dataset_json, join(folder_pred, pred_files[0]))()
     num_processes = max(1, min(num_processes, len(pred_files)))
-    results = compute_metrics_on_folder(folder_ref, folder_pred, None, rw, file_ending, labels, lm.ignore_label,
-                                        num_processes, chill=True)
-    per_case = results["metric_per_case"]
-    if surface_metrics:
-        args = [(c["reference_file"], c["prediction_file"], rw, labels, lm.ignore_label) for c in per_case]
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+    cases = [(case_id_of(f, file_ending), join(folder_ref, f), join(folder_pred, f)) for f in pred_files]
+    with _pool(num_processes) as pool:
+        found = pool.starmap(case_mismatches, [(ref, pred, rw, allowed_values) for _, ref, pred in cases])
+        mismatches = {c: m for (c, _, _), m in zip(cases, found) if m}
+        skipped = sort_mismatches(mismatches, len(cases), folder_ref, folder_pred, ignore_geometry_mismatch,
+                                  ignore_unknown_labels)
+        cases = [case for case in cases if case[0] not in skipped]
+        if not cases:
+            raise CaseMismatchError(f"no prediction in {folder_pred} has the shape of its reference: nothing to score")
+        per_case = pool.starmap(compute_metrics, [(ref, pred, rw, labels, lm.ignore_label) for _, ref, pred in cases])
+        means, foreground_mean = _nnunet_means(per_case, labels)
+        if surface_metrics:
+            args = [(c["reference_file"], c["prediction_file"], rw, labels, lm.ignore_label) for c in per_case]
             distances = pool.starmap(compute_surface_metrics, args)
-        for case, dist in zip(per_case, distances):
-            for r, values in dist.items():
-                case["metrics"][r].update(values)
+            for case, dist in zip(per_case, distances):
+                for r, values in dist.items():
+                    case["metrics"][r].update(values)
 
     names = label_names_of(dataset_json)
-    summary = summarize_by_modality(results, modality_of, file_ending, names,
+    scored_modalities = {modality_of[c] for c, _, _ in cases}
+    summary = summarize_by_modality({"metric_per_case": per_case}, modality_of, file_ending, names,
                                     metrics=["Dice"] + (list(SURFACE_METRICS) if surface_metrics else []),
                                     modalities=[m for m in ModalityRules.from_dataset_json(dataset_json).modalities
-                                                if m in set(modality_of.values())])
-    cases = [{"case": case_id_of(c["prediction_file"], file_ending),
-              "modality": modality_of[case_id_of(c["prediction_file"], file_ending)],
-              "reference_file": c["reference_file"], "prediction_file": c["prediction_file"],
-              "metrics": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
-                          for k, v in c["metrics"].items()}} for c in per_case]
-    out = {"summary": summary, "metric_per_case": cases,
+                                                if m in scored_modalities])
+    described = lambda m: [text for _, text in m]  # noqa: E731
+    out_cases = []
+    for c in per_case:
+        case = case_id_of(c["prediction_file"], file_ending)
+        out_cases.append({"case": case, "modality": modality_of[case], "reference_file": c["reference_file"],
+                          "prediction_file": c["prediction_file"],
+                          "metrics": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
+                                      for k, v in c["metrics"].items()},
+                          **({"mismatches": described(mismatches[case])} if case in mismatches else {})})
+    out = {"summary": summary, "metric_per_case": out_cases,
            "nnunet_mean": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
-                           for k, v in results["mean"].items()},
-           "nnunet_foreground_mean": results["foreground_mean"]}
+                           for k, v in means.items()},
+           "nnunet_foreground_mean": foreground_mean,
+           "mismatches": {c: described(m) for c, m in mismatches.items() if c not in skipped},
+           "skipped": {c: described(mismatches[c]) for c in skipped}}
     recursive_fix_for_json_export(out)
     return out
 
@@ -305,6 +433,14 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> dict:
                         help=f"number of processes. Default: {default_num_processes}")
     parser.add_argument("--chill", action="store_true",
                         help="don't stop if some reference cases have no prediction")
+    parser.add_argument("--ignore_geometry_mismatch", action="store_true",
+                        help="score predictions whose spacing, origin or direction differ from their reference "
+                             "anyway (voxel by voxel, as if on the reference's grid) and skip those of another shape; "
+                             "both are listed in the output. Default: any such case stops the evaluation before "
+                             "anything is scored")
+    parser.add_argument("--ignore_unknown_labels", action="store_true",
+                        help="score predictions holding values that are not labels of the dataset anyway (those "
+                             "voxels count as background for every structure; listed in the output). Default: stop")
     args = parser.parse_args(argv)
     if args.d is None and args.dj is None:
         if not isfile(join(args.pred, "dataset.json")):
@@ -312,8 +448,9 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> dict:
         args.dj = join(args.pred, "dataset.json")
     try:
         dataset_json = load_dataset_json(args.d, args.dj)
-        result = evaluate_folder(args.ref, args.pred, dataset_json, args.modality, args.hd95, args.np, args.chill)
-    except (ModalityError, FileNotFoundError) as e:
+        result = evaluate_folder(args.ref, args.pred, dataset_json, args.modality, args.hd95, args.np, args.chill,
+                                 args.ignore_geometry_mismatch, args.ignore_unknown_labels)
+    except (ModalityError, FileNotFoundError, CaseMismatchError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     prefix = args.o if args.o is not None else join(args.pred, "summary_cin")
     prefix = prefix[:-5] if prefix.endswith(".json") else prefix
@@ -323,6 +460,11 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> dict:
     write_csv(result["summary"], prefix + ".csv")
     for metric in result["summary"]["metrics"]:
         print(format_table(result["summary"], metric), end="\n\n")
+    for key, what in (("mismatches", "scored although they do not match their reference"),
+                      ("skipped", "skipped: another shape than their reference")):
+        if result[key]:
+            print(f"{len(result[key])} case(s) {what}:\n" +
+                  "\n".join(f"  {c}: " + "; ".join(m) for c, m in result[key].items()), end="\n\n")
     print(f"written: {prefix}.json, {prefix}.csv")
     return result
 
