@@ -113,6 +113,19 @@ def test_what_is_not_checked_or_tolerated(tmp_path):
     assert incomplete_reason(tmp_path / "x.nrrd") is None
 
 
+def test_file_larger_than_the_decompression_buffer(tmp_path):
+    # 16 MB of voxels in a 16 kB file (an empty label): decompressed in several bounded pieces, every byte counted
+    path = tmp_path / "empty_label.nii.gz"
+    img = sitk.GetImageFromArray(np.zeros((256, 256, 256), np.uint8))
+    sitk.WriteImage(img, str(path), True)
+    assert os.path.getsize(path) < 100_000 and incomplete_reason(path) is None
+    data = gzip.open(path).read()
+    with gzip.open(path, "wb") as f:  # the same header, one voxel less
+        f.write(data[:-1])
+    assert incomplete_reason(path) == (f"holds {len(data) - 1} bytes of NIfTI data but its header promises "
+                                       f"{len(data)} (the file was cut off or the header's dimensions are wrong)")
+
+
 def test_check_files_complete_lists_only_bad_files(tmp_path):
     good = [sitk_file(tmp_path, f"good{i}.nii.gz") for i in range(5)]
     bad = [sitk_file(tmp_path, f"bad{i}.nii.gz") for i in range(3)]
