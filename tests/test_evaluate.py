@@ -183,7 +183,8 @@ def reference_case():
     return ref
 
 
-# what is done to one prediction (otherwise equal to its reference, spacing (1, 1, 2)) -> the line that names it
+# what is done to one prediction (otherwise equal to its reference, spacing (1, 1, 2)) -> the line that names it;
+# "shape" is the array's (z, y, x), the messages give SimpleITK's (x, y, z) as for spacing, origin and direction
 MISMATCHES = {
     "twice the spacing": ({"spacing_xyz": (2.0, 2.0, 4.0)},
                           "spacing (2, 2, 4) differs from the reference's (1, 1, 2)"),
@@ -192,7 +193,7 @@ MISMATCHES = {
                           "direction (-1, 0, 0, 0, 1, 0, 0, 0, 1) differs from the reference's "
                           "(1, 0, 0, 0, 1, 0, 0, 0, 1)"),
     "label value the dataset lacks": ({"value": 9}, "value(s) 9 are not labels of the dataset (0, 1, 2)"),
-    "another shape": ({"shape": (8, 8, 6)}, "shape (8, 8, 6) differs from the reference's (8, 8, 8)"),
+    "another shape": ({"shape": (8, 8, 6)}, "shape (6, 8, 8) differs from the reference's (8, 8, 8)"),  # x, y, z
 }
 
 

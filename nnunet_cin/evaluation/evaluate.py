@@ -247,7 +247,10 @@ def case_mismatches(reference_file: str, prediction_file: str, image_reader_writ
     seg_pred, props_pred = image_reader_writer.read_seg(prediction_file)
     found = []
     if seg_pred.shape != seg_ref.shape:
-        found.append((SHAPE, f"shape {seg_pred.shape[1:]} differs from the reference's {seg_ref.shape[1:]}"))
+        # in the order of the geometry below: SimpleITK's (x, y, z) where it is the reader, else the array's
+        order = slice(None, None, -1) if "sitk_stuff" in props_ref else slice(None)
+        found.append((SHAPE, f"shape {seg_pred.shape[1:][order]} differs from the reference's "
+                             f"{seg_ref.shape[1:][order]}"))
     geo_ref, geo_pred = _geometry(props_ref), _geometry(props_pred)
     for key in geo_ref:
         if geo_ref[key].shape != geo_pred[key].shape or not np.allclose(geo_pred[key], geo_ref[key]):
