@@ -157,8 +157,8 @@ def check_sources(cases: Sequence[SourceCase], num_workers: Optional[int] = None
     problems += label_problems
     if problems:
         raise MMWHSError(f"{len(problems)} bad source file(s), nothing was written:\n  " + "\n  ".join(problems) +
-                         "\nReplace each named file with a complete copy from the MM-WHS download (a cut-off file "
-                         "is often an interrupted download or unzip) and rerun.")
+                         ("\nReplace each cut-off or corrupt file with a complete copy from the MM-WHS download (a "
+                          "cut-off file is often an interrupted download or unzip) and rerun." if incomplete else ""))
     return strays
 
 
