@@ -6,10 +6,13 @@
         "normalization_schemes": {"CT": "CTNormalization", "MR": "ZScoreNormalization"},
         "use_mask_for_norm": {"CT": false, "MR": false},
         "intensity_properties": {"CT": {"0": {mean, std, percentile_00_5, ...}}, ...},   foreground statistics per modality
+        "signatures": {"version": 1, ..., "modalities": {"CT": {center, spread, ...}, ...}},  what each modality's
+                                                             images look like (nnunet_cin.planning.signature)
     }
 
 Plans made by plain `nnUNetv2_plan_and_preprocess` have no "cin" entry; a trainer of ours that trains from them
-records only "modalities" (one normalization for every modality, nnU-Net's). Like nnU-Net's PlansManager, this class
+records only "modalities" (one normalization for every modality, nnU-Net's). Plans made before the modality signatures
+existed have no "signatures": `signatures` is None. Like nnU-Net's PlansManager, this class
 reads a plans dict; `with_modalities` returns a new plans dict, the caller's is never modified.
 """
 from copy import deepcopy
@@ -46,6 +49,11 @@ class CINPlans:
         """The dataset.json modality keys the data was planned (and preprocessed) with."""
         return self.entry.get("rules")
 
+    @property
+    def signatures(self) -> Optional[dict]:
+        """The modality signatures learned from the training cases (None: plans made without them)."""
+        return self.entry.get("signatures")
+
     def normalization(self, modality: str, num_channels: int):
         """(scheme class name, use_mask_for_norm, {channel: intensity properties}) of `modality`."""
         if not self.per_modality_normalization:
@@ -64,13 +72,16 @@ class CINPlans:
     # ------------------------------------------------------------------------------------------------------ writing
     @staticmethod
     def entry_for(modalities: Sequence[str], rules: dict, schemes: Dict[str, str], use_mask: Dict[str, bool],
-                  intensity_properties: Dict[str, dict]) -> dict:
+                  intensity_properties: Dict[str, dict], signatures: Optional[dict] = None) -> dict:
         """The plans["cin"] entry a planner writes."""
         modalities = list(modalities)
-        return {"modalities": modalities, "rules": dict(rules),
-                "normalization_schemes": {m: schemes[m] for m in modalities},
-                "use_mask_for_norm": {m: bool(use_mask[m]) for m in modalities},
-                "intensity_properties": {m: intensity_properties[m] for m in modalities}}
+        entry = {"modalities": modalities, "rules": dict(rules),
+                 "normalization_schemes": {m: schemes[m] for m in modalities},
+                 "use_mask_for_norm": {m: bool(use_mask[m]) for m in modalities},
+                 "intensity_properties": {m: intensity_properties[m] for m in modalities}}
+        if signatures is not None:
+            entry["signatures"] = signatures
+        return entry
 
     def with_modalities(self, modalities: Sequence[str]) -> dict:
         """A copy of the plans that records `modalities` as the conditioning order."""

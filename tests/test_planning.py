@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_cin.planning.fingerprint import SAMPLES_ENV, fingerprint_is_current
+from nnunet_cin.dataset_conversion.synthetic import generate_case, write_nnunet_dataset
 from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.planning import signature
+from nnunet_cin.planning.fingerprint import SAMPLES_ENV, fingerprint_is_current
 from nnunet_cin.planning.planners import modality_normalization
-from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
+from nnunet_cin.plans import CINPlans
 
 SHAPE = (24, 24, 24)
 
@@ -118,6 +120,23 @@ def test_two_modalities(nnunet_env, few_samples):
     assert fp["foreground_intensity_properties_per_channel"]["0"]["max"] == pytest.approx(
         max(cin["intensity_properties"][m]["0"]["max"] for m in ("CT", "MR")))
 
+    # modality signatures: each case's features on the whole image as read, the signatures built from them with the
+    # absolute scale checked for CT (CTNormalization) only; held-out cases of the generator are recognised
+    raw_features = {c: signature.case_features(read(raw / "imagesTr" / f"{c}_0000.nii.gz")[None].astype(np.float32),
+                                               sitk.ReadImage(str(raw / "imagesTr" / f"{c}_0000.nii.gz")).GetSpacing())
+                    for c in ct + mr}
+    assert fp["cin"]["signature_version"] == signature.VERSION
+    assert fp["cin"]["case_features"] == raw_features  # same values, same float32 image: equal exactly
+    sigs = CINPlans(plans).signatures
+    assert sigs == signature.build_signatures({"CT": [raw_features[c] for c in ct], "MR": [raw_features[c] for c in mr]},
+                                              absolute_modalities=["CT"])
+    for m in ("CT", "MR"):
+        image, _ = generate_case(m, 12345, SHAPE)
+        held_out = signature.case_features(sitk.GetArrayFromImage(image)[None].astype(np.float32), image.GetSpacing())
+        assert signature.match(sigs, held_out).best == m
+    assert CINPlans({k: v for k, v in plans.items() if k != "cin"}).signatures is None  # plain nnU-Net plans
+    assert CINPlans({**plans, "cin": {k: v for k, v in cin.items() if k != "signatures"}}).signatures is None
+
     # preprocessed properties carry each case's modality
     props = load_pkls(pre / "nnUNetPlansCIN_3d_fullres")
     assert {k: (v["modality"], v["modality_index"]) for k, v in props.items()} == \
@@ -205,8 +224,12 @@ def test_stored_fingerprint_is_reused_only_for_the_same_rules():
     rules = ModalityRules.from_dataset_json({"modalities": ["CT", "MR"],
                                              "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}})
     cm = {"ct_1": "CT", "mr_1": "MR"}
-    fp = {"cin": {"rules": rules.to_dict(), "case_modality": cm}}
+    fp = {"cin": {"rules": rules.to_dict(), "case_modality": cm, "signature_version": signature.VERSION,
+                  "case_features": {"ct_1": {}, "mr_1": {}}}}
     assert fingerprint_is_current(fp, rules, cm)
+    assert not fingerprint_is_current({"cin": {k: v for k, v in fp["cin"].items() if k != "case_features"}}, rules,
+                                      cm)  # made before the modality signatures
+    assert not fingerprint_is_current({"cin": {**fp["cin"], "signature_version": 0}}, rules, cm)  # older features
     assert not fingerprint_is_current({"spacings": []}, rules, cm)  # plain nnU-Net fingerprint
     assert not fingerprint_is_current(fp, rules, {**cm, "ct_2": "CT"})  # a case was added
     other = ModalityRules.from_dataset_json({**rules.to_dict(), "case_modalities": {"ct_1": "MR"}})

@@ -13,11 +13,14 @@ per-case results both nnU-Net's dataset-wide fingerprint (unchanged keys, so nnU
                                                                           percentile_99_5, percentile_00_5}, ...}},
         "per_modality": {modality: {num_cases, median_spacing, min_spacing, max_spacing, median_shape_after_crop,
                                     min_shape_after_crop, max_shape_after_crop, median_relative_size_after_cropping}},
+        "signature_version": 1,
+        "case_features": {case: {feature: value}},                  whole-image features (planning/signature.py)
     }
 
 Intensity statistics are computed from the foreground samples of that modality's cases only (nnU-Net's sampling,
 same number of samples per case). Spacing and shape statistics remain dataset-wide for planning (as in nnU-Net);
-the per-modality ones are recorded for the user.
+the per-modality ones are recorded for the user. The case features of the modality signatures are computed on the
+whole image as nnU-Net's per-case analysis reads it (before cropping), in the same worker: the image is read once.
 
 nnU-Net draws 10e7 foreground intensity samples in total, evenly over the cases. The environment variable
 nnUNet_cin_fingerprint_samples sets another total (e.g. 1e6 for quick runs on tiny data); unset, nnU-Net's is used.
@@ -27,7 +30,8 @@ whose cases are grouped by modality, so that every modality is a contiguous view
 two); dataset-wide mean/std/min/max are combined from the per-modality ones, and percentiles are exact order
 statistics found by counting and selecting within a narrow bracket (`percentiles`) instead of np.percentile's copy
 and full partition. Together, the per-modality and dataset-wide statistics cost less than nnU-Net's dataset-wide
-ones alone.
+ones alone. The case features sort at most 65536 voxels per case: a fraction of a percent of reading the image
+(benchmarks/bench_fingerprint.py).
 """
 import multiprocessing
 import os
@@ -42,6 +46,8 @@ from nnunetv2.paths import nnUNet_preprocessed
 from tqdm import tqdm
 
 from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.planning.signature import VERSION as SIGNATURE_VERSION
+from nnunet_cin.planning.signature import case_features
 
 PERCENTILES = np.array((0.5, 50.0, 99.5))
 # total number of foreground intensity samples (spread evenly over the cases); unset: nnU-Net's 10e7
@@ -129,9 +135,41 @@ def _geometry_stats(spacings: List, shapes: List, rel_sizes: List) -> dict:
 
 
 def fingerprint_is_current(fingerprint: dict, rules: ModalityRules, case_modality: Dict[str, str]) -> bool:
-    """Whether a stored fingerprint has our per-modality part and was made with these rules for these cases."""
+    """Whether a stored fingerprint has our per-modality part, made with these rules for these cases, and the case
+    features of this version of the modality signatures."""
     cin = fingerprint.get('cin')
-    return bool(cin) and cin.get('rules') == rules.to_dict() and cin.get('case_modality') == case_modality
+    return (bool(cin) and cin.get('rules') == rules.to_dict() and cin.get('case_modality') == case_modality
+            and cin.get('signature_version') == SIGNATURE_VERSION
+            and set(cin.get('case_features') or ()) == set(case_modality))
+
+
+class _ReaderRecordingFeatures:
+    """Stands in for nnU-Net's reader class in `DatasetFingerprintExtractor.analyze_case` (which instantiates it and
+    reads the case's images and segmentation): reads with the real reader and keeps the case features of the image
+    it read, so that nnU-Net's per-case analysis runs unchanged and the image is not read a second time."""
+
+    def __init__(self, reader_writer_class):
+        self._reader = reader_writer_class()
+        self.features = None
+
+    def __call__(self):  # analyze_case calls reader_writer_class() to get its reader
+        return self
+
+    def read_images(self, image_files, *args, **kwargs):
+        images, properties = self._reader.read_images(image_files, *args, **kwargs)
+        self.features = case_features(images, properties['spacing'])
+        return images, properties
+
+    def __getattr__(self, name):  # read_seg and anything else: the real reader's
+        return getattr(self._reader, name)
+
+
+def analyze_case(image_files: List[str], segmentation_file: str, reader_writer_class, num_samples: int) -> tuple:
+    """nnU-Net's per-case analysis (shape after crop, spacing, foreground samples, their statistics, relative size
+    after crop), plus the case features of the image as read."""
+    reader = _ReaderRecordingFeatures(reader_writer_class)
+    result = DatasetFingerprintExtractor.analyze_case(image_files, segmentation_file, reader, num_samples)
+    return (*result, reader.features)
 
 
 class CINFingerprintExtractor(DatasetFingerprintExtractor):
@@ -152,7 +190,8 @@ class CINFingerprintExtractor(DatasetFingerprintExtractor):
                                 f'{join(self.input_folder, "dataset.json")}, or remove the name)')
 
     # nnU-Net's run() with the pool loop copied (DatasetFingerprintExtractor.run has no hook between the per-case
-    # analysis and the statistics; its results are not kept). The per-case function is nnU-Net's own.
+    # analysis and the statistics; its results are not kept). The only changes: the per-case function is nnU-Net's
+    # own wrapped by `analyze_case` (which adds the case features), and a worker error is raised as soon as it occurs.
     def _analyze_cases(self) -> List[tuple]:
         reader_writer_class = determine_reader_writer_from_dataset_json(
             self.dataset_json, self.dataset[next(iter(self.dataset.keys()))]['images'][0])
@@ -160,7 +199,7 @@ class CINFingerprintExtractor(DatasetFingerprintExtractor):
         r = []
         with multiprocessing.get_context("spawn").Pool(self.num_processes) as p:
             for k in self.dataset.keys():
-                r.append(p.starmap_async(DatasetFingerprintExtractor.analyze_case,
+                r.append(p.starmap_async(analyze_case,
                                          ((self.dataset[k]['images'], self.dataset[k]['label'], reader_writer_class,
                                            num_foreground_samples_per_case),)))
             remaining = list(range(len(self.dataset)))
@@ -237,6 +276,8 @@ class CINFingerprintExtractor(DatasetFingerprintExtractor):
                 "per_modality": {m: _geometry_stats([spacings[i] for i in by_mod[m]],
                                                     [shapes_after_crop[i] for i in by_mod[m]],
                                                     [rel_sizes[i] for i in by_mod[m]]) for m in modalities},
+                "signature_version": SIGNATURE_VERSION,
+                "case_features": {k: results[i][5] for i, k in enumerate(keys)},
             },
         }
         return fingerprint
@@ -248,8 +289,8 @@ class CINFingerprintExtractor(DatasetFingerprintExtractor):
             fingerprint = load_json(properties_file)
             if fingerprint_is_current(fingerprint, self.rules, self.case_modality):
                 return fingerprint
-            print('The existing dataset_fingerprint.json has no per-modality statistics for the current modality '
-                  'rules and cases: extracting it again.')
+            print('The existing dataset_fingerprint.json has no per-modality statistics and modality signature '
+                  'features for the current modality rules and cases: extracting it again.')
         fingerprint = self.compute_fingerprint(self._analyze_cases())
         maybe_mkdir_p(preprocessed_output_folder)
         try:

@@ -5,8 +5,9 @@ Each planner is nnU-Net's (default or ResEnc preset) with three changes:
   modality): `nnunet_cin.networks.unet.conditional_architecture`; patch and batch size are planned exactly as nnU-Net
   plans them for the plain network (CIN adds no feature maps);
 - plans["cin"] records the modalities (conditioning order), each modality's normalization scheme (chosen from the
-  modality name the way nnU-Net chooses from a channel name), whether it uses the nonzero mask, and its foreground
-  intensity statistics (from that modality's cases only, see nnunet_cin.planning.fingerprint);
+  modality name the way nnU-Net chooses from a channel name), whether it uses the nonzero mask, its foreground
+  intensity statistics (from that modality's cases only, see nnunet_cin.planning.fingerprint) and its signature
+  (what its training images look like as a whole, nnunet_cin.planning.signature);
 - preprocessed data get their own identifier (PLANS_CONFIGURATION; nnU-Net's ResEnc planners would share
   nnUNetPlans' folders, whose normalization is not per modality) and the preprocessor is CINPreprocessor.
 
@@ -23,6 +24,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_cin.planning.fingerprint import fingerprint_is_current
+from nnunet_cin.planning.signature import build_signatures, scale_matters
 from nnunet_cin.modalities import ModalityRules
 from nnunet_cin.networks.unet import conditional_architecture
 from nnunet_cin.plans import KEY as CIN_KEY
@@ -86,9 +88,12 @@ class CINPlannerMixin:
 
     def cin_plans(self) -> dict:
         fp = self.dataset_fingerprint['cin']
-        schemes, use_mask = modality_normalization(self.rules.modalities, fp['per_modality'])
-        return CINPlans.entry_for(self.rules.modalities, self.rules.to_dict(), schemes, use_mask,
-                                  fp['foreground_intensity_properties_per_modality'])
+        modalities = self.rules.modalities
+        schemes, use_mask = modality_normalization(modalities, fp['per_modality'])
+        features = {m: [fp['case_features'][c] for c, cm in fp['case_modality'].items() if cm == m] for m in modalities}
+        signatures = build_signatures(features, [m for m in modalities if scale_matters(schemes[m])])
+        return CINPlans.entry_for(modalities, self.rules.to_dict(), schemes, use_mask,
+                                  fp['foreground_intensity_properties_per_modality'], signatures)
 
     def save_plans(self, plans):
         plans[CIN_KEY] = self.cin_plans()
