@@ -177,6 +177,20 @@ class ModalityRules:
                 f'{", ".join(missing)}; fix the identifier(s) (the file name without _0000 and the file ending) or '
                 f'remove the entries')
 
+    def resolve_training_cases(self, case_ids: Iterable[str]) -> Dict[str, str]:
+        """{case id: modality name} of a dataset's training cases, the one check of the rules against them (used by
+        the planning command, the fingerprint extractor and the planners): every "case_modalities" entry names a
+        case, every case resolves, every modality has a case. One ModalityError otherwise."""
+        case_ids = [str(c) for c in case_ids]
+        self.check_case_modalities_exist(case_ids)
+        case_modality = self.resolve(case_ids)
+        empty = [m for m, cases in self.cases_of(case_modality).items() if not cases]
+        if empty:
+            raise ModalityError(f'{_where(self.source)}: modality/modalities {empty} listed in "modalities" have no '
+                                f'training case: every modality needs training cases; fix "modality_patterns"/'
+                                f'"case_modalities" or remove the name(s)')
+        return case_modality
+
     def cases_of(self, mapping: Mapping[str, str]) -> Dict[str, List[str]]:
         """{modality: [case ids]} from a resolved {case: modality} map, in conditioning order (empty lists kept)."""
         out = {m: [] for m in self.modalities}

@@ -234,3 +234,17 @@ def test_stored_fingerprint_is_reused_only_for_the_same_rules():
     assert not fingerprint_is_current(fp, rules, {**cm, "ct_2": "CT"})  # a case was added
     other = ModalityRules.from_dataset_json({**rules.to_dict(), "case_modalities": {"ct_1": "MR"}})
     assert not fingerprint_is_current(fp, other, cm)
+
+
+def test_training_cases_are_checked_in_one_place():
+    """The planning command, the fingerprint extractor and the planners all call resolve_training_cases."""
+    rules = ModalityRules.from_dataset_json({"modalities": ["CT", "MR", "PET"],
+                                             "modality_patterns": {"CT": "^ct_", "MR": "^mr_", "PET": "^pet_"},
+                                             "case_modalities": {"odd": "MR"}}, "D/dataset.json")
+    assert rules.resolve_training_cases(["ct_1", "odd", "pet_2"]) == {"ct_1": "CT", "odd": "MR", "pet_2": "PET"}
+    for cases, fragments in ((["ct_1", "odd"], ["D/dataset.json", "['PET']", "no training case"]),
+                             (["ct_1", "odd", "us_1"], ['"us_1"', "matches none"]),
+                             (["ct_1", "pet_1", "mr_1"], ["odd", "do not exist"])):
+        with pytest.raises(ModalityError) as e:
+            rules.resolve_training_cases(cases)
+        assert all(f in str(e.value) for f in fragments), (fragments, str(e.value))

@@ -181,13 +181,7 @@ class CINFingerprintExtractor(DatasetFingerprintExtractor):
             # nnU-Net samples 1e8 foreground voxels in total (memory/time cap); this lets small runs sample fewer
             self.num_foreground_voxels_for_intensitystats = float(os.environ[SAMPLES_ENV])
         self.rules = ModalityRules.from_dataset_json(self.dataset_json, join(self.input_folder, 'dataset.json'))
-        self.rules.check_case_modalities_exist(self.dataset.keys())
-        self.case_modality = self.rules.resolve(self.dataset.keys())
-        empty = [m for m, cases in self.rules.cases_of(self.case_modality).items() if not cases]
-        if empty:
-            raise ModalityError(f'modality/modalities {empty} have no training case: every modality listed in '
-                                f'"modalities" needs training cases (check "modality_patterns"/"case_modalities" in '
-                                f'{join(self.input_folder, "dataset.json")}, or remove the name)')
+        self.case_modality = self.rules.resolve_training_cases(self.dataset.keys())
 
     # nnU-Net's run() with the pool loop copied (DatasetFingerprintExtractor.run has no hook between the per-case
     # analysis and the statistics; its results are not kept). The only changes: the per-case function is nnU-Net's

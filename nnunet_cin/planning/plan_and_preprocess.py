@@ -46,13 +46,7 @@ def check_dataset(raw_dataset_folder: str) -> Tuple[ModalityRules, Dict[str, str
     if not dataset:
         raise PlanError(f"no training cases found in {raw_dataset_folder} (imagesTr/labelsTr, file_ending "
                         f"{dataset_json.get('file_ending')!r})")
-    rules.check_case_modalities_exist(dataset.keys())
-    case_modality = rules.resolve(dataset.keys())
-    empty = [m for m, cases in rules.cases_of(case_modality).items() if not cases]
-    if empty:
-        raise ModalityError(f'{dataset_json_file}: modality/modalities {empty} listed in "modalities" have no '
-                            f'training case; fix "modality_patterns"/"case_modalities" or remove the name(s)')
-    return rules, case_modality
+    return rules, rules.resolve_training_cases(dataset.keys())
 
 
 def _num_processes(np_arg: Optional[List[int]], configurations: Sequence[str]) -> List[int]:

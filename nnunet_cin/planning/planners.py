@@ -52,7 +52,7 @@ class CINPlannerMixin:
 
     def _init_cin(self):
         self.rules = ModalityRules.from_dataset_json(self.dataset_json, f"{self.raw_dataset_folder}/dataset.json")
-        case_modality = self.rules.resolve(self.dataset.keys())
+        case_modality = self.rules.resolve_training_cases(self.dataset.keys())
         if not fingerprint_is_current(self.dataset_fingerprint, self.rules, case_modality):
             raise RuntimeError(f"the dataset_fingerprint.json of {self.dataset_name} has no per-modality statistics "
                                f"for the current modality rules: run nnUNetv2_plan_and_preprocess_cin (it extracts "
