@@ -248,3 +248,18 @@ def test_training_cases_are_checked_in_one_place():
         with pytest.raises(ModalityError) as e:
             rules.resolve_training_cases(cases)
         assert all(f in str(e.value) for f in fragments), (fragments, str(e.value))
+
+
+def test_planners_keep_the_defaults_of_their_nnunet_preset():
+    """One __init__ for every planner of ours: each one's defaults are those of the nnU-Net planner it extends, with
+    'CIN' appended to the plans name."""
+    import inspect
+
+    from nnunet_cin.planning.planners import PLANNERS
+
+    for name, cls in PLANNERS.items():
+        base = next(b for b in cls.__mro__[1:] if b.__module__.startswith("nnunetv2"))
+        defaults = {k: p.default for k, p in inspect.signature(base.__init__).parameters.items()}
+        assert cls.default_plans_name == defaults["plans_name"] + "CIN", name
+        assert cls.default_gpu_memory_target_in_gb == defaults["gpu_memory_target_in_gb"], name
+        assert "__init__" not in vars(cls), name  # the mixin's

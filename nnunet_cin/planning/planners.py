@@ -13,7 +13,7 @@ Each planner is nnU-Net's (default or ResEnc preset) with three changes:
 
 The planner needs the per-modality fingerprint (nnunet_cin.planning.fingerprint.CINFingerprintExtractor).
 """
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
@@ -48,7 +48,20 @@ def modality_normalization(modalities: List[str], per_modality: dict) -> Tuple[d
 
 
 class CINPlannerMixin:
-    """The CIN changes, on top of any nnU-Net ExperimentPlanner (put first in the bases)."""
+    """The CIN changes, on top of any nnU-Net ExperimentPlanner (put first in the bases). A planner sets its plans
+    name and, where nnU-Net's preset has another, its GPU memory target; the signature is nnU-Net's."""
+    default_plans_name: str  # each planner its own (plans file and data folders)
+    default_gpu_memory_target_in_gb: float = 8  # nnU-Net's default for the preset
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: Optional[float] = None,
+                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: Optional[str] = None,
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False):
+        if gpu_memory_target_in_gb is None:
+            gpu_memory_target_in_gb = self.default_gpu_memory_target_in_gb
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
+                         plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
+        self._init_cin()
 
     def _init_cin(self):
         self.rules = ModalityRules.from_dataset_json(self.dataset_json, f"{self.raw_dataset_folder}/dataset.json")
@@ -102,62 +115,29 @@ class CINPlannerMixin:
 
 class ExperimentPlannerCIN(CINPlannerMixin, ExperimentPlanner):
     """nnU-Net's default planner (PlainConvUNet) -> plans nnUNetPlansCIN."""
-
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetPlansCIN',
-                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
-        self._init_cin()
+    default_plans_name = 'nnUNetPlansCIN'
 
 
 class ResEncUNetPlannerCIN(CINPlannerMixin, ResEncUNetPlanner):
     """nnU-Net's ResEncUNetPlanner -> plans nnUNetResEncUNetPlansCIN."""
-
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetPlansCIN',
-                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
-        self._init_cin()
+    default_plans_name = 'nnUNetResEncUNetPlansCIN'
 
 
 class nnUNetPlannerResEncMCIN(CINPlannerMixin, nnUNetPlannerResEncM):
     """ResEnc M preset (~9-11 GB VRAM) -> plans nnUNetResEncUNetMPlansCIN."""
-
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetMPlansCIN',
-                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
-        self._init_cin()
+    default_plans_name = 'nnUNetResEncUNetMPlansCIN'
 
 
 class nnUNetPlannerResEncLCIN(CINPlannerMixin, nnUNetPlannerResEncL):
     """ResEnc L preset (~24 GB VRAM) -> plans nnUNetResEncUNetLPlansCIN."""
-
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 24,
-                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetLPlansCIN',
-                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
-        self._init_cin()
+    default_plans_name = 'nnUNetResEncUNetLPlansCIN'
+    default_gpu_memory_target_in_gb = 24
 
 
 class nnUNetPlannerResEncXLCIN(CINPlannerMixin, nnUNetPlannerResEncXL):
     """ResEnc XL preset (~40 GB VRAM) -> plans nnUNetResEncUNetXLPlansCIN."""
-
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 40,
-                 preprocessor_name: str = CIN_PREPROCESSOR, plans_name: str = 'nnUNetResEncUNetXLPlansCIN',
-                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
-        self._init_cin()
+    default_plans_name = 'nnUNetResEncUNetXLPlansCIN'
+    default_gpu_memory_target_in_gb = 40
 
 
 # -pl of nnUNetv2_plan_and_preprocess_cin: our class names, and nnU-Net's planner names for their CIN counterpart
