@@ -35,8 +35,8 @@ TEST_SEED0 = 1000
 
 
 def default_schemes(modalities):
-    from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
-    return {m: get_normalization_scheme(m).__name__ for m in modalities}
+    from nnunet_cin.planning.planners import normalization_schemes
+    return normalization_schemes(modalities, {})
 
 
 def load(modality, seed):

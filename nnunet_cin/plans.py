@@ -4,6 +4,7 @@
         "modalities": ["CT", "MR"],                         conditioning order (CIN row m = modalities[m])
         "rules": {dataset.json modality keys},               the rules the data was planned with
         "normalization_schemes": {"CT": "CTNormalization", "MR": "ZScoreNormalization"},
+        "modality_normalization": {"CT": "zscore"},        dataset.json's key as given, if it had one
         "use_mask_for_norm": {"CT": false, "MR": false},
         "intensity_properties": {"CT": {"0": {mean, std, percentile_00_5, ...}}, ...},   foreground statistics per modality
         "signatures": {"version": 1, ..., "modalities": {"CT": {center, spread, ...}, ...}},  what each modality's
@@ -72,13 +73,16 @@ class CINPlans:
     # ------------------------------------------------------------------------------------------------------ writing
     @staticmethod
     def entry_for(modalities: Sequence[str], rules: dict, schemes: Dict[str, str], use_mask: Dict[str, bool],
-                  intensity_properties: Dict[str, dict], signatures: Optional[dict] = None) -> dict:
+                  intensity_properties: Dict[str, dict], signatures: Optional[dict] = None,
+                  modality_normalization: Optional[dict] = None) -> dict:
         """The plans["cin"] entry a planner writes."""
         modalities = list(modalities)
         entry = {"modalities": modalities, "rules": dict(rules),
                  "normalization_schemes": {m: schemes[m] for m in modalities},
                  "use_mask_for_norm": {m: bool(use_mask[m]) for m in modalities},
                  "intensity_properties": {m: intensity_properties[m] for m in modalities}}
+        if modality_normalization is not None:
+            entry["modality_normalization"] = dict(modality_normalization)
         if signatures is not None:
             entry["signatures"] = signatures
         return entry

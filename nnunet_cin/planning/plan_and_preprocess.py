@@ -31,8 +31,9 @@ class PlanError(ValueError):
 
 
 def check_dataset(raw_dataset_folder: str) -> Tuple[ModalityRules, Dict[str, str]]:
-    """Validate a raw dataset's modality rules against its training cases, reading only. Returns the rules and the
-    {case: modality} map. Raises ModalityError (naming the case or key) or PlanError."""
+    """Validate a raw dataset's modality rules against its training cases, and its "modality_normalization", reading
+    only. Returns the rules and the {case: modality} map. Raises ModalityError (naming the case or key) or
+    PlanError."""
     dataset_json_file = join(raw_dataset_folder, "dataset.json")
     if not isfile(dataset_json_file):
         raise PlanError(f"no dataset.json in {raw_dataset_folder}")
@@ -46,7 +47,10 @@ def check_dataset(raw_dataset_folder: str) -> Tuple[ModalityRules, Dict[str, str
     if not dataset:
         raise PlanError(f"no training cases found in {raw_dataset_folder} (imagesTr/labelsTr, file_ending "
                         f"{dataset_json.get('file_ending')!r})")
-    return rules, rules.resolve_training_cases(dataset.keys())
+    case_modality = rules.resolve_training_cases(dataset.keys())
+    from nnunet_cin.planning.planners import normalization_schemes
+    normalization_schemes(rules.modalities, dataset_json, dataset_json_file)
+    return rules, case_modality
 
 
 def _num_processes(np_arg: Optional[List[int]], configurations: Sequence[str]) -> List[int]:

@@ -4,8 +4,9 @@ Each planner is nnU-Net's (default or ResEnc preset) with three changes:
 - the architecture of every configuration is its conditional counterpart (CIN in the encoder, one affine row per
   modality): `nnunet_cin.networks.unet.conditional_architecture`; patch and batch size are planned exactly as nnU-Net
   plans them for the plain network (CIN adds no feature maps);
-- plans["cin"] records the modalities (conditioning order), each modality's normalization scheme (chosen from the
-  modality name the way nnU-Net chooses from a channel name), whether it uses the nonzero mask, its foreground
+- plans["cin"] records the modalities (conditioning order), each modality's normalization scheme (dataset.json's
+  "modality_normalization" where it names one, else `default_normalization`: today the modality name picks it the way
+  nnU-Net chooses from a channel name), whether it uses the nonzero mask, its foreground
   intensity statistics (from that modality's cases only, see nnunet_cin.planning.fingerprint) and its signature
   (what its training images look like as a whole, nnunet_cin.planning.signature);
 - preprocessed data get their own identifier (PLANS_CONFIGURATION; nnU-Net's ResEnc planners would share
@@ -13,19 +14,20 @@ Each planner is nnU-Net's (default or ResEnc preset) with three changes:
 
 The planner needs the per-modality fingerprint (nnunet_cin.planning.fingerprint.CINFingerprintExtractor).
 """
-from typing import List, Optional, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     ResEncUNetPlanner, nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
-from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme
+from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
+    channel_name_to_normalization_mapping, get_normalization_scheme)
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_cin.planning.fingerprint import fingerprint_is_current
 from nnunet_cin.planning.signature import build_signatures, scale_matters
-from nnunet_cin.modalities import ModalityRules
+from nnunet_cin.modalities import ModalityError, ModalityRules
 from nnunet_cin.networks.unet import conditional_architecture
 from nnunet_cin.plans import KEY as CIN_KEY
 from nnunet_cin.plans import CINPlans
@@ -34,13 +36,52 @@ CIN_PREPROCESSOR = "CINPreprocessor"
 CIN_SCOPE = "encoder"
 
 
-def modality_normalization(modalities: List[str], per_modality: dict) -> Tuple[dict, dict]:
+NORMALIZATION_KEY = "modality_normalization"  # dataset.json: {modality: nnU-Net scheme name}, optional
+
+
+def default_normalization(modality: str) -> str:
+    """The normalization of a modality that dataset.json's "modality_normalization" does not name, as an nnU-Net
+    scheme name. For now the modality's name picks it the way nnU-Net's channel names do (CT -> CT, noNorm -> noNorm,
+    anything else -> zscore); `return "zscore"` would z-score every image whatever its modality."""
+    return modality
+
+
+def _scheme_classes(modalities: Sequence[str], dataset_json: Mapping, source: Optional[str] = None) -> dict:
+    requested = dataset_json.get(NORMALIZATION_KEY)
+    if requested is None:
+        requested = {}
+    where = f"dataset.json ({source})" if source else "dataset.json"
+    names = ", ".join(channel_name_to_normalization_mapping)
+    if not isinstance(requested, Mapping):
+        raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" must be an object {{modality: scheme}}, e.g. '
+                            f'{{"CT": "zscore", "MR": "zscore"}}; got {requested!r}')
+    unknown = [m for m in requested if m not in modalities]
+    if unknown:
+        raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" names modality/modalities {unknown} that are not in '
+                            f'"modalities" {list(modalities)}; rename the key(s) or remove them')
+    bad = {m: s for m, s in requested.items()
+           if not isinstance(s, str) or s.casefold() not in channel_name_to_normalization_mapping}
+    if bad:
+        raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" has unknown normalization scheme(s) '
+                            + ", ".join(f'"{m}": {s!r}' for m, s in bad.items())
+                            + f"; use one of nnU-Net's scheme names: {names} (case does not matter)")
+    return {m: get_normalization_scheme(requested.get(m, default_normalization(m))) for m in modalities}
+
+
+def normalization_schemes(modalities: Sequence[str], dataset_json: Mapping, source: Optional[str] = None) -> dict:
+    """{modality: nnU-Net normalization class name}: the scheme dataset.json's "modality_normalization" names for the
+    modality (nnU-Net's names as in channel_names: CT, noNorm, zscore, rescale_to_0_1, rgb_to_0_1), else
+    `default_normalization`. An unknown modality or scheme is a ModalityError naming it (`source`: the file)."""
+    return {m: c.__name__ for m, c in _scheme_classes(modalities, dataset_json, source).items()}
+
+
+def modality_normalization(modalities: List[str], per_modality: dict,
+                           dataset_json: Optional[Mapping] = None) -> Tuple[dict, dict]:
     """({modality: scheme class name}, {modality: use_mask_for_norm}), as nnU-Net decides per channel: the scheme
-    from the name (CT -> CTNormalization, noNorm, zscore, ..., anything else -> ZScoreNormalization); the nonzero mask
-    when cropping to nonzero shrinks that modality's cases below 3/4 (median) and the scheme supports it."""
+    from `normalization_schemes`; the nonzero mask when cropping to nonzero shrinks that modality's cases below 3/4
+    (median) and the scheme supports it."""
     schemes, use_mask = {}, {}
-    for m in modalities:
-        scheme = get_normalization_scheme(m)
+    for m, scheme in _scheme_classes(modalities, dataset_json or {}).items():
         schemes[m] = scheme.__name__
         shrunk = per_modality[m]['median_relative_size_after_cropping'] < (3 / 4.)
         use_mask[m] = bool(scheme.leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true) if shrunk else False
@@ -64,8 +105,10 @@ class CINPlannerMixin:
         self._init_cin()
 
     def _init_cin(self):
-        self.rules = ModalityRules.from_dataset_json(self.dataset_json, f"{self.raw_dataset_folder}/dataset.json")
+        source = f"{self.raw_dataset_folder}/dataset.json"
+        self.rules = ModalityRules.from_dataset_json(self.dataset_json, source)
         case_modality = self.rules.resolve_training_cases(self.dataset.keys())
+        normalization_schemes(self.rules.modalities, self.dataset_json, source)  # a bad key fails before planning
         if not fingerprint_is_current(self.dataset_fingerprint, self.rules, case_modality):
             raise RuntimeError(f"the dataset_fingerprint.json of {self.dataset_name} has no per-modality statistics "
                                f"for the current modality rules: run nnUNetv2_plan_and_preprocess_cin (it extracts "
@@ -102,11 +145,12 @@ class CINPlannerMixin:
     def cin_plans(self) -> dict:
         fp = self.dataset_fingerprint['cin']
         modalities = self.rules.modalities
-        schemes, use_mask = modality_normalization(modalities, fp['per_modality'])
+        schemes, use_mask = modality_normalization(modalities, fp['per_modality'], self.dataset_json)
         features = {m: [fp['case_features'][c] for c, cm in fp['case_modality'].items() if cm == m] for m in modalities}
         signatures = build_signatures(features, [m for m in modalities if scale_matters(schemes[m])])
         return CINPlans.entry_for(modalities, self.rules.to_dict(), schemes, use_mask,
-                                  fp['foreground_intensity_properties_per_modality'], signatures)
+                                  fp['foreground_intensity_properties_per_modality'], signatures,
+                                  self.dataset_json.get(NORMALIZATION_KEY))
 
     def save_plans(self, plans):
         plans[CIN_KEY] = self.cin_plans()
