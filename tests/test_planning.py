@@ -15,7 +15,7 @@ from nnunet_cin.dataset_conversion.synthetic import generate_case, write_nnunet_
 from nnunet_cin.modalities import ModalityError, ModalityRules
 from nnunet_cin.planning import signature
 from nnunet_cin.planning.fingerprint import SAMPLES_ENV, fingerprint_is_current
-from nnunet_cin.planning.planners import modality_normalization
+from nnunet_cin.planning.planners import modality_normalization, normalization_schemes
 from nnunet_cin.plans import CINPlans
 
 SHAPE = (24, 24, 24)
@@ -26,10 +26,10 @@ def tree_hash(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def run_cli(*args):
+def run_cli(*args, returncode=0):
     res = subprocess.run(["nnUNetv2_plan_and_preprocess_cin", *args, "-c", "3d_fullres", "-np", "1", "-npfp", "1",
                           "--no_pbar"], env=os.environ, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == returncode, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 
 
@@ -263,3 +263,71 @@ def test_planners_keep_the_defaults_of_their_nnunet_preset():
         assert cls.default_plans_name == defaults["plans_name"] + "CIN", name
         assert cls.default_gpu_memory_target_in_gb == defaults["gpu_memory_target_in_gb"], name
         assert "__init__" not in vars(cls), name  # the mixin's
+
+
+def test_modality_normalization_key_names_each_scheme_and_is_checked():
+    modalities = ["CT", "MR", "T2"]
+    assert normalization_schemes(modalities, {}) == {"CT": "CTNormalization", "MR": "ZScoreNormalization",
+                                                     "T2": "ZScoreNormalization"}  # default: the name picks it
+    assert normalization_schemes(modalities, {"modality_normalization": {"CT": "zscore", "T2": "ct"}}) == \
+        {"CT": "ZScoreNormalization", "MR": "ZScoreNormalization", "T2": "CTNormalization"}
+    assert normalization_schemes(modalities, {"modality_normalization": {"MR": "noNorm", "T2": "rescale_to_0_1"}}) \
+        == {"CT": "CTNormalization", "MR": "NoNormalization", "T2": "RescaleTo01Normalization"}
+    for key, fragments in (({"PET": "zscore"}, ["D/dataset.json", '"modality_normalization"', "PET", "not in"]),
+                           ({"MR": "zcore"}, ['"MR"', "'zcore'", "zscore", "rescale_to_0_1", "nonorm"]),
+                           ({"MR": None}, ['"MR"', "None", "unknown normalization scheme"]),
+                           (["zscore"], ['"modality_normalization"', "must be an object"])):
+        with pytest.raises(ModalityError) as e:
+            normalization_schemes(modalities, {"modality_normalization": key}, "D/dataset.json")
+        assert all(f in str(e.value) for f in fragments), (fragments, str(e.value))
+
+
+def test_explicit_normalization_and_no_rule_drift(nnunet_env, few_samples):
+    """dataset.json "modality_normalization" decides the scheme (CT z-scored per image here); planning alone
+    (--no_pp) after a change of the rules or of the normalization stops before writing anything and names the cases."""
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+    from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
+
+    raw = write_nnunet_dataset(nnunet_env.raw, 996, cases_per_modality={"CT": 2, "MR": 2}, shape=SHAPE)
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    dataset_json["modality_normalization"] = {"CT": "zscore"}
+    (raw / "dataset.json").write_text(json.dumps(dataset_json))
+    run_cli("-d", "996")
+    pre = nnunet_env.preprocessed / raw.name
+    plans = json.loads((pre / "nnUNetPlansCIN.json").read_text())
+    cin = plans["cin"]
+    assert cin["normalization_schemes"] == {"CT": "ZScoreNormalization", "MR": "ZScoreNormalization"}
+    assert cin["modality_normalization"] == {"CT": "zscore"}
+    assert not cin["signatures"]["modalities"]["CT"]["absolute"]  # the scheme decides, not the name
+
+    # the preprocessor z-scores a CT image by its own statistics (at the case's own spacing: no resampling)
+    pm = PlansManager(plans)
+    img = raw / "imagesTr" / "ct_0001_0000.nii.gz"
+    spacing = list(sitk.ReadImage(str(img)).GetSpacing())[::-1]
+    tf = plans["transpose_forward"]
+    cm = ConfigurationManager({**pm.get_configuration("3d_fullres").configuration, "spacing": [spacing[i] for i in tf]})
+    data, _, _ = CINPreprocessor(verbose=False).run_case([str(img)], None, pm, cm, dataset_json)
+    x = read(img).transpose(tf)
+    np.testing.assert_allclose(data[0], (x - x.mean()) / x.std(), atol=1e-4)
+
+    # drift: the normalization key dropped (CT -> CT clipping) and one case reassigned, then planning alone
+    before = tree_hash(pre)
+    drifted = {**{k: v for k, v in dataset_json.items() if k != "modality_normalization"},
+               "case_modalities": {"mr_0001": "CT"}}
+    (raw / "dataset.json").write_text(json.dumps(drifted))
+    err = run_cli("-d", "996", "--no_pp", returncode=2).stderr
+    assert "case mr_0001: preprocessed as MR (index 1), the modality rules now say CT (index 0)" in err, err
+    assert "mr_0000" not in err and "ct_0000" not in err  # only the case that changed
+    assert "modality CT: preprocessed with ZScoreNormalization, dataset.json now asks for CTNormalization" in err
+    assert "without --no_pp" in err and "-c 3d_fullres" in err and "Traceback" not in err
+    assert tree_hash(pre) == before  # nothing written: plans, fingerprint, dataset.json, data
+
+    # preprocessing again brings data and plans together; planning alone is then accepted
+    run_cli("-d", "996")
+    props = load_pkls(pre / "nnUNetPlansCIN_3d_fullres")
+    assert {k: v["modality"] for k, v in props.items()} == {"ct_0000": "CT", "ct_0001": "CT", "mr_0000": "MR",
+                                                            "mr_0001": "CT"}
+    run_cli("-d", "996", "--no_pp")
+    assert json.loads((pre / "nnUNetPlansCIN.json").read_text())["cin"]["normalization_schemes"]["CT"] == \
+        "CTNormalization"

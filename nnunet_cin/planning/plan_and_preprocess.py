@@ -3,7 +3,9 @@
 Same flags as nnUNetv2_plan_and_preprocess. The classes are ours and used directly (nnU-Net's by-name lookup only
 searches its own package): CINFingerprintExtractor, the CIN planners (-pl takes nnU-Net's planner names or ours) and
 CINPreprocessor. Every dataset given with -d is checked first (dataset.json modality keys, every training case's
-modality, the flags); nothing is written before all checks pass. The raw dataset is only read.
+modality, "modality_normalization", the flags, and that existing preprocessed data which this run does not
+preprocess again agree with the current rules: nnunet_cin.planning.drift); nothing is written before all checks pass.
+The raw dataset is only read.
 """
 import argparse
 import os
@@ -19,7 +21,7 @@ from nnunet_cin.modalities import ModalityError, ModalityRules
 DEFAULT_NP = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 FINGERPRINT_EXTRACTORS = ("DatasetFingerprintExtractor", "CINFingerprintExtractor")
 PREPROCESSORS = ("DefaultPreprocessor", "CINPreprocessor")
-# -pl: nnU-Net's planner names and ours -> our class in nnunet_cin.planners (imported only once the checks passed)
+# -pl: nnU-Net's planner names and ours -> our class in nnunet_cin.planners (imported once the flags are checked)
 PLANNER_NAMES = {"ExperimentPlanner": "ExperimentPlannerCIN", "ResEncUNetPlanner": "ResEncUNetPlannerCIN",
                  "nnUNetPlannerResEncM": "nnUNetPlannerResEncMCIN", "nnUNetPlannerResEncL": "nnUNetPlannerResEncLCIN",
                  "nnUNetPlannerResEncXL": "nnUNetPlannerResEncXLCIN"}
@@ -147,25 +149,33 @@ def plan_and_preprocess(args) -> Dict[int, str]:
         raise PlanError("set the environment variables nnUNet_raw and nnUNet_preprocessed (see nnU-Net's "
                         "documentation, or `nnunet-cin env`)")
 
-    # 1. check every dataset before writing anything
+    # 1. check every dataset before writing anything: its rules, and that no data stay behind that the new plans
+    # would not describe
+    from nnunet_cin.planners import PLANNERS
+    from nnunet_cin.planning.drift import check_preprocessed_data
+    from nnunet_cin.planning.planners import normalization_schemes
+    planner_class = PLANNERS[planner_name]
+    plans_name = args.overwrite_plans_name or planner_class.default_plans_name
     names = {}
     for d in args.d:
         try:
             names[d] = convert_id_to_dataset_name(d)
         except RuntimeError as e:
             raise PlanError(f"-d {d}: {e}") from None
-        check_dataset(join(nnUNet_raw, names[d]))
+        dataset_json_file = join(nnUNet_raw, names[d], "dataset.json")
+        rules, case_modality = check_dataset(join(nnUNet_raw, names[d]))
         # image/label grids from the headers; with --verify_dataset_integrity every file read completely (io_checks)
         check_raw_dataset(join(nnUNet_raw, names[d]), completely=args.verify_dataset_integrity, num_workers=args.npfp)
+        check_preprocessed_data(join(nnUNet_preprocessed, names[d]), plans_name, rules, case_modality,
+                                normalization_schemes(rules.modalities, load_json(dataset_json_file)),
+                                [] if args.no_pp else args.c, dataset_json_file)
     if args.verify_dataset_integrity:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
         for d in args.d:
             verify_dataset_integrity(join(nnUNet_raw, names[d]), args.npfp)
 
     from nnunet_cin.planning.fingerprint import CINFingerprintExtractor
-    from nnunet_cin.planners import PLANNERS
     from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
-    planner_class = PLANNERS[planner_name]
     identifiers = {}
     for d in args.d:
         print(f"{names[d]}: fingerprint extraction (per modality)...")
@@ -174,12 +184,8 @@ def plan_and_preprocess(args) -> Dict[int, str]:
         fpe.run(overwrite_existing=args.clean)
 
         print(f"{names[d]}: experiment planning ({planner_class.__name__})...")
-        kwargs = {}
-        if args.overwrite_plans_name is not None:
-            kwargs['plans_name'] = args.overwrite_plans_name
-        if args.gpu_memory_target is not None:
-            kwargs['gpu_memory_target_in_gb'] = args.gpu_memory_target
-        planner = planner_class(d, overwrite_target_spacing=spacing, suppress_transpose=False, **kwargs)
+        planner = planner_class(d, gpu_memory_target_in_gb=args.gpu_memory_target, plans_name=plans_name,
+                                overwrite_target_spacing=spacing, suppress_transpose=False)
         plans = planner.plan_experiment()
         identifiers[d] = planner.plans_identifier
 
