@@ -6,9 +6,9 @@ Each planner is nnU-Net's (default or ResEnc preset) with three changes:
   plans them for the plain network (CIN adds no feature maps);
 - plans["cin"] records the modalities (conditioning order), each modality's normalization scheme (dataset.json's
   "modality_normalization" where it names one, else `default_normalization`: today the modality name picks it the way
-  nnU-Net chooses from a channel name), whether it uses the nonzero mask, its foreground
-  intensity statistics (from that modality's cases only, see nnunet_cin.planning.fingerprint) and its signature
-  (what its training images look like as a whole, nnunet_cin.planning.signature);
+  nnU-Net chooses from a channel name), whether it uses the nonzero mask, its foreground intensity statistics (from
+  that modality's cases only, see nnunet_cin.planning.fingerprint) and its signature (what its training images look
+  like as a whole, nnunet_cin.planning.signature);
 - preprocessed data get their own identifier (PLANS_CONFIGURATION; nnU-Net's ResEnc planners would share
   nnUNetPlans' folders, whose normalization is not per modality) and the preprocessor is CINPreprocessor.
 
@@ -34,8 +34,6 @@ from nnunet_cin.plans import CINPlans
 
 CIN_PREPROCESSOR = "CINPreprocessor"
 CIN_SCOPE = "encoder"
-
-
 NORMALIZATION_KEY = "modality_normalization"  # dataset.json: {modality: nnU-Net scheme name}, optional
 
 
