@@ -291,6 +291,10 @@ def test_explicit_normalization_and_no_rule_drift(nnunet_env, few_samples):
 
     raw = write_nnunet_dataset(nnunet_env.raw, 996, cases_per_modality={"CT": 2, "MR": 2}, shape=SHAPE)
     dataset_json = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**dataset_json, "modality_normalization": {"CT": "z-score"}}))
+    err = run_cli("-d", "996", returncode=2).stderr
+    assert '"modality_normalization" has unknown normalization scheme(s) "CT": \'z-score\'' in err, err
+    assert list(nnunet_env.preprocessed.iterdir()) == []  # checked before anything is written
     dataset_json["modality_normalization"] = {"CT": "zscore"}
     (raw / "dataset.json").write_text(json.dumps(dataset_json))
     run_cli("-d", "996")
