@@ -217,12 +217,29 @@ def case_modalities(case_ids: Sequence[str], dataset_json: dict, modality: Optio
     return rules.resolve(case_ids)
 
 
+def foreground_union(dataset_json: dict) -> Tuple[int, ...]:
+    """Every foreground label value of the dataset: the region whose Dice is, for the heart, MM-WHS's whole-heart
+    score (a voxel of any structure predicted as any other structure still counts as heart)."""
+    values = set()
+    for name, v in dataset_json["labels"].items():
+        if name != "ignore":
+            values.update(int(x) for x in np.atleast_1d(v).tolist())
+    values.discard(0)
+    if not values:
+        raise ValueError("dataset.json has no foreground labels")
+    return tuple(sorted(values))
+
+
 def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modality: Optional[str] = None,
                     surface_metrics: bool = False, num_processes: int = default_num_processes,
-                    chill: bool = False) -> dict:
+                    chill: bool = False, extra_regions: Optional[Mapping[str, Sequence[int]]] = None) -> dict:
     """nnU-Net's metrics of every prediction in folder_pred against folder_ref, plus HD95/ASSD if asked, and their
     per-modality summary. Returns {"summary": summarize_by_modality(...), "metric_per_case": [...],
-    "nnunet_mean": nnU-Net's means over all cases, "nnunet_foreground_mean": ...}."""
+    "nnunet_mean": nnU-Net's means over all cases, "nnunet_foreground_mean": ...}.
+
+    extra_regions: {name: label values}, e.g. {"WH": foreground_union(dataset_json)}: measured per case beside the
+    labels (nnU-Net's metrics of the union of those labels), named so in metric_per_case and nnunet_mean, kept out of
+    the summary and its structure mean (nnunet_foreground_mean, nnU-Net's own, does include them)."""
     file_ending = dataset_json["file_ending"]
     pred_files = subfiles(folder_pred, suffix=file_ending, join=False)
     if not pred_files:
@@ -243,8 +260,9 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
     labels = lm.foreground_regions if lm.has_regions else lm.foreground_labels
     rw = determine_reader_writer_from_dataset_json(dataset_json, join(folder_pred, pred_files[0]))()
     num_processes = max(1, min(num_processes, len(pred_files)))
-    results = compute_metrics_on_folder(folder_ref, folder_pred, None, rw, file_ending, labels, lm.ignore_label,
-                                        num_processes, chill=True)
+    extra = {tuple(int(v) for v in region): name for name, region in (extra_regions or {}).items()}
+    results = compute_metrics_on_folder(folder_ref, folder_pred, None, rw, file_ending, list(labels) + list(extra),
+                                        lm.ignore_label, num_processes, chill=True)
     per_case = results["metric_per_case"]
     if surface_metrics:
         args = [(c["reference_file"], c["prediction_file"], rw, labels, lm.ignore_label) for c in per_case]
@@ -259,13 +277,14 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
                                     metrics=["Dice"] + (list(SURFACE_METRICS) if surface_metrics else []),
                                     modalities=[m for m in ModalityRules.from_dataset_json(dataset_json).modalities
                                                 if m in set(modality_of.values())])
+    names_per_case = {**names, **{label_or_region_to_key(r): name for r, name in extra.items()}}
     cases = [{"case": case_id_of(c["prediction_file"], file_ending),
               "modality": modality_of[case_id_of(c["prediction_file"], file_ending)],
               "reference_file": c["reference_file"], "prediction_file": c["prediction_file"],
-              "metrics": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
+              "metrics": {names_per_case.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
                           for k, v in c["metrics"].items()}} for c in per_case]
     out = {"summary": summary, "metric_per_case": cases,
-           "nnunet_mean": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
+           "nnunet_mean": {names_per_case.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
                            for k, v in results["mean"].items()},
            "nnunet_foreground_mean": results["foreground_mean"]}
     recursive_fix_for_json_export(out)
