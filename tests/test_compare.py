@@ -324,7 +324,12 @@ def test_statistics_and_markdown_tables(tmp_path):
     cin_ct = f"{c.mean:.3f} [{c.low:.3f}, {c.high:.3f}]"
     assert row(sections[0], "| conditional (CIN) |").startswith(f"| conditional (CIN) | `nnUNetPlansCIN` | **{cin_ct}**")
     assert row(sections[0], "| plain nnU-Net").startswith("| plain nnU-Net (z-score for all) | `nnUNetPlans` |")
-    assert "| CT | `nnUNetPlansCIN` |" in md and "| +0.100 [+0.100, +0.100], p 0.031, better |" in md
+    assert row(sections[1], "| CT | `nnUNetPlansCIN` |").endswith("| +0.100 [+0.100, +0.100], p 0.031, better |")
+    from nnunet_cin.experiments.compare.reporting import difference_cell
+    norm = [stats.paired(a, b, "CT", MEAN) for a, b in (("joint", "joint_zscore"), ("cin", "cin_zscore"))]
+    assert row(sections[1], "| CT | normalization buys") == (
+        "| CT | normalization buys (nnUNetPlansCIN - nnUNetPlans) | " +
+        " | ".join(f"{difference_cell(c)}, p {c.p:.3f}, {c.verdict}" for c in norm) + " |  |")
     assert row(sections[2], "| conditional (CIN) | CT |") == (
         "| conditional (CIN) | CT | 6 | +0.100 [+0.100, +0.100] | 0.031 | better | +0.100 [+0.100, +0.100] | "
         "0.031 | better |")

@@ -39,4 +39,12 @@ evaluation already on disk is reused. Run the same command again after an interr
 Modules: arms (what to train), prepare (environment, dataset, plans, split, trainer check), running (training and
 evaluation of each run), cases (the per-case values), reporting (statistics, tables, CSV, plots), cli (this command).
 """
-from nnunet_cin.experiments.compare.cli import add_arguments, main, run  # noqa: F401  (the command's entry points)
+from typing import Optional, Sequence
+
+from nnunet_cin.experiments.compare import cli
+from nnunet_cin.experiments.compare.cli import add_arguments, run  # noqa: F401  (`nnunet-cin compare` uses them)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m nnunet_cin.experiments.compare` / scripts/run_comparison.py: the command, this text as its help."""
+    return cli.main(argv, description=__doc__)

@@ -214,10 +214,8 @@ def run(args) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from nnunet_cin.experiments import compare
-
-    parser = argparse.ArgumentParser(prog="nnunet-cin compare", description=compare.__doc__,
+def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None) -> int:
+    parser = argparse.ArgumentParser(prog="nnunet-cin compare", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

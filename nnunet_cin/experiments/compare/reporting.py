@@ -138,7 +138,8 @@ def levers_section(stats: Statistics, plans_names: Dict[str, str]) -> List[str]:
         for conditioned in (False, True):
             c = stats.paired(LEVERS[(COMPARISON_PLANS, conditioned)], LEVERS[(PLAIN_PLANS, conditioned)], m, MEAN)
             gains.append(f"{difference_cell(c)}, p {p_cell(c.p)}, {c.verdict}")
-        body.append([m, f"{plans_names[COMPARISON_PLANS]} - {plans_names[PLAIN_PLANS]}", *gains, ""])
+        body.append([m, f"normalization buys ({plans_names[COMPARISON_PLANS]} - {plans_names[PLAIN_PLANS]})", *gains,
+                     ""])
     out += _table(["modality", "plans", "not conditioned (joint)", "conditioned (CIN)", "conditioning buys"], body,
                   right_from=2)
     if "nnunet" in {r.key for r in plan.rows}:
