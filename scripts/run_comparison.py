@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""The paper's comparison (single-modality, fine-tuning, joint, conditional) on one dataset with nnU-Net's commands.
+"""The paper's comparison (single-modality, fine-tuning, plain nnU-Net, joint, conditional) on one dataset with
+nnU-Net's commands.
 
-Same as `nnunet-cin compare`; see nnunet_cin/compare.py or `python scripts/run_comparison.py -h`. Example:
+Same as `nnunet-cin compare` (nnunet_cin/experiments/compare/); `python scripts/run_comparison.py -h`. Example:
 
-    python scripts/run_comparison.py -d 999 -f 0 1 --schedule _5epochs --synthetic 8
+    python scripts/run_comparison.py -d 999 -f 0 1 --schedule _5epochs --synthetic 8 --seeds 0 1
 """
 import sys
 

@@ -42,3 +42,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_configure(config):
+    # CI runs every test; a developer can leave the slowest end-to-end ones out: python -m pytest -m "not slow" tests
+    config.addinivalue_line("markers", "slow: a slow end-to-end test (real nnU-Net commands); deselect with "
+                                       "-m \"not slow\"")

@@ -329,16 +329,34 @@ def _pool(num_processes: int):
     return _InProcess() if num_processes == 1 else multiprocessing.get_context("spawn").Pool(num_processes)
 
 
+def foreground_union(dataset_json: dict) -> Tuple[int, ...]:
+    """Every foreground label value of the dataset: the region whose Dice is, for the heart, MM-WHS's whole-heart
+    score (a voxel of any structure predicted as any other structure still counts as heart)."""
+    values = set()
+    for name, v in dataset_json["labels"].items():
+        if name != "ignore":
+            values.update(int(x) for x in np.atleast_1d(v).tolist())
+    values.discard(0)
+    if not values:
+        raise ValueError("dataset.json has no foreground labels")
+    return tuple(sorted(values))
+
+
 def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modality: Optional[str] = None,
                     surface_metrics: bool = False, num_processes: int = default_num_processes,
                     chill: bool = False, ignore_geometry_mismatch: bool = False,
-                    ignore_unknown_labels: bool = False) -> dict:
+                    ignore_unknown_labels: bool = False,
+                    extra_regions: Optional[Mapping[str, Sequence[int]]] = None) -> dict:
     """nnU-Net's metrics of every prediction in folder_pred against folder_ref, plus HD95/ASSD if asked, and their
     per-modality summary. Every prediction is checked against its reference first (case_mismatches,
     sort_mismatches: CaseMismatchError unless the ignore_* flags let the mismatches through). Returns {"summary":
     summarize_by_modality(...), "metric_per_case": [...], "nnunet_mean": nnU-Net's means over all scored cases,
     "nnunet_foreground_mean": ..., "mismatches": {case: [what differs]} (cases scored anyway), "skipped": {case:
-    [what differs]} (another shape, not scored)}."""
+    [what differs]} (another shape, not scored)}.
+
+    extra_regions: {name: label values}, e.g. {"WH": foreground_union(dataset_json)}: measured per case beside the
+    labels (nnU-Net's metrics of the union of those labels), named so in metric_per_case and nnunet_mean, kept out of
+    the summary and its structure mean (nnunet_foreground_mean, nnU-Net's own, does include them)."""
     file_ending = dataset_json["file_ending"]
     pred_files = subfiles(folder_pred, suffix=file_ending, join=False)
     if not pred_files:
@@ -360,6 +378,8 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
     allowed_values = set(lm.all_labels) | ({lm.ignore_label} if lm.has_ignore_label else set())
     rw = determine_reader_writer_from_dataset_json(dataset_json, join(folder_pred, pred_files[0]))()
     num_processes = max(1, min(num_processes, len(pred_files)))
+    extra = {tuple(int(v) for v in region): name for name, region in (extra_regions or {}).items()}
+    scored = list(labels) + list(extra)
     cases = [(case_id_of(f, file_ending), join(folder_ref, f), join(folder_pred, f)) for f in pred_files]
     with _pool(num_processes) as pool:
         found = pool.starmap(case_mismatches, [(ref, pred, rw, allowed_values) for _, ref, pred in cases])
@@ -369,8 +389,8 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
         cases = [case for case in cases if case[0] not in skipped]
         if not cases:
             raise CaseMismatchError(f"no prediction in {folder_pred} has the shape of its reference: nothing to score")
-        per_case = pool.starmap(compute_metrics, [(ref, pred, rw, labels, lm.ignore_label) for _, ref, pred in cases])
-        means, foreground_mean = _nnunet_means(per_case, labels)
+        per_case = pool.starmap(compute_metrics, [(ref, pred, rw, scored, lm.ignore_label) for _, ref, pred in cases])
+        means, foreground_mean = _nnunet_means(per_case, scored)
         if surface_metrics:
             args = [(c["reference_file"], c["prediction_file"], rw, labels, lm.ignore_label) for c in per_case]
             distances = pool.starmap(compute_surface_metrics, args)
@@ -384,17 +404,18 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
                                     metrics=["Dice"] + (list(SURFACE_METRICS) if surface_metrics else []),
                                     modalities=[m for m in ModalityRules.from_dataset_json(dataset_json).modalities
                                                 if m in scored_modalities])
+    names_per_case = {**names, **{label_or_region_to_key(r): name for r, name in extra.items()}}
     described = lambda m: [text for _, text in m]  # noqa: E731
     out_cases = []
     for c in per_case:
         case = case_id_of(c["prediction_file"], file_ending)
         out_cases.append({"case": case, "modality": modality_of[case], "reference_file": c["reference_file"],
                           "prediction_file": c["prediction_file"],
-                          "metrics": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
+                          "metrics": {names_per_case.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
                                       for k, v in c["metrics"].items()},
                           **({"mismatches": described(mismatches[case])} if case in mismatches else {})})
     out = {"summary": summary, "metric_per_case": out_cases,
-           "nnunet_mean": {names.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
+           "nnunet_mean": {names_per_case.get(label_or_region_to_key(k), label_or_region_to_key(k)): v
                            for k, v in means.items()},
            "nnunet_foreground_mean": foreground_mean,
            "mismatches": {c: described(m) for c, m in mismatches.items() if c not in skipped},

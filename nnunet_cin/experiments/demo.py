@@ -2,7 +2,8 @@
 
 generate -> nnUNetv2_plan_and_preprocess_cin -> nnUNetv2_train -tr nnUNetTrainerCINDemo -> nnUNetv2_predict_cin -m CT
 and -m MR on held-out cases -> nnUNetv2_evaluate_cin -> overlay PNGs. Everything goes under one output folder (its
-own nnUNet_raw/_preprocessed/_results); rerunning continues where a previous run stopped.
+own nnUNet_raw/_preprocessed/_results); rerunning continues where a previous run stopped (an interrupted training
+with nnU-Net's `--c` from the last epoch reached) and redoes nothing that is finished.
 """
 import os
 import shutil
@@ -11,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from nnunet_cin.experiments.nnunet_runs import CONTINUE, DONE, VALIDATE, prepare_continue, training_state
 
 DATASET_ID = 990
 DATASET_NAME = "DemoHeart"
@@ -26,6 +29,11 @@ def _run(command: List[str], env: dict):
     start = time.time()
     subprocess.run(command, env=env, check=True)
     print(f"    ({time.time() - start:.0f} s)", flush=True)
+
+
+def _newer_than(result: Path, inputs) -> bool:
+    """`result` exists and is at least as new as every input (a rerun need not make it again)."""
+    return result.is_file() and all(result.stat().st_mtime >= f.stat().st_mtime for f in inputs)
 
 
 def demo_environment(output: Path) -> dict:
@@ -108,34 +116,49 @@ def run_demo(output: Path, device: str, quick: bool = False, cases_per_modality:
 
     _stage(3, total, f"train the conditional model on both modalities at once (nnUNetv2_train -tr {trainer}, "
                      f"device {device})")
-    model = Path(env["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlansCIN__3d_fullres"
+    fold = Path(env["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlansCIN__3d_fullres" / "fold_0"
     train = ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-p", "nnUNetPlansCIN",
              "-device", device]
-    if (model / "fold_0" / "checkpoint_final.pth").is_file():
+    state = training_state(fold)
+    if state in (DONE, VALIDATE):  # the demo predicts with checkpoint_final; nnU-Net's own validation is extra
         print("    already trained")
+    elif state == CONTINUE:
+        print(f"    continuing the interrupted training from epoch {prepare_continue(fold)}")
+        _run(train + ["--c"], env)
     else:
-        _run(train + (["--c"] if (model / "fold_0" / "checkpoint_latest.pth").is_file() else []), env)
+        _run(train, env)
 
     _stage(4, total, "predict the held-out cases of each modality (nnUNetv2_predict_cin -m ...)")
     predictions = output / "predictions"
     for modality in MODALITIES:
         inputs = output / f"test_inputs_{modality}"
         inputs.mkdir(exist_ok=True)
-        for f in sorted((raw / "imagesTs").glob(f"{modality.lower()}_*_0000.nii.gz")):
+        images = sorted((raw / "imagesTs").glob(f"{modality.lower()}_*_0000.nii.gz"))
+        for f in images:
             if not (inputs / f.name).exists():
                 shutil.copy2(f, inputs / f.name)
+        if all((predictions / (f.name[:-len("_0000.nii.gz")] + ".nii.gz")).is_file() for f in images):
+            print(f"    {modality}: already predicted")
+            continue
         _run(["nnUNetv2_predict_cin", "-i", str(inputs), "-o", str(predictions), "-d", str(DATASET_ID), "-c",
               "3d_fullres", "-f", "0", "-tr", trainer, "-p", "nnUNetPlansCIN", "-m", modality, "-device", device,
               "-npp", "1", "-nps", "1", "--continue_prediction"], env)  # a rerun skips finished cases
 
     _stage(5, total, "evaluate per modality and structure (nnUNetv2_evaluate_cin)")
-    _run(["nnUNetv2_evaluate_cin", "-ref", str(raw / "labelsTs"), "-pred", str(predictions), "-d", str(DATASET_ID),
-          "-o", str(output / "evaluation.json")], env)
+    evaluation = output / "evaluation.json"
+    if _newer_than(evaluation, predictions.glob("*.nii.gz")):
+        print("    already evaluated")
+    else:
+        _run(["nnUNetv2_evaluate_cin", "-ref", str(raw / "labelsTs"), "-pred", str(predictions), "-d",
+              str(DATASET_ID), "-o", str(evaluation)], env)
 
     _stage(6, total, "overlays")
     for modality in MODALITIES:
         case = sorted((raw / "labelsTs").glob(f"{modality.lower()}_*.nii.gz"))[0].name[:-len(".nii.gz")]
         png = output / f"overlay_{modality}.png"
+        if _newer_than(png, [predictions / f"{case}.nii.gz"]):
+            print(f"    {png} (already there)")
+            continue
         write_overlay(raw / "imagesTs" / f"{case}_0000.nii.gz", raw / "labelsTs" / f"{case}.nii.gz",
                       predictions / f"{case}.nii.gz", png, f"{modality} {case}: one conditioned model")
         print(f"    {png}")
@@ -163,7 +186,12 @@ def add_arguments(parser):
 
 def run(args) -> int:
     kwargs = dict(cases_per_modality=3, test_cases=1, shape=(24, 24, 24)) if args.quick else {}
-    run_demo(Path(args.output), args.device or default_device(), quick=args.quick, **kwargs)
+    try:
+        run_demo(Path(args.output), args.device or default_device(), quick=args.quick, **kwargs)
+    except subprocess.CalledProcessError as e:
+        print(f"nnunet-cin demo: error: {' '.join(e.cmd)} failed (exit {e.returncode}); rerun the same command to "
+              f"continue where it stopped", file=sys.stderr)
+        return 1
     return 0
 
 

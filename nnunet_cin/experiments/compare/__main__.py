@@ -1,0 +1,6 @@
+"""`python -m nnunet_cin.experiments.compare ...` = `nnunet-cin compare ...`."""
+import sys
+
+from nnunet_cin.experiments.compare import main
+
+sys.exit(main())
