@@ -37,9 +37,9 @@ from torch import distributed as dist
 
 from nnunet_cin.training.checkpoints import unwrap
 from nnunet_cin.cin import condition
-from nnunet_cin.training.conditioning import ModalityLookup, plans_for_trainer, training_modalities
+from nnunet_cin.training.conditioning import ModalityLookup, plans_for_trainer, split_by_modality, training_modalities
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
-                                  pseudo_dice_per_modality)
+                                           merge_validation_outputs, pseudo_dice_per_modality)
 from nnunet_cin.training.sampling import ModalityDataLoader
 from nnunet_cin.training.schedules import add_schedules
 from nnunet_cin.training.splits import stratified_crossval_split
@@ -79,23 +79,11 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         """nnU-Net's validation step once per modality present in the batch (same samples, same network), so the
         pseudo-Dice counts can be kept per modality."""
-        modality = self.lookup.indices(batch['keys'])
-        num_mod = len(self.lookup.modalities)
         parts = []
-        present = np.unique(modality)
-        for m in present:
-            part = batch if len(present) == 1 else _select(batch, np.flatnonzero(modality == m))
+        for m, part in split_by_modality(batch, self.lookup.indices(batch['keys'])):
             with self.conditioned_on(part['keys']):
                 parts.append((m, len(part['keys']), super().validation_step(part)))
-        total = sum(n for _, n, _ in parts)
-        out = {'loss': np.sum([o['loss'] * n for _, n, o in parts], 0) / total}
-        for k in ('tp_hard', 'fp_hard', 'fn_hard'):
-            out[k] = np.sum([o[k] for _, _, o in parts], 0)
-            per_modality = np.zeros((num_mod, *out[k].shape), dtype=out[k].dtype)
-            for m, _, o in parts:
-                per_modality[m] = o[k]
-            out[k + '_per_modality'] = per_modality
-        return out
+        return merge_validation_outputs(parts, len(self.lookup.modalities))
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         super().on_validation_epoch_end(val_outputs)
@@ -266,14 +254,6 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         finally:
             current.close()
             self.dataset_class = base
-
-
-def _select(batch: dict, idx: np.ndarray) -> dict:
-    t = torch.from_numpy(idx)
-    target = batch['target']
-    return {'data': batch['data'][t],
-            'target': [x[t] for x in target] if isinstance(target, list) else target[t],
-            'keys': [batch['keys'][i] for i in idx]}
 
 
 add_schedules(nnUNetTrainerCIN, globals())

@@ -9,7 +9,7 @@
 """
 import warnings
 from copy import deepcopy
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,3 +84,20 @@ class ModalityLookup:
 
     def tensor(self, keys: Sequence[str], device) -> torch.Tensor:
         return torch.from_numpy(self.indices(keys)).to(device, non_blocking=True)
+
+
+def split_by_modality(batch: dict, modality: np.ndarray) -> List[Tuple[int, dict]]:
+    """[(m, the samples of `batch` of modality m)] for every modality present (the batch itself when it holds one);
+    `modality`: the conditioning index of each sample."""
+    present = np.unique(modality)
+    if len(present) == 1:
+        return [(int(present[0]), batch)]
+    parts = []
+    for m in present:
+        idx = np.flatnonzero(modality == m)
+        t = torch.from_numpy(idx)
+        target = batch['target']
+        parts.append((int(m), {'data': batch['data'][t],
+                               'target': [x[t] for x in target] if isinstance(target, list) else target[t],
+                               'keys': [batch['keys'][i] for i in idx]}))
+    return parts

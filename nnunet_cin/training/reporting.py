@@ -31,6 +31,21 @@ def pseudo_dice_per_modality(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
     return out
 
 
+def merge_validation_outputs(parts: Sequence[tuple], num_modalities: int) -> dict:
+    """One validation_step output from nnU-Net's outputs on the modality parts of a batch, parts = [(m, number of
+    samples, output)]: the loss averaged over samples, tp/fp/fn summed as nnU-Net's, and kept per modality too
+    ("tp_hard_per_modality" etc., (M, C), zero for modalities absent from the batch)."""
+    total = sum(n for _, n, _ in parts)
+    out = {'loss': np.sum([o['loss'] * n for _, n, o in parts], 0) / total}
+    for k in ('tp_hard', 'fp_hard', 'fn_hard'):
+        out[k] = np.sum([o[k] for _, _, o in parts], 0)
+        per_modality = np.zeros((num_modalities, *out[k].shape), dtype=out[k].dtype)
+        for m, _, o in parts:
+            per_modality[m] = o[k]
+        out[k + '_per_modality'] = per_modality
+    return out
+
+
 class ModalityLogger(LocalLogger):
     """nnU-Net's LocalLogger plus one pseudo-Dice curve (and its moving average) per modality. progress.png gets a
     fourth panel with them below nnU-Net's three."""

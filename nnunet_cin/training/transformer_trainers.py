@@ -50,13 +50,11 @@ from torch import nn
 
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 from nnunet_cin.training.schedules import WarmupPolyLRScheduler, add_schedules
-from nnunet_cin.networks.swin import ConditionalSwinUNETR
-from nnunet_cin.networks.swin import adjust_patch_size as swin_adjust_patch_size
-from nnunet_cin.networks.swin import deep_supervision_scales as swin_deep_supervision_scales
+from nnunet_cin.networks.blocks import adjust_patch_size, as_tuple, deep_supervision_scales
+from nnunet_cin.networks.swin import ConditionalSwinUNETR, decoder_strides, patch_divisor
 from nnunet_cin.networks.unet import plans_class_path
+from nnunet_cin.networks.unetr import ConditionalUNETR, stage_strides
 from nnunet_cin.plans import CINPlans
-from nnunet_cin.networks.unetr import ConditionalUNETR, adjust_patch_size, deep_supervision_scales
-from nnunet_cin.networks.vit import as_tuple
 
 UNETR_CLASS = plans_class_path(ConditionalUNETR)
 
@@ -129,7 +127,7 @@ class nnUNetTrainerCViT(nnUNetTrainerCIN):
     def _get_deep_supervision_scales(self) -> Union[List[List[float]], None]:
         if not self.enable_deep_supervision:
             return None
-        return deep_supervision_scales(self.configuration_manager.network_arch_init_kwargs["token_patch_size"])
+        return deep_supervision_scales(stage_strides(self.configuration_manager.network_arch_init_kwargs["token_patch_size"]))
 
     # -------------------------------------------------------------------------------------------------- optimizer
     def effective_warmup_epochs(self) -> int:
@@ -220,7 +218,8 @@ class nnUNetTrainerCSwinUNETR(nnUNetTrainerCViT):
         hyper-parameter, patch size adjusted to what patch embedding and merging need."""
         plans = deepcopy(plans)
         resolved = PlansManager(plans).get_configuration(configuration)
-        patch_size = swin_adjust_patch_size(resolved.patch_size, self.token_patch_size, len(self.depths))
+        patch_size = adjust_patch_size(resolved.patch_size, patch_divisor(self.token_patch_size, len(self.depths),
+                                                                        len(resolved.patch_size)))
         ndim = len(patch_size)
         arch_kwargs = {
             "patch_size": patch_size, "token_patch_size": list(as_tuple(self.token_patch_size, ndim)),
@@ -238,7 +237,8 @@ class nnUNetTrainerCSwinUNETR(nnUNetTrainerCViT):
         if not self.enable_deep_supervision:
             return None
         kwargs = self.configuration_manager.network_arch_init_kwargs
-        return swin_deep_supervision_scales(kwargs["token_patch_size"], len(kwargs["depths"]), len(kwargs["patch_size"]))
+        return deep_supervision_scales(decoder_strides(kwargs["token_patch_size"], len(kwargs["depths"]),
+                                                       len(kwargs["patch_size"])))
 
 
 class nnUNetTrainerSwinUNETRJoint(nnUNetTrainerCSwinUNETR):
