@@ -136,10 +136,29 @@ def test_anisotropic_token_patch(planned, nnunet_env):
     assert shapes == [(12, 24, 24), (12, 12, 12), (6, 6, 6)]
 
 
-def test_build_network_architecture_rejects_conv_plans(planned, nnunet_env):
+def test_build_network_architecture_from_the_datasets_plans(planned, nnunet_env):
+    """The trainer's network from the dataset's plans (no trainer instance): what the trainer itself builds, and what
+    nnU-Net's predictor builds from the model folder's plans.json."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_cin.plans import CINPlansError
+
     pm = PlansManager(deepcopy(planned.plans))
-    with pytest.raises(ValueError, match="ConditionalUNETR"):
+    assert pm.get_configuration("3d_fullres").network_arch_class_name != UNETR_CLASS  # a conv U-Net in the plans
+    for cls in (TinyCViT, TinyViTJoint):
+        trainer = make_trainer(cls, planned)
+        expected = {k: v.shape for k, v in build(trainer).state_dict().items()}
+        from_dataset = cls.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+        assert type(from_dataset) is ConditionalUNETR
+        assert {k: v.shape for k, v in from_dataset.state_dict().items()} == expected
+        model_pm = PlansManager(trainer.plans_manager.plans)  # the model folder's plans.json
+        from_model = cls.build_network_architecture(model_pm, model_pm.get_configuration("3d_fullres"), 1, 8)
+        from_model.load_state_dict(from_dataset.state_dict())
+        assert cls.plans_for_training(trainer.plans_manager.plans, "3d_fullres", None) == trainer.plans_manager.plans
+    plain = deepcopy(planned.plans)
+    del plain["cin"]  # plain nnU-Net plans do not say how many modalities the CIN layers need
+    pm = PlansManager(plain)
+    with pytest.raises(CINPlansError, match="record no modalities"):
         nnUNetTrainerCViT.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
 
 

@@ -92,9 +92,11 @@ def test_plans_record_the_swin_unetr_and_its_hyper_parameters(planned, nnunet_en
                                                                                       [7] * 3)
     assert all(s % 32 == 0 for s in defaults.patch_size)  # Swin-UNETR: 2 * 2^4
     assert planned.plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] != SWIN_UNETR_CLASS
-    with pytest.raises(ValueError, match="ConditionalSwinUNETR"):
-        pm = PlansManager(deepcopy(planned.plans))
-        nnUNetTrainerCSwinUNETR.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+    # the network from the dataset's plans (no trainer instance) is the trainer's
+    pm = PlansManager(deepcopy(planned.plans))
+    from_dataset = TinyCSwin.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+    assert type(from_dataset) is ConditionalSwinUNETR
+    from_dataset.load_state_dict(build(trainer).state_dict())
 
 
 @pytest.mark.parametrize("configuration,planned_patch,expected", [

@@ -1,9 +1,13 @@
 """nnUNetTrainerCIN: nnU-Net's trainer, plus modality.
 
 One conditional network for all modalities of a dataset. What changes against nnUNetTrainer:
-- the network: the plans' U-Net with CIN in its encoder (plain nnU-Net plans are converted; nnunet_cin.training.conditioning)
+- the network: the plans' U-Net with CIN in its encoder. `plans_for_training` (a classmethod: a function of the
+  trainer class and the dataset's plans) writes the architecture each trainer trains and the modalities the model
+  serves into its copy of the plans, which nnU-Net saves as the model folder's plans.json; `build_network_architecture`
+  builds that network from the dataset's plans and from a model folder's plans.json alike. Subclasses change the
+  network by overriding `configuration_for_training` (the transformer trainers, nnunet_cin.training.transformer_trainers)
 - every forward pass (training, validation, final validation) runs inside `nnunet_cin.condition(network, m)`, m the
-  modality of each sample, looked up from the batch's case keys
+  modality of each sample, looked up from the batch's case keys (nnunet_cin.training.conditioning)
 - batches: nnunet_cin.training.sampling.ModalityDataLoader (mixed modalities, configurable shares, or alternating)
 - folds: stratified by modality when nnU-Net creates splits_final.json (nnunet_cin.training.splits)
 - reporting: pseudo-Dice per modality each epoch and per-modality means in validation/summary.json
@@ -17,13 +21,18 @@ Options: class attributes of a subclass, or set in its __init__ after super().__
 hyperparameters); they take effect when the data loaders are built (on_train_start):
     modality_sampling = "mixed" | "alternate"
     modality_shares = "equal" | "proportional" | {"CT": 2, "MR": 1}
+Options of the network (class attributes only: the plans are written before __init__ runs):
+    conditioned = True | False (the baselines' plain network)
+    single_modality = None | "MR" (nnUNetTrainerSingleModality_MR: one modality's cases, plain network)
+    cin_scope = None | "encoder" | "all" (CIN in every instance norm); None: the plans' `cin_scope`, else "encoder"
 
 NOTE: nnU-Net imports the files of this folder as top-level modules; shared code is imported absolutely
 (`from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN`), never relatively.
 """
 import os
+import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,16 +42,24 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, s
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import distributed as dist
+from torch import nn
 
-from nnunet_cin.training.checkpoints import unwrap
 from nnunet_cin.cin import condition
-from nnunet_cin.training.conditioning import ModalityLookup, plans_for_trainer, split_by_modality, training_modalities
+from nnunet_cin.modalities import ModalityError
+from nnunet_cin.networks.unet import conditional_architecture, plain_architecture
+from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
+from nnunet_cin.training.checkpoints import unwrap
+from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                            merge_validation_outputs, pseudo_dice_per_modality)
 from nnunet_cin.training.sampling import ModalityDataLoader
 from nnunet_cin.training.schedules import add_schedules
 from nnunet_cin.training.splits import stratified_crossval_split
+
+_warned_plain_plans = set()
+
 
 class nnUNetTrainerCIN(nnUNetTrainer):
     conditioned = True  # False: plain network, same data pipeline (baselines)
@@ -50,20 +67,74 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     schedule_epochs: Optional[int] = None  # set by the _Xepochs variants
     modality_sampling = "mixed"
     modality_shares = "equal"
+    cin_scope: Optional[str] = None  # "encoder" | "all" (every instance norm); None: the plans' cin_scope, else encoder
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
-        all_modalities = training_modalities(plans, dataset_json)
-        plans = plans_for_trainer(plans, configuration, all_modalities, self.conditioned, type(self).__name__)
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        dataset_modalities = CINPlans(plans).training_modalities(dataset_json)
+        super().__init__(type(self).plans_for_training(plans, configuration, dataset_json), configuration, fold,
+                         dataset_json, device)
         if self.schedule_epochs is not None:
             self.num_epochs = self.schedule_epochs
-        self.lookup = ModalityLookup(dataset_json, all_modalities)
-        if self.single_modality is not None:
-            self.lookup.rules.index_of_name(self.single_modality)  # raises, naming the dataset's modalities
+        self.lookup = ModalityLookup(dataset_json, dataset_modalities)
         # the modalities this model serves; for conditioned models also the CIN row order
-        self.modalities: List[str] = [self.single_modality] if self.single_modality else all_modalities
+        self.modalities: List[str] = CINPlans(self.plans_manager.plans).modalities
         self.logger.local_logger = ModalityLogger(self.modalities)
+
+    # ------------------------------------------------------------------------------------------------ the network
+    @classmethod
+    def plans_for_training(cls, plans: dict, configuration: str, dataset_json: Optional[dict]) -> dict:
+        """A copy of the dataset's `plans` in which `configuration` describes the network this trainer trains
+        (`configuration_for_training`) and plans["cin"]["modalities"] the modalities the model serves: what the
+        trainer trains with and nnU-Net saves as the model folder's plans.json. A function of the class and its
+        arguments only (no trainer needed: nnunet_cin.training.checkpoints builds a trainer's network with it).
+        dataset_json None: plans made by nnUNetv2_plan_and_preprocess_cin suffice (they record the modalities)."""
+        modalities = CINPlans(plans).training_modalities(dataset_json)
+        if cls.single_modality is not None:
+            if cls.single_modality not in modalities:
+                raise ModalityError(f'{cls.__name__}: unknown modality "{cls.single_modality}"; this dataset\'s '
+                                    f'modalities are {modalities}')
+            modalities = [cls.single_modality]
+        plans = CINPlans(plans).with_modalities(modalities)
+        if not CINPlans(plans).per_modality_normalization and (cls.__name__, configuration) not in _warned_plain_plans:
+            _warned_plain_plans.add((cls.__name__, configuration))
+            warnings.warn(f"{cls.__name__}: these are plain nnU-Net plans ({plans.get('plans_name')}): intensity "
+                          f"normalization is NOT per modality (one scheme and one set of statistics for "
+                          f"{', '.join(modalities)}). Plan with nnUNetv2_plan_and_preprocess_cin for per-modality "
+                          f"normalization.", stacklevel=3)
+        resolved = PlansManager(plans).get_configuration(configuration).configuration
+        trained = cls.configuration_for_training(resolved, modalities)
+        # only what differs: an entry that inherits from another configuration keeps inheriting the rest
+        plans["configurations"][configuration].update({k: v for k, v in trained.items() if resolved.get(k) != v})
+        return plans
+
+    @classmethod
+    def configuration_for_training(cls, configuration: dict, modalities: Sequence[str]) -> dict:
+        """The (resolved) plans configuration with the network this trainer trains: the plans' conv U-Net with CIN
+        (conditioned), or plain. Applied to a configuration it returned, it returns it unchanged."""
+        arch = configuration["architecture"]
+        if cls.conditioned:
+            scope = cls.cin_scope or arch["arch_kwargs"].get("cin_scope", "encoder")
+            arch = conditional_architecture(arch, len(modalities), scope)
+        else:
+            arch = plain_architecture(arch)
+        return dict(configuration, architecture=arch)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """nnU-Net's, on the configuration this trainer trains (`configuration_for_training`): the same network from
+        the dataset's plans (those of nnUNetv2_plan_and_preprocess_cin, which record the modalities) as from the
+        plans.json of a model folder (what nnU-Net's predictor hands it)."""
+        modalities = CINPlans(plans_manager.plans).modalities
+        if not modalities:
+            raise CINPlansError(f"{cls.__name__}: plans {plans_manager.plans_name!r} record no modalities (plain "
+                                f"nnU-Net plans); build from {cls.__name__}.plans_for_training(plans, configuration, "
+                                f"dataset_json)")
+        trained = ConfigurationManager(cls.configuration_for_training(configuration_manager.configuration, modalities))
+        return super().build_network_architecture(plans_manager, trained, num_input_channels, num_output_channels,
+                                                  enable_deep_supervision)
 
     # ---------------------------------------------------------------------------------------------------- modality
     def conditioned_on(self, keys):
@@ -213,7 +284,7 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order."""
         saved = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location='cpu', weights_only=False, mmap=True)
-        recorded = saved.get("modalities")
+        recorded = checkpoint_modalities(saved)
         if recorded is not None and list(recorded) != self.modalities:
             where = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the checkpoint"
             raise ValueError(f"{where} was trained for modalities {list(recorded)} (in this order); {type(self).__name__}"
@@ -257,3 +328,4 @@ class nnUNetTrainerCIN(nnUNetTrainer):
 
 
 add_schedules(nnUNetTrainerCIN, globals())
+
