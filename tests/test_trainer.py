@@ -367,6 +367,34 @@ def test_baselines(local):
         make_trainer("nnUNetTrainerSingleModality_XR")
 
 
+def test_variants_all_norms_and_alternate(local):
+    """The comparison's arms: CIN in every instance norm (decoder too), and conditional with alternating batches."""
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    encoder_only = make_trainer("nnUNetTrainerCIN")
+    decoder_norms = [m for m in encoder_only.network.decoder.modules() if isinstance(m, _InstanceNorm)]
+    assert decoder_norms  # the method: the decoder keeps plain instance norm
+
+    every = make_trainer("nnUNetTrainerCINAllNorms_5epochs")
+    assert every.num_epochs == 5
+    assert every.configuration_manager.network_arch_init_kwargs["cin_scope"] == "all"
+    assert not [m for m in every.network.modules() if isinstance(m, _InstanceNorm)]
+    in_decoder = {id(m) for m in every.network.decoder.modules()} & {id(m) for m in cin_layers(every.network)}
+    assert len(in_decoder) >= len(decoder_norms)  # the decoder's norms became CIN layers
+    every.dataloader_train, every.dataloader_val = every.get_dataloaders()
+    ok, _ = check_conditioning(every, mixed_batches(every), "train_step")
+    assert ok
+
+    alternate = make_trainer("nnUNetTrainerCINAlternate")
+    assert alternate.conditioned and cin_layers(alternate.network)
+    assert alternate.configuration_manager.network_arch_init_kwargs["cin_scope"] == "encoder"
+    alternate.dataloader_train, alternate.dataloader_val = alternate.get_dataloaders()
+    batches = [next(alternate.dataloader_train) for _ in range(4)]  # after the warm-up batch 0 (CT): MR, CT, ...
+    assert [{modality_of(k) for k in b["keys"]} for b in batches] == [{1}, {0}, {1}, {0}]
+    ok, seen = check_conditioning(alternate, batches, "train_step")
+    assert ok and seen == {0, 1}
+
+
 def test_trainer_names_found_by_nnunet(planned, monkeypatch):
     """nnU-Net's own lookup finds our trainers, their short schedules and a user's subclass in another folder."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -376,7 +404,8 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
     expected = {"nnUNetTrainerCIN": None, "nnUNetTrainerCIN_1epoch": 1, "nnUNetTrainerCIN_250epochs": 250,
                 "nnUNetTrainerJoint_5epochs": 5, "nnUNetTrainerJointAlternate_20epochs": 20,
                 "nnUNetTrainerSingleModality_CT": None, "nnUNetTrainerSingleModality_MR_50epochs": 50,
-                "nnUNetTrainerCINTest": None}
+                "nnUNetTrainerCINAllNorms": None, "nnUNetTrainerCINAllNorms_5epochs": 5,
+                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": None}
     for name, epochs in expected.items():
         cls = recursive_find_trainer_class_by_name(name)
         assert cls.__name__ == name and cls.schedule_epochs == epochs
