@@ -12,6 +12,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.plans import checkpoint_modalities
 from nnunet_cin.training.transformer_trainers import UNETR_CLASS, WarmupPolyLRScheduler, nnUNetTrainerCViT
 from nnunet_cin.trainers.nnUNetTrainerViTJoint import nnUNetTrainerViTJoint
 from nnunet_cin.networks.unetr import ConditionalUNETR
@@ -245,15 +246,21 @@ class nnUNetTrainerCViTTiny(nnUNetTrainerCViT):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return out
+
+
+class nnUNetTrainerViTJointTiny(nnUNetTrainerCViTTiny):
+    """Its unconditioned counterpart (LayerNorm in the transformer): the pretrained weights of the test."""
+    conditioned = False
 '''
 
 
 def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_path):
+    # trained from the weights of its unconditioned counterpart (nnunet-cin convert-pretrained, -pretrained_weights)
     model, ckpt, saved, env = train_user_trainer(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny",
-                                                 TINY_TRAINER)
-    assert ckpt["modalities"] == ["CT", "MR"] and ckpt["current_epoch"] == 1
-    assert ckpt["cin"]["recipe"] == {"optimizer": "AdamW", "initial_lr": 1e-4, "weight_decay": 1e-5,
-                                     "warmup_epochs": 0, "lr_decay": "poly", "num_epochs": 1}
+                                                 TINY_TRAINER, pretrained_from="nnUNetTrainerViTJointTiny")
+    assert checkpoint_modalities(ckpt) == ["CT", "MR"] and ckpt["current_epoch"] == 1
+    log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
+    assert "AdamW, lr 0.0001, weight decay 1e-05; 0 warm-up epochs, then poly decay to epoch 1" in log
     assert any(k.endswith("blocks.3.norm2.weight") and v.shape == (2, 32) for k, v in ckpt["network_weights"].items())
     planned_patch = planned.plans["configurations"]["3d_fullres"]["patch_size"]
     assert any(p % 16 for p in planned_patch)  # not a multiple of the token patch: the trainer rounds it up

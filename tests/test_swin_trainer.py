@@ -11,6 +11,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.plans import checkpoint_modalities
 from nnunet_cin.networks.swin import ConditionalSwinUNETR, PatchMerging, SwinBlock
 from nnunet_cin.training.transformer_trainers import SWIN_UNETR_CLASS, nnUNetTrainerCSwinUNETR
 from nnunet_cin.trainers.nnUNetTrainerSwinUNETRJoint import nnUNetTrainerSwinUNETRJoint
@@ -149,13 +150,19 @@ class nnUNetTrainerCSwinTiny(nnUNetTrainerCSwinUNETR):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return out
+
+
+class nnUNetTrainerSwinJointTiny(nnUNetTrainerCSwinTiny):
+    """Its unconditioned counterpart (LayerNorm in the transformer): the pretrained weights of the test."""
+    conditioned = False
 '''
 
 
 def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_path):
+    # trained from the weights of its unconditioned counterpart (nnunet-cin convert-pretrained, -pretrained_weights)
     model, ckpt, saved, env = train_user_trainer(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCSwinTiny",
-                                                 TINY_TRAINER)
-    assert ckpt["modalities"] == ["CT", "MR"] and ckpt["current_epoch"] == 1
+                                                 TINY_TRAINER, pretrained_from="nnUNetTrainerSwinJointTiny")
+    assert checkpoint_modalities(ckpt) == ["CT", "MR"] and ckpt["current_epoch"] == 1
     weights = ckpt["network_weights"]
     assert weights["encoder.swin.stages.1.blocks.1.norm2.weight"].shape == (2, 16)  # CIN rows per modality
     assert weights["encoder.swin.stages.0.downsample.norm.weight"].shape == (2, 64)

@@ -13,18 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
 import nnunet_cin.trainers
 from nnunet_cin.cin import cin_layers
+from nnunet_cin.plans import checkpoint_modalities
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
 DATASET_ID, DATASET = 999, "Dataset999_SyntheticHeart"
 PLANS = "nnUNetPlansTiny"
 OURS = nnunet_cin.trainers.__path__[0]
+# what nnU-Net 2.8.1's nnUNetTrainer.save_checkpoint writes
+NNUNET_CHECKPOINT_KEYS = {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema",
+                          "current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
 BIN = Path(sys.executable).parent
 
 USER_TRAINERS = '''
@@ -125,13 +131,16 @@ def trained(planned):
 def test_train_end_to_end(trained, planned):
     fold, first, after_first, resumed = trained
     assert "these are plain nnU-Net plans" in first  # the warning for plain plans
-    assert after_first["modalities"] == ["CT", "MR"] and after_first["current_epoch"] == 1
+    # nnU-Net's own checkpoint (no copied save_checkpoint): the modalities travel in the plans of init_args
+    assert set(after_first) == NNUNET_CHECKPOINT_KEYS
+    assert after_first["init_args"]["plans"]["cin"]["modalities"] == ["CT", "MR"] and after_first["current_epoch"] == 1
+    assert checkpoint_modalities(after_first) == ["CT", "MR"]
     assert after_first["trainer_name"] == "nnUNetTrainerCINTest"
 
     # --c continued from epoch 1 (no new epoch 0) and finished epoch 2 with the same modalities
     assert "Epoch 1" in resumed and "Epoch 0" not in resumed
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["modalities"] == ["CT", "MR"] and final["current_epoch"] == 2
+    assert checkpoint_modalities(final) == ["CT", "MR"] and final["current_epoch"] == 2
     for m in ("CT", "MR"):
         assert len(final["logging"][f"mean_fg_dice/{m}"]) == 2  # the per-modality pseudo-Dice, one per epoch
     assert final["logging"]["mean_fg_dice/CT"][0] == after_first["logging"]["mean_fg_dice/CT"][0] or \
@@ -141,7 +150,14 @@ def test_train_end_to_end(trained, planned):
     assert cin_weights and all(w.shape[0] == 2 for w in cin_weights)
     assert any(not torch.equal(w[0], w[1]) for w in cin_weights)
 
-    assert (fold / "progress.png").stat().st_size > 0
+    # progress.png is nnU-Net's own, drawn by nnU-Net from the same log; the per-modality curves in a figure of ours
+    reference = fold.parent / "reference_progress"
+    reference.mkdir(exist_ok=True)
+    nnunet_logger = LocalLogger()
+    nnunet_logger.load_checkpoint(final["logging"])
+    nnunet_logger.plot_progress_png(str(reference))
+    np.testing.assert_array_equal(plt.imread(fold / "progress.png"), plt.imread(reference / "progress.png"))
+    assert plt.imread(fold / "progress_per_modality.png").shape[:2] == (1800, 3000)
     summary = load_json(fold / "validation" / "summary.json")
     assert set(summary["foreground_mean_per_modality"]) == {"CT", "MR"}
     paths, _ = planned
@@ -359,7 +375,7 @@ def test_baselines(local):
     single.dataloader_train, single.dataloader_val = single.get_dataloaders()
     assert all(modality_of(k) == 1 for _ in range(3) for k in next(single.dataloader_train)["keys"])
     single.save_checkpoint(str(local.results / "single.pth"))
-    assert torch.load(local.results / "single.pth", weights_only=False)["modalities"] == ["MR"]
+    assert checkpoint_modalities(torch.load(local.results / "single.pth", weights_only=False)) == ["MR"]
     with pytest.raises(ValueError, match="was trained for modalities"):  # an MR-only model is not a CT+MR model
         joint.load_checkpoint(str(local.results / "single.pth"))
 
@@ -417,6 +433,16 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
 def test_short_schedule_sets_epochs(local):
     trainer = make_trainer("nnUNetTrainerJointAlternate_10epochs")
     assert trainer.num_epochs == 10 and trainer.modality_sampling == "alternate" and not trainer.conditioned
+
+
+def test_checkpoint_modalities_of_older_and_current_checkpoints():
+    """Checkpoints written before the modalities travelled in the plans hold checkpoint["modalities"] (also converted
+    files); current ones hold them in init_args' plans only; nnU-Net's plain checkpoints hold none."""
+    current = {"init_args": {"plans": {"cin": {"modalities": ["CT", "MR"]}}, "configuration": "3d_fullres"}}
+    assert checkpoint_modalities(current) == ["CT", "MR"]
+    older = {"modalities": ["MR"], "init_args": {"plans": {"cin": {"modalities": ["CT", "MR"]}}}}
+    assert checkpoint_modalities(older) == ["MR"]
+    assert checkpoint_modalities({"init_args": {"plans": {"configurations": {}}}}) is None
 
 
 def test_stratified_split():

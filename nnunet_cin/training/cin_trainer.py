@@ -3,19 +3,21 @@
 One conditional network for all modalities of a dataset. What changes against nnUNetTrainer:
 - the network: the plans' U-Net with CIN in its encoder. `plans_for_training` (a classmethod: a function of the
   trainer class and the dataset's plans) writes the architecture each trainer trains and the modalities the model
-  serves into its copy of the plans, which nnU-Net saves as the model folder's plans.json; `build_network_architecture`
-  builds that network from the dataset's plans and from a model folder's plans.json alike. Subclasses change the
-  network by overriding `configuration_for_training` (the transformer trainers, nnunet_cin.training.transformer_trainers)
+  serves into its copy of the plans, which nnU-Net saves as the model folder's plans.json;
+  `build_network_architecture` builds that network from the dataset's plans and from a model folder's plans.json
+  alike. Subclasses change the network by overriding `configuration_for_training` (the transformer trainers:
+  nnunet_cin.training.transformer_trainers)
 - every forward pass (training, validation, final validation) runs inside `nnunet_cin.condition(network, m)`, m the
   modality of each sample, looked up from the batch's case keys (nnunet_cin.training.conditioning)
 - batches: nnunet_cin.training.sampling.ModalityDataLoader (mixed modalities, configurable shares, or alternating)
 - folds: stratified by modality when nnU-Net creates splits_final.json (nnunet_cin.training.splits)
 - reporting: pseudo-Dice per modality each epoch and per-modality means in validation/summary.json
   (nnunet_cin.training.reporting)
-- checkpoints: nnU-Net's, plus checkpoint["modalities"] (the conditioning order) and checkpoint["cin"] (options);
-  `--c` refuses a checkpoint made for other modalities
+- checkpoints: nnU-Net's own; the modalities travel in the plans they hold (init_args; nnunet_cin.plans
+  .checkpoint_modalities); `--c` refuses a checkpoint made for other modalities
 - -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.training.checkpoints)
-Where nnU-Net 2.8.1 has no hook (get_dataloaders, save_checkpoint) its method body is copied and marked as such.
+Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
+nnunet_cin/nnunet_copies.py.
 
 Options: class attributes of a subclass, or set in its __init__ after super().__init__ (like nnU-Net's
 hyperparameters); they take effect when the data loaders are built (on_train_start):
@@ -50,7 +52,6 @@ from nnunet_cin.cin import condition
 from nnunet_cin.modalities import ModalityError
 from nnunet_cin.networks.unet import conditional_architecture, plain_architecture
 from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
-from nnunet_cin.training.checkpoints import unwrap
 from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                            merge_validation_outputs, pseudo_dice_per_modality)
@@ -176,6 +177,9 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
         """nnU-Net's nnUNetDataLoader, told each case's modality (nnunet_cin.training.sampling). Validation batches are always
         mixed with equal shares, so that every modality gets its pseudo-Dice."""
+        if training:
+            self.print_to_log_file(f"Batches: {self.modality_sampling} modalities, shares {self.modality_shares} "
+                                   f"({', '.join(self.lookup.modalities)})")
         return ModalityDataLoader(
             dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, pad_sides=None, transforms=transforms,
@@ -252,34 +256,6 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         return tr_keys, val_keys
 
     # ------------------------------------------------------------------------------------------------- checkpoints
-    def checkpoint_entries(self) -> dict:
-        """What our checkpoints hold on top of nnU-Net's entries."""
-        return {"modalities": list(self.modalities),  # the conditioning order (CIN rows)
-                "cin": {"conditioned": self.conditioned, "single_modality": self.single_modality,
-                        "modality_sampling": self.modality_sampling, "modality_shares": self.modality_shares,
-                        "dataset_modalities": list(self.lookup.modalities)}}
-
-    def save_checkpoint(self, filename: str) -> None:
-        # nnUNetTrainer.save_checkpoint of nnU-Net 2.8.1, copied (the dict is built inline, no hook to extend it);
-        # the only change: **self.checkpoint_entries().
-        if self.local_rank == 0:
-            if not self.disable_checkpointing:
-                checkpoint = {
-                    'network_weights': unwrap(self.network).state_dict(),
-                    'optimizer_state': self.optimizer.state_dict(),
-                    'grad_scaler_state': self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-                    'logging': self.logger.get_checkpoint(),
-                    '_best_ema': self._best_ema,
-                    'current_epoch': self.current_epoch + 1,
-                    'init_args': self.my_init_kwargs,
-                    'trainer_name': self.__class__.__name__,
-                    'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
-                    **self.checkpoint_entries(),
-                }
-                torch.save(checkpoint, filename)
-            else:
-                self.print_to_log_file('No checkpoint written, checkpointing is disabled')
-
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order."""
         saved = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \

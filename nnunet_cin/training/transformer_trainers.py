@@ -153,13 +153,6 @@ class nnUNetTrainerCViT(nnUNetTrainerCIN):
                                f"epochs, then {self.lr_decay} decay to epoch {self.num_epochs}")
         return optimizer, lr_scheduler
 
-    def checkpoint_entries(self) -> dict:
-        entries = super().checkpoint_entries()
-        entries["cin"]["recipe"] = {"optimizer": "AdamW", "initial_lr": self.initial_lr,
-                                    "weight_decay": self.weight_decay, "warmup_epochs": self.effective_warmup_epochs(),
-                                    "lr_decay": self.lr_decay, "num_epochs": self.num_epochs}
-        return entries
-
 
 class nnUNetTrainerViTJoint(nnUNetTrainerCViT):
     """The unconditioned reference of nnUNetTrainerCViT: the same UNETR with LayerNorm before every transformer
