@@ -75,13 +75,14 @@ def conv_unet_plans(dataset: str, modalities) -> dict:
                             "nonlin_kwargs": {"inplace": True}},
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
     stats = {"0": {"mean": 0.0, "std": 1.0, "percentile_00_5": -1.0, "percentile_99_5": 1.0}}
-    cin = CINPlans.entry_for(modalities, {"modalities": list(modalities)}, {m: "ZScoreNormalization" for m in modalities},
-                             {m: False for m in modalities}, {m: stats for m in modalities})
+    cin = CINPlans.entry_for(modalities, {"modalities": list(modalities)},
+                             {m: "ZScoreNormalization" for m in modalities}, {m: False for m in modalities},
+                             {m: stats for m in modalities})
     return {"dataset_name": dataset, "plans_name": PLANS, "label_manager": "LabelManager",
             "configurations": {"3d_fullres": {
                 "data_identifier": f"{PLANS}_3d_fullres", "preprocessor_name": "CINPreprocessor", "batch_size": 2,
-                "patch_size": [16, 16, 16], "spacing": [1.0, 1.0, 1.0], "normalization_schemes": ["ZScoreNormalization"],
-                "use_mask_for_norm": [False], "architecture": arch}},
+                "patch_size": [16, 16, 16], "spacing": [1.0, 1.0, 1.0],
+                "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False], "architecture": arch}},
             "cin": cin}
 
 
