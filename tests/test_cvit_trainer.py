@@ -17,7 +17,7 @@ from nnunet_cin.training.transformer_trainers import UNETR_CLASS, WarmupPolyLRSc
 from nnunet_cin.trainers.nnUNetTrainerViTJoint import nnUNetTrainerViTJoint
 from nnunet_cin.networks.unetr import ConditionalUNETR
 from nnunet_cin.networks.vit import TokenConditionalInstanceNorm, ViTBlock
-from transformer_e2e import plan_tiny_dataset, predict_test_cases, train_user_trainer
+from transformer_e2e import nnunets_predict_refuses, plan_tiny_dataset, predict_test_cases, train_user_trainer
 
 DATASET = 999
 
@@ -277,3 +277,4 @@ def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_pa
     assert len(cin_layers(net)) > 0
 
     predict_test_cases(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny", env)
+    nnunets_predict_refuses(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny", env)

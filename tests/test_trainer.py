@@ -189,6 +189,46 @@ def test_val_only(trained, planned):
     assert set(summary["per_modality"]["modalities"]) == {"CT", "MR"}
 
 
+def test_nnunets_own_predict_command(trained, planned, tmp_path):
+    """nnU-Net's own nnUNetv2_predict cannot give a conditional model each case's modality: it stops, before writing
+    anything, with a message that names nnUNetv2_predict_cin (it used to fail with "'NoneType' object is not
+    callable" or inside a CIN layer). A plain model (the Joint baseline on nnU-Net's plans) it still serves."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_cin.training.baselines import nnUNetTrainerJoint
+
+    paths, env = planned
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    image = sorted((paths["raw"] / DATASET / "imagesTr").iterdir())[0]
+    (inputs / image.name).symlink_to(image)
+    command = [BIN / "nnUNetv2_predict", "-i", inputs, "-d", DATASET_ID, "-c", "3d_fullres", "-f", 0, "-p", PLANS,
+               "-device", "cpu", "--disable_tta", "-npp", 0, "-nps", 0]
+    result = subprocess.run([str(c) for c in command + ["-o", tmp_path / "cin", "-tr", "nnUNetTrainerCINTest"]],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    assert "nnUNetv2_predict_cin" in result.stderr.splitlines()[-1] and "NoneType" not in result.stderr
+    assert not any((tmp_path / "cin").iterdir())  # (nnU-Net creates the output folder first)
+
+    # the Joint baseline's model folder, as nnUNetv2_train writes it (its plans, nnU-Net's checkpoint layout)
+    fold = trained[0]
+    plans = load_json(fold.parent / "plans.json")
+    folder = paths["results"] / DATASET / f"nnUNetTrainerJoint__{PLANS}__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text((fold.parent / "dataset.json").read_text())
+    joint_plans = nnUNetTrainerJoint.plans_for_training(load_json(paths["preprocessed"] / DATASET / f"{PLANS}.json"),
+                                                        "3d_fullres", load_json(fold.parent / "dataset.json"))
+    (folder / "plans.json").write_text(json.dumps(joint_plans))
+    pm = PlansManager(joint_plans)
+    net = nnUNetTrainerJoint.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8, False)
+    source = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    torch.save({**source, "trainer_name": "nnUNetTrainerJoint", "network_weights": net.state_dict(),
+                "init_args": {**source["init_args"], "plans": joint_plans}}, folder / "fold_0" / "checkpoint_final.pth")
+    assert plans["configurations"]["3d_fullres"]["preprocessor_name"] == "DefaultPreprocessor"  # nnU-Net's plans
+    run(command + ["-o", tmp_path / "joint", "-tr", "nnUNetTrainerJoint"], env)
+    assert (tmp_path / "joint" / (image.name[:-len("_0000.nii.gz")] + ".nii.gz")).is_file()
+
+
 def test_pretrained_plain_to_conditional(planned, local):
     """A plain nnU-Net checkpoint does not fit the conditional network as it is (nnU-Net's own loader refuses it);
     convert_checkpoint makes it fit, and nnUNetv2_train -pretrained_weights then trains from it."""

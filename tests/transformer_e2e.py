@@ -116,3 +116,15 @@ def predict_test_cases(planned, nnunet_env, tmp_path, dataset: int, trainer: str
         assert pred.GetSize() == sitk.ReadImage(str(image)).GetSize()
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(range(8))
 
+
+def nnunets_predict_refuses(planned, nnunet_env, tmp_path, dataset: int, trainer: str, env):
+    """nnU-Net's own nnUNetv2_predict on the model stops before predicting anything and names nnUNetv2_predict_cin
+    (per-modality normalization: its preprocessor lookup used to fail with "'NoneType' object is not callable")."""
+    out = tmp_path / "nnunet_predict"
+    images = nnunet_env.raw / planned.folder_name / "imagesTs"
+    result = subprocess.run([str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", str(dataset),
+                             "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-p", PLANS, "-device", "cpu"], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    assert "nnUNetv2_predict_cin" in result.stderr.splitlines()[-1] and "NoneType" not in result.stderr
+    assert not any(out.iterdir())

@@ -31,6 +31,7 @@ Options of the network (class attributes only: the plans are written before __in
 NOTE: nnU-Net imports the files of this folder as top-level modules; shared code is imported absolutely
 (`from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN`), never relatively.
 """
+import inspect
 import os
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -41,6 +42,7 @@ import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_json
+from nnunetv2.inference import predict_from_raw_data as nnunet_predict
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -60,6 +62,9 @@ from nnunet_cin.training.schedules import add_schedules
 from nnunet_cin.training.splits import stratified_crossval_split
 
 _warned_plain_plans = set()
+# nnU-Net's own prediction commands (nnUNetv2_predict, _from_modelfolder): see _refuse_nnunet_predict_command
+_NNUNET_PREDICT_COMMANDS = {nnunet_predict.predict_entry_point.__code__,
+                            nnunet_predict.predict_entry_point_modelfolder.__code__}
 
 
 class nnUNetTrainerCIN(nnUNetTrainer):
@@ -128,6 +133,7 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         """nnU-Net's, on the configuration this trainer trains (`configuration_for_training`): the same network from
         the dataset's plans (those of nnUNetv2_plan_and_preprocess_cin, which record the modalities) as from the
         plans.json of a model folder (what nnU-Net's predictor hands it)."""
+        _refuse_nnunet_predict_command(cls, plans_manager)
         modalities = CINPlans(plans_manager.plans).modalities
         if not modalities:
             raise CINPlansError(f"{cls.__name__}: plans {plans_manager.plans_name!r} record no modalities (plain "
@@ -305,3 +311,23 @@ class nnUNetTrainerCIN(nnUNetTrainer):
 
 add_schedules(nnUNetTrainerCIN, globals())
 
+
+def _refuse_nnunet_predict_command(trainer: type, plans_manager: PlansManager):
+    """nnU-Net's own nnUNetv2_predict (and nnUNetv2_predict_from_modelfolder) builds the network of a model folder
+    with its trainer's build_network_architecture, then has no way to tell the network each case's modality, nor to
+    find our preprocessor (its lookup gives None: "'NoneType' object is not callable"). Stop it here, before anything
+    is read or written, with the command that can: nnUNetv2_predict_cin. Only nnU-Net's commands are stopped
+    (nnUNetPredictor used from Python, e.g. inside `condition(...)`, is left alone), and only for models nnU-Net
+    cannot serve as they are (a conditional network, or per-modality normalization)."""
+    per_modality = CINPlans(plans_manager.plans).per_modality_normalization
+    if not trainer.conditioned and not per_modality:
+        return
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_code not in _NNUNET_PREDICT_COMMANDS:
+        frame = frame.f_back
+    if frame is not None:
+        needs = " and ".join((["each case's modality for its CIN layers"] if trainer.conditioned else []) +
+                             (["per-modality intensity normalization"] if per_modality else []))
+        raise RuntimeError(f"{trainer.__name__} models need {needs}, which nnU-Net's own nnUNetv2_predict cannot "
+                           f"provide: predict with nnUNetv2_predict_cin (the same arguments, plus -m MODALITY or the "
+                           f"dataset.json modality rules)")
