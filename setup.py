@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["nnunet_cin", "nnunet_cin.*"]) + ["nnunet_cin.trainers", "nnunet_cin.planners"],
     package_dir={"nnunet_cin": "nnunet_cin", "nnunet_cin.trainers": "trainers", "nnunet_cin.planners": "planners"},
     install_requires=[
-        "nnunetv2==2.8.*",
+        "nnunetv2==2.8.1",  # the version nnunet_cin/nnunet_copies.py records the copied originals of
         "torch==2.14.1",
         "torchvision==0.29.1",
     ],

@@ -39,7 +39,8 @@ class _ConditionalInstanceNorm(nn.Module):
             modality = self.context_modality  # range-checked once by condition(), not in every layer
         if modality is None:
             raise RuntimeError(f"{type(self).__name__} was called without a modality. Pass forward(x, modality) or "
-                               f"run the network inside `with nnunet_cin.condition(network, modality):`.")
+                               f"run the network inside `with nnunet_cin.condition(network, modality):`; nnU-Net's "
+                               f"own predictor does neither: predict with nnUNetv2_predict_cin.")
         b, c = x.shape[:2]
         m = self._modality_index(modality, b, x.device, check_range=not from_context)
         # Fused: instance norm of (b, c, ...) is batch norm of (1, b*c, ...), so the per-sample affine

@@ -1,7 +1,9 @@
 """The CIN part of nnU-Net plans, `plans["cin"]`: written by our planners, read everywhere else through `CINPlans`.
 
     plans["cin"] = {
-        "modalities": ["CT", "MR"],                         conditioning order (CIN row m = modalities[m])
+        "modalities": ["CT", "MR"],                         the modalities a model serves; conditioning order (CIN row
+                                                            m = modalities[m]). A trainer's plans (the model folder's
+                                                            plans.json) record its own: ["MR"] for an MR-only baseline
         "rules": {dataset.json modality keys},               the rules the data was planned with
         "normalization_schemes": {"CT": "CTNormalization", "MR": "ZScoreNormalization"},
         "modality_normalization": {"CT": "zscore"},        dataset.json's key as given, if it had one
@@ -13,13 +15,14 @@
 
 Plans made by plain `nnUNetv2_plan_and_preprocess` have no "cin" entry; a trainer of ours that trains from them
 records only "modalities" (one normalization for every modality, nnU-Net's). Plans made before the modality signatures
-existed have no "signatures": `signatures` is None. Like nnU-Net's PlansManager, this class
+existed have no "signatures": `signatures` is None. A model's modalities travel in its plans.json and in every
+checkpoint (checkpoint["init_args"]["plans"]; see `checkpoint_modalities`). Like nnU-Net's PlansManager, this class
 reads a plans dict; `with_modalities` returns a new plans dict, the caller's is never modified.
 """
 from copy import deepcopy
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_cin.modalities import ModalityError
+from nnunet_cin.modalities import ModalityError, ModalityRules
 
 KEY = "cin"
 
@@ -39,6 +42,22 @@ class CINPlans:
         """The conditioning order the plans record (None: plain nnU-Net plans)."""
         m = self.entry.get("modalities")
         return list(m) if m else None
+
+    def training_modalities(self, dataset_json: Optional[dict]) -> List[str]:
+        """The conditioning order of a model trained on these plans and this dataset: the plans' (which
+        nnUNetv2_plan_and_preprocess_cin made from dataset.json), checked against dataset.json's "modalities"; for
+        plain nnU-Net plans, dataset.json's. dataset_json None: the plans' alone."""
+        planned = self.modalities
+        if dataset_json is None:
+            if not planned:
+                raise CINPlansError(f"plans {self.plans.get('plans_name')!r} record no modalities (plain nnU-Net "
+                                    f"plans): the dataset.json with the modality keys is needed")
+            return planned
+        listed = list(ModalityRules.from_dataset_json(dataset_json).modalities)
+        if planned and planned != listed:
+            raise CINPlansError(f"the plans were made for modalities {planned} but dataset.json lists {listed}; "
+                                f"re-run nnUNetv2_plan_and_preprocess_cin")
+        return planned or listed
 
     @property
     def per_modality_normalization(self) -> bool:
@@ -92,3 +111,13 @@ class CINPlans:
         plans = deepcopy(self.plans)
         plans[KEY] = dict(plans.get(KEY) or {}, modalities=list(modalities))
         return plans
+
+
+def checkpoint_modalities(checkpoint: dict) -> Optional[List[str]]:
+    """The modalities an nnU-Net checkpoint of ours serves (conditioning order): checkpoint["modalities"], which
+    checkpoints written before the modalities travelled in the plans and converted files (nnunet-cin
+    convert-pretrained) hold, else those of the plans it was trained with (checkpoint["init_args"]["plans"]).
+    None: not a checkpoint of ours."""
+    if checkpoint.get("modalities"):
+        return list(checkpoint["modalities"])
+    return CINPlans((checkpoint.get("init_args") or {}).get("plans") or {}).modalities

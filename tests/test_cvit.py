@@ -9,7 +9,8 @@ from torch import nn
 from nnunet_cin import ConditionalInstanceNorm1d, condition
 from nnunet_cin.cin import cin_layers
 from nnunet_cin.networks.unet import num_modalities_of
-from nnunet_cin.networks.unetr import ConditionalUNETR, adjust_patch_size, deep_supervision_scales, stage_strides
+from nnunet_cin.networks.blocks import adjust_patch_size, deep_supervision_scales
+from nnunet_cin.networks.unetr import ConditionalUNETR, stage_strides
 from nnunet_cin.networks.vit import ViTBlock
 
 # tiny sizes: hidden 32, depth 4, heads 2, token patch 8, patches 32^3 (3D) / 32^2 (2D)
@@ -168,9 +169,11 @@ def test_every_block_matches_the_reference_computation(dim, norm, randomised):
 def test_adjust_patch_size_and_strides():
     assert adjust_patch_size([80, 190, 161], 16) == [80, 192, 176]
     assert adjust_patch_size((30, 33), (8, 16)) == [32, 48]
+    assert adjust_patch_size((16, 12, 16), 16) == [16, 16, 32]  # never a single token (CIN needs statistics)
     assert stage_strides((16, 16, 16)) == [(2, 2, 2)] * 4
     assert stage_strides((4, 16, 16)) == [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)]
-    assert deep_supervision_scales((8, 8)) == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25]]
+    assert deep_supervision_scales(stage_strides((8, 8))) == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25]]
+    assert deep_supervision_scales(stage_strides((4, 8))) == [[1.0, 1.0], [1.0, 0.5], [0.5, 0.25]]
 
 
 @pytest.mark.parametrize("dim,size", [(3, (30, 27, 33)), (2, (37, 25))])
@@ -185,7 +188,7 @@ def test_non_multiple_sizes_are_padded_and_cropped(dim, size):
         net.decoder.deep_supervision = True
         outs = run(net, x, 0)
     assert [o.shape[2:] for o in outs] == [tuple(math.ceil(s * f) for s, f in zip(size, scale))
-                                           for scale in deep_supervision_scales((8,) * dim)]
+                                           for scale in deep_supervision_scales(stage_strides((8,) * dim))]
 
 
 def test_built_by_get_network_from_plans_with_deep_supervision_toggle():

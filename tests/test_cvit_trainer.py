@@ -12,11 +12,12 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
 from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.plans import checkpoint_modalities
 from nnunet_cin.training.transformer_trainers import UNETR_CLASS, WarmupPolyLRScheduler, nnUNetTrainerCViT
 from nnunet_cin.trainers.nnUNetTrainerViTJoint import nnUNetTrainerViTJoint
 from nnunet_cin.networks.unetr import ConditionalUNETR
 from nnunet_cin.networks.vit import TokenConditionalInstanceNorm, ViTBlock
-from transformer_e2e import plan_tiny_dataset, predict_test_cases, train_user_trainer
+from transformer_e2e import nnunets_predict_refuses, plan_tiny_dataset, predict_test_cases, train_user_trainer
 
 DATASET = 999
 
@@ -136,10 +137,29 @@ def test_anisotropic_token_patch(planned, nnunet_env):
     assert shapes == [(12, 24, 24), (12, 12, 12), (6, 6, 6)]
 
 
-def test_build_network_architecture_rejects_conv_plans(planned, nnunet_env):
+def test_build_network_architecture_from_the_datasets_plans(planned, nnunet_env):
+    """The trainer's network from the dataset's plans (no trainer instance): what the trainer itself builds, and what
+    nnU-Net's predictor builds from the model folder's plans.json."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_cin.plans import CINPlansError
+
     pm = PlansManager(deepcopy(planned.plans))
-    with pytest.raises(ValueError, match="ConditionalUNETR"):
+    assert pm.get_configuration("3d_fullres").network_arch_class_name != UNETR_CLASS  # a conv U-Net in the plans
+    for cls in (TinyCViT, TinyViTJoint):
+        trainer = make_trainer(cls, planned)
+        expected = {k: v.shape for k, v in build(trainer).state_dict().items()}
+        from_dataset = cls.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+        assert type(from_dataset) is ConditionalUNETR
+        assert {k: v.shape for k, v in from_dataset.state_dict().items()} == expected
+        model_pm = PlansManager(trainer.plans_manager.plans)  # the model folder's plans.json
+        from_model = cls.build_network_architecture(model_pm, model_pm.get_configuration("3d_fullres"), 1, 8)
+        from_model.load_state_dict(from_dataset.state_dict())
+        assert cls.plans_for_training(trainer.plans_manager.plans, "3d_fullres", None) == trainer.plans_manager.plans
+    plain = deepcopy(planned.plans)
+    del plain["cin"]  # plain nnU-Net plans do not say how many modalities the CIN layers need
+    pm = PlansManager(plain)
+    with pytest.raises(CINPlansError, match="record no modalities"):
         nnUNetTrainerCViT.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
 
 
@@ -226,15 +246,21 @@ class nnUNetTrainerCViTTiny(nnUNetTrainerCViT):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return out
+
+
+class nnUNetTrainerViTJointTiny(nnUNetTrainerCViTTiny):
+    """Its unconditioned counterpart (LayerNorm in the transformer): the pretrained weights of the test."""
+    conditioned = False
 '''
 
 
 def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_path):
+    # trained from the weights of its unconditioned counterpart (nnunet-cin convert-pretrained, -pretrained_weights)
     model, ckpt, saved, env = train_user_trainer(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny",
-                                                 TINY_TRAINER)
-    assert ckpt["modalities"] == ["CT", "MR"] and ckpt["current_epoch"] == 1
-    assert ckpt["cin"]["recipe"] == {"optimizer": "AdamW", "initial_lr": 1e-4, "weight_decay": 1e-5,
-                                     "warmup_epochs": 0, "lr_decay": "poly", "num_epochs": 1}
+                                                 TINY_TRAINER, pretrained_from="nnUNetTrainerViTJointTiny")
+    assert checkpoint_modalities(ckpt) == ["CT", "MR"] and ckpt["current_epoch"] == 1
+    log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
+    assert "AdamW, lr 0.0001, weight decay 1e-05; 0 warm-up epochs, then poly decay to epoch 1" in log
     assert any(k.endswith("blocks.3.norm2.weight") and v.shape == (2, 32) for k, v in ckpt["network_weights"].items())
     planned_patch = planned.plans["configurations"]["3d_fullres"]["patch_size"]
     assert any(p % 16 for p in planned_patch)  # not a multiple of the token patch: the trainer rounds it up
@@ -251,3 +277,4 @@ def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_pa
     assert len(cin_layers(net)) > 0
 
     predict_test_cases(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny", env)
+    nnunets_predict_refuses(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCViTTiny", env)

@@ -9,8 +9,9 @@ from torch import nn
 from nnunet_cin import condition
 from nnunet_cin.cin import CIN_BY_DIM, cin_layers
 from nnunet_cin.networks.unet import num_modalities_of
-from nnunet_cin.networks.swin import (ConditionalSwinUNETR, PatchMerging, SwinBlock, adjust_patch_size, attention_mask,
-                             deep_supervision_scales)
+from nnunet_cin.networks.blocks import adjust_patch_size, deep_supervision_scales
+from nnunet_cin.networks.swin import (ConditionalSwinUNETR, PatchMerging, SwinBlock, attention_mask, decoder_strides,
+                                      patch_divisor)
 from nnunet_cin.networks.vit import TokenConditionalInstanceNorm
 
 # tiny sizes: F=8, 2 stages of 2 blocks, heads 2/4, window 4, token 2 -> sides multiples of 8
@@ -236,14 +237,16 @@ def test_attention_mask_needed_only_for_shift_or_padding():
 # ---- sizes, nnU-Net plumbing ---------------------------------------------------------------------------------
 
 def test_adjust_patch_size_and_scales():
-    assert adjust_patch_size([80, 190, 161]) == [96, 192, 192]  # Swin-UNETR: multiples of 2 * 2^4 = 32
-    assert adjust_patch_size((30, 33), (1, 2), 2) == [32, 40]
-    assert adjust_patch_size([64, 96, 96]) == [64, 96, 96]
-    assert adjust_patch_size([32, 32, 32]) == [32, 32, 64]  # never a single deepest token (CIN needs statistics)
-    assert adjust_patch_size([20, 30, 12]) == [32, 64, 32]
-    assert adjust_patch_size((8, 8), 2, 2) == [8, 16]
-    assert deep_supervision_scales(2, 2, 2) == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25]]
-    assert deep_supervision_scales((1, 2, 2), 4, 3)[1:3] == [[1.0, 0.5, 0.5], [0.5, 0.25, 0.25]]
+    swin_unetr = patch_divisor(2, 4, 3)
+    assert swin_unetr == (32, 32, 32)  # Swin-UNETR: multiples of 2 * 2^4
+    assert adjust_patch_size([80, 190, 161], swin_unetr) == [96, 192, 192]
+    assert adjust_patch_size((30, 33), patch_divisor((1, 2), 2, 2)) == [32, 40]
+    assert adjust_patch_size([64, 96, 96], swin_unetr) == [64, 96, 96]
+    assert adjust_patch_size([32, 32, 32], swin_unetr) == [32, 32, 64]  # never a single deepest token (CIN needs
+    assert adjust_patch_size([20, 30, 12], swin_unetr) == [32, 64, 32]  # statistics): the longest axis grows
+    assert adjust_patch_size((8, 8), patch_divisor(2, 2, 2)) == [8, 16]
+    assert deep_supervision_scales(decoder_strides(2, 2, 2)) == [[1.0, 1.0], [0.5, 0.5], [0.25, 0.25]]
+    assert deep_supervision_scales(decoder_strides((1, 2, 2), 4, 3))[1:3] == [[1.0, 0.5, 0.5], [0.5, 0.25, 0.25]]
 
 
 @pytest.mark.parametrize("dim,size", [(3, (14, 9, 17)), (2, (37, 25))])
@@ -258,7 +261,7 @@ def test_awkward_plans_patch_sizes_are_padded_and_cropped(dim, size):
         net.decoder.deep_supervision = True
         outs = run(net, x, 0)
     assert [o.shape[2:] for o in outs] == [tuple(math.ceil(s * f) for s, f in zip(size, scale))
-                                           for scale in deep_supervision_scales(2, 2, dim)]
+                                           for scale in deep_supervision_scales(decoder_strides(2, 2, dim))]
 
 
 def test_single_deepest_token_is_refused():

@@ -11,6 +11,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.plans import checkpoint_modalities
 from nnunet_cin.networks.swin import ConditionalSwinUNETR, PatchMerging, SwinBlock
 from nnunet_cin.training.transformer_trainers import SWIN_UNETR_CLASS, nnUNetTrainerCSwinUNETR
 from nnunet_cin.trainers.nnUNetTrainerSwinUNETRJoint import nnUNetTrainerSwinUNETRJoint
@@ -92,9 +93,11 @@ def test_plans_record_the_swin_unetr_and_its_hyper_parameters(planned, nnunet_en
                                                                                       [7] * 3)
     assert all(s % 32 == 0 for s in defaults.patch_size)  # Swin-UNETR: 2 * 2^4
     assert planned.plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] != SWIN_UNETR_CLASS
-    with pytest.raises(ValueError, match="ConditionalSwinUNETR"):
-        pm = PlansManager(deepcopy(planned.plans))
-        nnUNetTrainerCSwinUNETR.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+    # the network from the dataset's plans (no trainer instance) is the trainer's
+    pm = PlansManager(deepcopy(planned.plans))
+    from_dataset = TinyCSwin.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+    assert type(from_dataset) is ConditionalSwinUNETR
+    from_dataset.load_state_dict(build(trainer).state_dict())
 
 
 @pytest.mark.parametrize("configuration,planned_patch,expected", [
@@ -147,13 +150,19 @@ class nnUNetTrainerCSwinTiny(nnUNetTrainerCSwinUNETR):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return out
+
+
+class nnUNetTrainerSwinJointTiny(nnUNetTrainerCSwinTiny):
+    """Its unconditioned counterpart (LayerNorm in the transformer): the pretrained weights of the test."""
+    conditioned = False
 '''
 
 
 def test_train_and_predict_through_the_real_commands(planned, nnunet_env, tmp_path):
+    # trained from the weights of its unconditioned counterpart (nnunet-cin convert-pretrained, -pretrained_weights)
     model, ckpt, saved, env = train_user_trainer(planned, nnunet_env, tmp_path, DATASET, "nnUNetTrainerCSwinTiny",
-                                                 TINY_TRAINER)
-    assert ckpt["modalities"] == ["CT", "MR"] and ckpt["current_epoch"] == 1
+                                                 TINY_TRAINER, pretrained_from="nnUNetTrainerSwinJointTiny")
+    assert checkpoint_modalities(ckpt) == ["CT", "MR"] and ckpt["current_epoch"] == 1
     weights = ckpt["network_weights"]
     assert weights["encoder.swin.stages.1.blocks.1.norm2.weight"].shape == (2, 16)  # CIN rows per modality
     assert weights["encoder.swin.stages.0.downsample.norm.weight"].shape == (2, 64)

@@ -13,18 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
 import nnunet_cin.trainers
 from nnunet_cin.cin import cin_layers
+from nnunet_cin.plans import checkpoint_modalities
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
 DATASET_ID, DATASET = 999, "Dataset999_SyntheticHeart"
 PLANS = "nnUNetPlansTiny"
 OURS = nnunet_cin.trainers.__path__[0]
+# what nnU-Net 2.8.1's nnUNetTrainer.save_checkpoint writes
+NNUNET_CHECKPOINT_KEYS = {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema",
+                          "current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
 BIN = Path(sys.executable).parent
 
 USER_TRAINERS = '''
@@ -125,13 +131,16 @@ def trained(planned):
 def test_train_end_to_end(trained, planned):
     fold, first, after_first, resumed = trained
     assert "these are plain nnU-Net plans" in first  # the warning for plain plans
-    assert after_first["modalities"] == ["CT", "MR"] and after_first["current_epoch"] == 1
+    # nnU-Net's own checkpoint (no copied save_checkpoint): the modalities travel in the plans of init_args
+    assert set(after_first) == NNUNET_CHECKPOINT_KEYS
+    assert after_first["init_args"]["plans"]["cin"]["modalities"] == ["CT", "MR"] and after_first["current_epoch"] == 1
+    assert checkpoint_modalities(after_first) == ["CT", "MR"]
     assert after_first["trainer_name"] == "nnUNetTrainerCINTest"
 
     # --c continued from epoch 1 (no new epoch 0) and finished epoch 2 with the same modalities
     assert "Epoch 1" in resumed and "Epoch 0" not in resumed
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["modalities"] == ["CT", "MR"] and final["current_epoch"] == 2
+    assert checkpoint_modalities(final) == ["CT", "MR"] and final["current_epoch"] == 2
     for m in ("CT", "MR"):
         assert len(final["logging"][f"mean_fg_dice/{m}"]) == 2  # the per-modality pseudo-Dice, one per epoch
     assert final["logging"]["mean_fg_dice/CT"][0] == after_first["logging"]["mean_fg_dice/CT"][0] or \
@@ -141,7 +150,14 @@ def test_train_end_to_end(trained, planned):
     assert cin_weights and all(w.shape[0] == 2 for w in cin_weights)
     assert any(not torch.equal(w[0], w[1]) for w in cin_weights)
 
-    assert (fold / "progress.png").stat().st_size > 0
+    # progress.png is nnU-Net's own, drawn by nnU-Net from the same log; the per-modality curves in a figure of ours
+    reference = fold.parent / "reference_progress"
+    reference.mkdir(exist_ok=True)
+    nnunet_logger = LocalLogger()
+    nnunet_logger.load_checkpoint(final["logging"])
+    nnunet_logger.plot_progress_png(str(reference))
+    np.testing.assert_array_equal(plt.imread(fold / "progress.png"), plt.imread(reference / "progress.png"))
+    assert plt.imread(fold / "progress_per_modality.png").shape[:2] == (1800, 3000)
     summary = load_json(fold / "validation" / "summary.json")
     assert set(summary["foreground_mean_per_modality"]) == {"CT", "MR"}
     paths, _ = planned
@@ -171,6 +187,46 @@ def test_val_only(trained, planned):
     assert "Validation Dice per modality" in out
     summary = load_json(fold / "validation" / "summary.json")
     assert set(summary["per_modality"]["modalities"]) == {"CT", "MR"}
+
+
+def test_nnunets_own_predict_command(trained, planned, tmp_path):
+    """nnU-Net's own nnUNetv2_predict cannot give a conditional model each case's modality: it stops, before writing
+    anything, with a message that names nnUNetv2_predict_cin (it used to fail with "'NoneType' object is not
+    callable" or inside a CIN layer). A plain model (the Joint baseline on nnU-Net's plans) it still serves."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_cin.training.baselines import nnUNetTrainerJoint
+
+    paths, env = planned
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    image = sorted((paths["raw"] / DATASET / "imagesTr").iterdir())[0]
+    (inputs / image.name).symlink_to(image)
+    command = [BIN / "nnUNetv2_predict", "-i", inputs, "-d", DATASET_ID, "-c", "3d_fullres", "-f", 0, "-p", PLANS,
+               "-device", "cpu", "--disable_tta", "-npp", 0, "-nps", 0]
+    result = subprocess.run([str(c) for c in command + ["-o", tmp_path / "cin", "-tr", "nnUNetTrainerCINTest"]],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    assert "nnUNetv2_predict_cin" in result.stderr.splitlines()[-1] and "NoneType" not in result.stderr
+    assert not any((tmp_path / "cin").iterdir())  # (nnU-Net creates the output folder first)
+
+    # the Joint baseline's model folder, as nnUNetv2_train writes it (its plans, nnU-Net's checkpoint layout)
+    fold = trained[0]
+    plans = load_json(fold.parent / "plans.json")
+    folder = paths["results"] / DATASET / f"nnUNetTrainerJoint__{PLANS}__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text((fold.parent / "dataset.json").read_text())
+    joint_plans = nnUNetTrainerJoint.plans_for_training(load_json(paths["preprocessed"] / DATASET / f"{PLANS}.json"),
+                                                        "3d_fullres", load_json(fold.parent / "dataset.json"))
+    (folder / "plans.json").write_text(json.dumps(joint_plans))
+    pm = PlansManager(joint_plans)
+    net = nnUNetTrainerJoint.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8, False)
+    source = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    torch.save({**source, "trainer_name": "nnUNetTrainerJoint", "network_weights": net.state_dict(),
+                "init_args": {**source["init_args"], "plans": joint_plans}}, folder / "fold_0" / "checkpoint_final.pth")
+    assert plans["configurations"]["3d_fullres"]["preprocessor_name"] == "DefaultPreprocessor"  # nnU-Net's plans
+    run(command + ["-o", tmp_path / "joint", "-tr", "nnUNetTrainerJoint"], env)
+    assert (tmp_path / "joint" / (image.name[:-len("_0000.nii.gz")] + ".nii.gz")).is_file()
 
 
 def test_pretrained_plain_to_conditional(planned, local):
@@ -359,12 +415,40 @@ def test_baselines(local):
     single.dataloader_train, single.dataloader_val = single.get_dataloaders()
     assert all(modality_of(k) == 1 for _ in range(3) for k in next(single.dataloader_train)["keys"])
     single.save_checkpoint(str(local.results / "single.pth"))
-    assert torch.load(local.results / "single.pth", weights_only=False)["modalities"] == ["MR"]
+    assert checkpoint_modalities(torch.load(local.results / "single.pth", weights_only=False)) == ["MR"]
     with pytest.raises(ValueError, match="was trained for modalities"):  # an MR-only model is not a CT+MR model
         joint.load_checkpoint(str(local.results / "single.pth"))
 
     with pytest.raises(ValueError, match="XR"):
         make_trainer("nnUNetTrainerSingleModality_XR")
+
+
+def test_variants_all_norms_and_alternate(local):
+    """The comparison's arms: CIN in every instance norm (decoder too), and conditional with alternating batches."""
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    encoder_only = make_trainer("nnUNetTrainerCIN")
+    decoder_norms = [m for m in encoder_only.network.decoder.modules() if isinstance(m, _InstanceNorm)]
+    assert decoder_norms  # the method: the decoder keeps plain instance norm
+
+    every = make_trainer("nnUNetTrainerCINAllNorms_5epochs")
+    assert every.num_epochs == 5
+    assert every.configuration_manager.network_arch_init_kwargs["cin_scope"] == "all"
+    assert not [m for m in every.network.modules() if isinstance(m, _InstanceNorm)]
+    in_decoder = {id(m) for m in every.network.decoder.modules()} & {id(m) for m in cin_layers(every.network)}
+    assert len(in_decoder) >= len(decoder_norms)  # the decoder's norms became CIN layers
+    every.dataloader_train, every.dataloader_val = every.get_dataloaders()
+    ok, _ = check_conditioning(every, mixed_batches(every), "train_step")
+    assert ok
+
+    alternate = make_trainer("nnUNetTrainerCINAlternate")
+    assert alternate.conditioned and cin_layers(alternate.network)
+    assert alternate.configuration_manager.network_arch_init_kwargs["cin_scope"] == "encoder"
+    alternate.dataloader_train, alternate.dataloader_val = alternate.get_dataloaders()
+    batches = [next(alternate.dataloader_train) for _ in range(4)]  # after the warm-up batch 0 (CT): MR, CT, ...
+    assert [{modality_of(k) for k in b["keys"]} for b in batches] == [{1}, {0}, {1}, {0}]
+    ok, seen = check_conditioning(alternate, batches, "train_step")
+    assert ok and seen == {0, 1}
 
 
 def test_trainer_names_found_by_nnunet(planned, monkeypatch):
@@ -376,7 +460,8 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
     expected = {"nnUNetTrainerCIN": None, "nnUNetTrainerCIN_1epoch": 1, "nnUNetTrainerCIN_250epochs": 250,
                 "nnUNetTrainerJoint_5epochs": 5, "nnUNetTrainerJointAlternate_20epochs": 20,
                 "nnUNetTrainerSingleModality_CT": None, "nnUNetTrainerSingleModality_MR_50epochs": 50,
-                "nnUNetTrainerCINTest": None}
+                "nnUNetTrainerCINAllNorms": None, "nnUNetTrainerCINAllNorms_5epochs": 5,
+                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": None}
     for name, epochs in expected.items():
         cls = recursive_find_trainer_class_by_name(name)
         assert cls.__name__ == name and cls.schedule_epochs == epochs
@@ -388,6 +473,16 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
 def test_short_schedule_sets_epochs(local):
     trainer = make_trainer("nnUNetTrainerJointAlternate_10epochs")
     assert trainer.num_epochs == 10 and trainer.modality_sampling == "alternate" and not trainer.conditioned
+
+
+def test_checkpoint_modalities_of_older_and_current_checkpoints():
+    """Checkpoints written before the modalities travelled in the plans hold checkpoint["modalities"] (also converted
+    files); current ones hold them in init_args' plans only; nnU-Net's plain checkpoints hold none."""
+    current = {"init_args": {"plans": {"cin": {"modalities": ["CT", "MR"]}}, "configuration": "3d_fullres"}}
+    assert checkpoint_modalities(current) == ["CT", "MR"]
+    older = {"modalities": ["MR"], "init_args": {"plans": {"cin": {"modalities": ["CT", "MR"]}}}}
+    assert checkpoint_modalities(older) == ["MR"]
+    assert checkpoint_modalities({"init_args": {"plans": {"configurations": {}}}}) is None
 
 
 def test_stratified_split():

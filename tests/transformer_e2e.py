@@ -1,5 +1,6 @@
 """Shared scaffolding of the transformer trainer tests (test_cvit_trainer.py, test_swin_trainer.py): nnU-Net's real
 commands in subprocesses, a tiny planned dataset per module, and a user's tiny trainer trained and predicted."""
+import importlib.util
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import SimpleITK as sitk
 import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 import nnunet_cin.trainers
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
@@ -51,9 +53,13 @@ def plan_tiny_dataset(root: Path, dataset: int, name: str) -> SimpleNamespace:
     return paths
 
 
-def train_user_trainer(planned, nnunet_env, tmp_path, dataset: int, trainer: str, source: str):
+def train_user_trainer(planned, nnunet_env, tmp_path, dataset: int, trainer: str, source: str,
+                       pretrained_from: str = None):
     """nnUNetv2_train of a user's trainer (`source`, written to its own folder on nnUNet_extTrainer before ours) on
-    the planned data, with one validation case to keep nnU-Net's final validation short.
+    the planned data, with one validation case to keep nnU-Net's final validation short. pretrained_from: another
+    trainer of `source` (e.g. the unconditioned counterpart); its network (as nnUNetv2_train builds it, untrained) is
+    saved as nnU-Net saves a checkpoint, converted by `nnunet-cin convert-pretrained -tr trainer`, and the training
+    starts from it (nnUNetv2_train -pretrained_weights).
     Returns (model folder, checkpoint, the model's plans.json 3d_fullres configuration, env)."""
     for name in ("raw", "preprocessed"):
         shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name)
@@ -64,11 +70,37 @@ def train_user_trainer(planned, nnunet_env, tmp_path, dataset: int, trainer: str
     ext.mkdir()
     (ext / f"{trainer}.py").write_text(source)
     env = subprocess_env(nnunet_env, [ext])
-    run(["nnUNetv2_train", dataset, "3d_fullres", 0, "-tr", trainer, "-p", PLANS, "-device", "cpu"], env)
+    extra = []
+    if pretrained_from is not None:
+        extra = ["-pretrained_weights", convert_pretrained(planned, ext / f"{trainer}.py", pretrained_from, trainer,
+                                                          dataset, tmp_path, env)]
+    out = run(["nnUNetv2_train", dataset, "3d_fullres", 0, "-tr", trainer, "-p", PLANS, "-device", "cpu", *extra],
+              env)
+    if extra:
+        assert "Loading pretrained weights" in out.stdout
     model = nnunet_env.results / planned.folder_name / f"{trainer}__{PLANS}__3d_fullres"
     ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     saved = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
     return model, ckpt, saved, env
+
+
+def convert_pretrained(planned, module_file: Path, source_trainer: str, target_trainer: str, dataset: int, tmp_path,
+                       env) -> Path:
+    """A checkpoint of `source_trainer`'s network on the planned data, converted for `target_trainer` by the
+    command `nnunet-cin convert-pretrained`. Returns the converted file."""
+    spec = importlib.util.spec_from_file_location("user_trainers_for_conversion", module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls = getattr(module, source_trainer)
+    plans = cls.plans_for_training(planned.plans, "3d_fullres", planned.dataset_json)
+    pm = PlansManager(plans)
+    net = cls.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8)
+    source, converted = tmp_path / f"{source_trainer}.pth", tmp_path / f"{source_trainer}_as_{target_trainer}.pth"
+    torch.save({"network_weights": net.state_dict(), "trainer_name": source_trainer,
+                "init_args": {"plans": plans, "configuration": "3d_fullres"}}, source)
+    run(["nnunet-cin", "convert-pretrained", source, converted, "-d", dataset, "-p", PLANS, "-tr", target_trainer],
+        env)
+    return converted
 
 
 def predict_test_cases(planned, nnunet_env, tmp_path, dataset: int, trainer: str, env):
@@ -83,3 +115,16 @@ def predict_test_cases(planned, nnunet_env, tmp_path, dataset: int, trainer: str
         pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
         assert pred.GetSize() == sitk.ReadImage(str(image)).GetSize()
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(range(8))
+
+
+def nnunets_predict_refuses(planned, nnunet_env, tmp_path, dataset: int, trainer: str, env):
+    """nnU-Net's own nnUNetv2_predict on the model stops before predicting anything and names nnUNetv2_predict_cin
+    (per-modality normalization: its preprocessor lookup used to fail with "'NoneType' object is not callable")."""
+    out = tmp_path / "nnunet_predict"
+    images = nnunet_env.raw / planned.folder_name / "imagesTs"
+    result = subprocess.run([str(BIN / "nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", str(dataset),
+                             "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-p", PLANS, "-device", "cpu"], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    assert "nnUNetv2_predict_cin" in result.stderr.splitlines()[-1] and "NoneType" not in result.stderr
+    assert not any(out.iterdir())

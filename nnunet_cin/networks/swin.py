@@ -34,8 +34,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nnunet_cin.cin import cin_layers
-from nnunet_cin.networks.unetr import ConditionalUNETR, SkipDecoder, _ConvBlocks, encoder_decoder_blocks, run_padded
-from nnunet_cin.networks.vit import NORMS, as_tuple, token_norm
+from nnunet_cin.networks.blocks import ConvBlocks, SkipDecoder, as_tuple, encoder_decoder_blocks, run_padded
+from nnunet_cin.networks.unetr import ConditionalUNETR
+from nnunet_cin.networks.vit import NORMS, token_norm
 
 MASKED = -1e4  # additive attention score of a forbidden key: exp() underflows to exactly 0 (also in float16)
 
@@ -196,7 +197,7 @@ class PatchMerging(nn.Module):
         b, *grid, c = x.shape
         if any(g % 2 for g in grid):
             raise ValueError(f"patch merging needs an even token grid, got {tuple(grid)}: the input side lengths "
-                             f"must be multiples of token_patch_size * 2^stages (see adjust_patch_size)")
+                             f"must be multiples of token_patch_size * 2^stages (see patch_divisor)")
         d = self.ndim
         x = x.reshape(b, *(v for g in grid for v in (g // 2, 2)), c)
         x = x.permute(0, *(1 + 2 * i for i in range(d)), *(2 + 2 * i for i in range(d)), 1 + 2 * d)
@@ -282,7 +283,7 @@ class ConditionalSwin(nn.Module):
 
     @property
     def divisor(self) -> Tuple[int, ...]:
-        return tuple(t * 2 ** len(self.stages) for t in self.token_patch_size)
+        return patch_divisor(self.token_patch_size, len(self.stages), len(self.token_patch_size))
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         x = self.pos_drop(self.patch_embed(x).movedim(1, -1))  # (B, *grid, C)
@@ -300,38 +301,23 @@ class ConditionalSwin(nn.Module):
 # ---- Swin-UNETR ----------------------------------------------------------------------------------------------
 
 def patch_divisor(token_patch_size: Union[int, Sequence[int]], num_stages: int, ndim: int) -> Tuple[int, ...]:
+    """What every input side must be a multiple of: token_patch_size * 2^num_stages (patch embedding, then one patch
+    merging per stage; 32 for Swin-UNETR's 2 and 4 stages). The `divisor` of blocks.adjust_patch_size."""
     return tuple(t * 2 ** num_stages for t in as_tuple(token_patch_size, ndim))
 
 
-def adjust_patch_size(patch_size: Sequence[int], token_patch_size: Union[int, Sequence[int]] = 2,
-                      num_stages: int = 4) -> List[int]:
-    """Round every side of `patch_size` up to what patch embedding and merging need: a multiple of
-    token_patch_size * 2^num_stages (32 for Swin-UNETR's 2 and 4 stages), with at least two tokens at the deepest
-    stage (CIN over the tokens needs statistics). Windows need nothing more (smaller grids shrink the window,
-    non-multiples are padded and masked)."""
-    div = patch_divisor(token_patch_size, num_stages, len(patch_size))
-    adjusted = [int(math.ceil(s / d) * d) for s, d in zip(patch_size, div)]
-    if math.prod(a // d for a, d in zip(adjusted, div)) == 1:
-        # a single deepest token: CIN over the tokens would have no statistics (x - mean = 0). Grow the axis that
-        # the plans made longest relative to its divisor (the last one on ties) to two tokens.
-        axis = max(range(len(div)), key=lambda i: (patch_size[i] / div[i], i))
-        adjusted[axis] *= 2
-    return adjusted
-
-
-def deep_supervision_scales(token_patch_size: Union[int, Sequence[int]], num_stages: int,
-                            ndim: int) -> List[List[float]]:
-    """Scales of ConditionalSwinUNETR's deep-supervision outputs (full resolution first: strides 1, t, 2t, ...,
-    2^(S-1) t) in the form of nnUNetTrainer._get_deep_supervision_scales."""
-    t = as_tuple(token_patch_size, ndim)
-    return [[1.0] * ndim] + [[1.0 / (ti * 2 ** i) for ti in t] for i in range(num_stages)]
+def decoder_strides(token_patch_size: Union[int, Sequence[int]], num_stages: int, ndim: int) -> List[Tuple[int, ...]]:
+    """Per-axis upsampling factors of ConditionalSwinUNETR's decoder stages, fine to coarse (the `up_strides` of
+    blocks.deep_supervision_scales): the token patch, then 2 per Swin stage (outputs at strides 1, t, 2t, ...,
+    2^(S-1) t)."""
+    return [as_tuple(token_patch_size, ndim)] + [(2,) * ndim] * num_stages
 
 
 class SwinUNETREncoder(nn.Module):
     """The Swin transformer plus Swin-UNETR's encoder-side conv blocks; forward returns the skips fine to coarse
     (image block, blocks on h_0 .. h_{S-2}, h_{S-1} as it is), then the bottleneck (block on h_S)."""
 
-    def __init__(self, swin: ConditionalSwin, input_channels: int, feature_size: int, blocks: _ConvBlocks):
+    def __init__(self, swin: ConditionalSwin, input_channels: int, feature_size: int, blocks: ConvBlocks):
         super().__init__()
         s = len(swin.stages)
         self.swin = swin
@@ -350,7 +336,7 @@ class SwinUNETRDecoder(SkipDecoder):
     """Upsampling path of Swin-UNETR: one stage per Swin stage, then the token patch."""
 
     def __init__(self, feature_size: int, num_stages: int, num_classes: int, token_patch_size: Tuple[int, ...],
-                 blocks: _ConvBlocks, deep_supervision: bool):
+                 blocks: ConvBlocks, deep_supervision: bool):
         super().__init__(deep_supervision)
         cin = feature_size * 2 ** num_stages
         for i in range(num_stages - 1, -2, -1):  # skip h_i (stride t * 2^i), i = -1: the image block (stride 1)
@@ -368,7 +354,7 @@ class ConditionalSwinUNETR(nn.Module):
         input_channels, num_classes: as passed by nnU-Net's get_network_from_plans.
         patch_size: the training patch size (plans), recorded for reference; the network has no absolute position
             embedding and takes any size. Sides that are not multiples of token_patch_size * 2^S
-            (adjust_patch_size) are zero-padded inside forward and the logits cropped back.
+            (patch_divisor; blocks.adjust_patch_size) are zero-padded inside forward and the logits cropped back.
         token_patch_size=2: voxels per token side (int or per axis).
         feature_size=48: Swin embedding dimension F and channels of the full-resolution conv stage; stage i has
             2^i F channels (48: 48, 96, 192, 384, 768).
@@ -381,8 +367,9 @@ class ConditionalSwinUNETR(nn.Module):
         use_checkpoint=False: activation (gradient) checkpointing of every Swin block: less memory, ~1 more
             forward of the transformer per step.
         deep_supervision=False: return the logits of every decoder stage (strides 1, t, 2t, ..., 2^(S-1) t, full
-            resolution first; scales in deep_supervision_scales) instead of the full-resolution logits only.
-            Toggled later through `decoder.deep_supervision`, as nnU-Net does; same state dict either way.
+            resolution first; scales: blocks.deep_supervision_scales(decoder_strides(...))) instead of the
+            full-resolution logits only. Toggled later through `decoder.deep_supervision`, as nnU-Net does; same
+            state dict either way.
     """
 
     def __init__(self, input_channels: int, num_classes: int, patch_size: Sequence[int],
@@ -417,7 +404,7 @@ class ConditionalSwinUNETR(nn.Module):
         if all(s + p == d for s, p, d in zip(size, pad, self.divisor)):
             raise ValueError(f"input {tuple(size)} leaves a single token at the deepest stage (sides <= "
                              f"{self.divisor}), where instance norm and CIN have no statistics: use a patch size "
-                             f"from nnunet_cin.networks.swin.adjust_patch_size")
+                             f"from nnunet_cin.networks.blocks.adjust_patch_size(patch, patch_divisor(...))")
         return run_padded(lambda v: self.decoder(self.encoder(v)), x, self.divisor)
 
     # nnU-Net applies this to every module: He init for convs, truncated normal for the transformer's linear layers

@@ -111,3 +111,15 @@ def conditional_architecture(architecture: dict, num_modalities: int, cin_scope:
         arch["network_class_name"] = by_short[name.split(".")[-1]]
     arch["arch_kwargs"] = dict(arch["arch_kwargs"], num_modalities=int(num_modalities), cin_scope=cin_scope)
     return arch
+
+
+PLAIN_OF = {v: k for k, v in CONDITIONAL_OF.items()}
+
+
+def plain_architecture(architecture: dict) -> dict:
+    """The unconditioned counterpart of a plans `architecture` entry (CIN kwargs dropped); plain entries unchanged."""
+    arch = deepcopy(architecture)
+    arch["network_class_name"] = PLAIN_OF.get(arch["network_class_name"], arch["network_class_name"])
+    for k in ("num_modalities", "cin_scope"):
+        arch["arch_kwargs"].pop(k, None)
+    return arch

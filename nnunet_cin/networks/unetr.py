@@ -11,19 +11,14 @@ Encoder-side normalizations (ViT pre-norms and final norm, stem and skip conv bl
 norm="cin"; the decoder keeps plain InstanceNorm, like the conditional conv U-Net. norm="layernorm" is the
 unconditioned reference: LayerNorm in the ViT, InstanceNorm in every conv block, otherwise identical.
 """
-import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-from dynamic_network_architectures.building_blocks.helper import (convert_dim_to_conv_op, get_matching_convtransp,
-                                                                  get_matching_instancenorm)
-from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-from nnunet_cin.cin import CIN_BY_DIM
-from nnunet_cin.networks.vit import NORMS, ConditionalViT, as_tuple
+from nnunet_cin.networks.blocks import ConvBlocks, SkipDecoder, as_tuple, encoder_decoder_blocks, run_padded
+from nnunet_cin.networks.vit import NORMS, ConditionalViT
 
 
 def _levels(token_patch_size: Sequence[int]) -> Tuple[int, ...]:
@@ -38,28 +33,13 @@ def _levels(token_patch_size: Sequence[int]) -> Tuple[int, ...]:
 
 
 def stage_strides(token_patch_size: Sequence[int]) -> List[Tuple[int, ...]]:
-    """Per-axis upsampling factors of the decoder steps, fine to coarse: step k (1-based) of n = log2(max p)
-    doubles axis i when k > n - log2(p_i) (an axis with a smaller token side is pooled in the coarse steps only,
-    as nnU-Net pools the axis with the coarse spacing last)."""
+    """Per-axis upsampling factors of the decoder stages, fine to coarse (the `up_strides` of
+    nnunet_cin.networks.blocks.deep_supervision_scales): step k (1-based) of n = log2(max p) doubles axis i when
+    k > n - log2(p_i) (an axis with a smaller token side is pooled in the coarse steps only, as nnU-Net pools the
+    axis with the coarse spacing last)."""
     levels = _levels(token_patch_size)
     n = max(levels)
     return [tuple(2 if k > n - lv else 1 for lv in levels) for k in range(1, n + 1)]
-
-
-def deep_supervision_scales(token_patch_size: Sequence[int]) -> List[List[float]]:
-    """Scales of the network's deep-supervision outputs (full resolution first), in the form of
-    nnUNetTrainer._get_deep_supervision_scales."""
-    scales, cumulative = [], (1,) * len(token_patch_size)
-    for step in stage_strides(token_patch_size):  # stage j has the stride of steps 1..j
-        scales.append([1.0 / c for c in cumulative])
-        cumulative = tuple(c * s for c, s in zip(cumulative, step))
-    return scales
-
-
-def adjust_patch_size(patch_size: Sequence[int], token_patch_size: Union[int, Sequence[int]]) -> List[int]:
-    """Round every side of `patch_size` up to a multiple of the token patch size."""
-    tps = as_tuple(token_patch_size, len(patch_size))
-    return [int(math.ceil(s / p) * p) for s, p in zip(patch_size, tps)]
 
 
 def default_feature_depths(depth: int, n: int) -> Tuple[int, ...]:
@@ -69,38 +49,10 @@ def default_feature_depths(depth: int, n: int) -> Tuple[int, ...]:
     return tuple(round(depth * (i + 1) / n) for i in range(n))
 
 
-class _ConvBlocks:
-    """Residual conv blocks (dynamic_network_architectures' BasicBlockD: conv-norm-LeakyReLU x2 + projection skip)
-    and transposed convs of one dimensionality and one normalization."""
-
-    def __init__(self, ndim: int, norm_op, norm_op_kwargs: dict):
-        self.conv_op = convert_dim_to_conv_op(ndim)
-        self.transp_op = get_matching_convtransp(dimension=ndim)
-        self.norm_op, self.norm_op_kwargs = norm_op, norm_op_kwargs
-
-    def res(self, cin: int, cout: int) -> nn.Module:
-        return BasicBlockD(self.conv_op, cin, cout, 3, 1, True, self.norm_op, self.norm_op_kwargs,
-                           nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True})
-
-    def up(self, cin: int, cout: int, stride: Sequence[int]) -> nn.Module:
-        return self.transp_op(cin, cout, kernel_size=stride, stride=stride, bias=False)
-
-
-def encoder_decoder_blocks(ndim: int, norm: str, num_modalities: int, eps: float) -> Tuple[_ConvBlocks, _ConvBlocks]:
-    """Conv blocks of the encoder side (CIN when norm="cin", else affine instance norm) and of the decoder (always
-    affine instance norm): where the method puts CIN, shared by the UNETR and Swin-UNETR networks."""
-    instance_norm = get_matching_instancenorm(dimension=ndim)
-    if norm == "cin":
-        encoder = _ConvBlocks(ndim, CIN_BY_DIM[ndim], {"num_modalities": num_modalities, "eps": eps})
-    else:
-        encoder = _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
-    return encoder, _ConvBlocks(ndim, instance_norm, {"eps": eps, "affine": True})
-
-
 class UNETREncoder(nn.Module):
     """C-ViT plus UNETR's convolutional skip paths; forward returns the skips, fine to coarse, then the bottleneck."""
 
-    def __init__(self, vit: ConditionalViT, input_channels: int, feature_size: int, strides, blocks: _ConvBlocks):
+    def __init__(self, vit: ConditionalViT, input_channels: int, feature_size: int, strides, blocks: ConvBlocks):
         super().__init__()
         n = len(strides)
         hidden = vit.pos_embed.shape[-1]
@@ -119,36 +71,10 @@ class UNETREncoder(nn.Module):
         return [self.stem(x)] + [skip(h) for skip, h in zip(self.skips, hidden[:-1])] + [hidden[-1]]
 
 
-class SkipDecoder(nn.Module):
-    """Upsampling path shared by the UNETR and Swin-UNETR decoders: subclasses fill `ups`, `convs` and `seg_layers`
-    coarse to fine. `deep_supervision` (toggled by nnU-Net's set_deep_supervision_enabled) picks between the
-    full-resolution logits and the list of every stage's logits, full resolution first."""
-
-    def __init__(self, deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.ups, self.convs, self.seg_layers = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-
-    def add_stage(self, blocks: _ConvBlocks, in_channels: int, channels: int, up_stride, num_classes: int):
-        """Next finer stage: upsample, concatenate the skip (also `channels` wide), conv block, segmentation head."""
-        self.ups.append(blocks.up(in_channels, channels, up_stride))
-        self.convs.append(blocks.res(2 * channels, channels))
-        self.seg_layers.append(blocks.conv_op(channels, num_classes, 1, 1, 0, bias=True))
-
-    def forward(self, skips: List[torch.Tensor]):
-        x, outputs = skips[-1], []
-        for j, (up, conv, seg) in enumerate(zip(self.ups, self.convs, self.seg_layers)):
-            x = conv(torch.cat((up(x), skips[-2 - j]), dim=1))
-            if self.deep_supervision or j == len(self.ups) - 1:
-                outputs.append(seg(x))
-        outputs = outputs[::-1]
-        return outputs if self.deep_supervision else outputs[0]
-
-
 class UNETRDecoder(SkipDecoder):
     """UNETR's upsampling path: one stage per power of two of the token patch."""
 
-    def __init__(self, hidden_size: int, feature_size: int, num_classes: int, strides, blocks: _ConvBlocks,
+    def __init__(self, hidden_size: int, feature_size: int, num_classes: int, strides, blocks: ConvBlocks,
                  deep_supervision: bool):
         super().__init__(deep_supervision)
         n = len(strides)
@@ -159,22 +85,6 @@ class UNETRDecoder(SkipDecoder):
             cin = c
 
 
-def run_padded(fn, x: torch.Tensor, multiple: Sequence[int]):
-    """fn(x) with x's spatial sides zero-padded up to multiples of `multiple`; every output (a tensor or nnU-Net's
-    deep-supervision list, possibly at lower resolutions) cropped back to the unpadded extent."""
-    size = x.shape[2:]
-    pad = [(-s) % m for s, m in zip(size, multiple)]
-    if not any(pad):
-        return fn(x)
-    x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
-    out = fn(x)
-
-    def crop(y):
-        f = [x.shape[2 + i] // y.shape[2 + i] for i in range(len(size))]
-        return y[(..., *(slice(0, math.ceil(s / fi)) for s, fi in zip(size, f)))]
-    return [crop(y) for y in out] if isinstance(out, list) else crop(out)
-
-
 class ConditionalUNETR(nn.Module):
     """UNETR with a conditional ViT encoder (C-ViT), built from nnU-Net plans.
 
@@ -183,8 +93,9 @@ class ConditionalUNETR(nn.Module):
     Args (defaults: UNETR-Base of the paper / MONAI's UNETR):
         input_channels, num_classes: as passed by nnU-Net's get_network_from_plans.
         patch_size: the training patch size (plans); sets the learned position-embedding grid. Best a multiple of
-            token_patch_size (see adjust_patch_size); other input sizes are zero-padded up to a multiple inside
-            forward and the logits cropped back, so sliding-window inference works with any patch size.
+            token_patch_size (see nnunet_cin.networks.blocks.adjust_patch_size); other input sizes are zero-padded
+            up to a multiple inside forward and the logits cropped back, so sliding-window inference works with any
+            patch size.
         token_patch_size=16: voxels per token side (int or one power of two per axis). Sets the number of
             decoder stages n = log2(max side) (16 -> 4, 8 -> 3).
         hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0: the ViT (MLP hidden = mlp_ratio * hidden_size).
@@ -193,9 +104,10 @@ class ConditionalUNETR(nn.Module):
         feature_size=16: channels of the full-resolution stage; stage j has feature_size * 2^j.
         num_modalities=2: CIN rows per layer.  norm="cin" | "layernorm".
         deep_supervision=False: return the logits of every decoder stage (strides 1, 2, ..., p/2, full resolution
-            first; scales in deep_supervision_scales(token_patch_size)) instead of the full-resolution logits
-            only. Toggled later through `decoder.deep_supervision`, as nnU-Net does. Every segmentation head
-            exists either way (same state dict); train with deep supervision on so that each gets gradients.
+            first; scales: blocks.deep_supervision_scales(stage_strides(token_patch_size))) instead of the
+            full-resolution logits only. Toggled later through `decoder.deep_supervision`, as nnU-Net does. Every
+            segmentation head exists either way (same state dict); train with deep supervision on so that each gets
+            gradients.
         qkv_bias=False, dropout=0.0, attn_dropout=0.0, eps=1e-5: ViT details (eps for CIN/LayerNorm).
     """
 

@@ -17,6 +17,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from nnunet_cin.cin import ConditionalInstanceNorm1d
+from nnunet_cin.networks.blocks import as_tuple
 
 NORMS = ("cin", "layernorm")
 
@@ -80,13 +81,6 @@ class ViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
-
-
-def as_tuple(value: Union[int, Sequence[int]], ndim: int) -> Tuple[int, ...]:
-    value = (value,) * ndim if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(value) != ndim:
-        raise ValueError(f"expected {ndim} values, got {value}")
-    return value
 
 
 class ConditionalViT(nn.Module):

@@ -10,16 +10,24 @@ parameter of the new network (but the segmentation heads) to exist in FILE with 
                          trainer="nnUNetTrainerCIN")
   then `nnUNetv2_train ID 3d_fullres FOLD -tr nnUNetTrainerCIN -p nnUNetPlansCIN -pretrained_weights OUT.pth`.
 
-Conversions of the normalization parameters (everything else is copied as is; nnU-Net's loader checks it):
+Works for every trainer of ours as the target (conv U-Nets, UNETR, Swin-UNETR; plain, conditional, single-modality):
+the target network is the one the trainer builds from the dataset's plans (`plans_for_training`). Conversions of the
+normalization parameters (everything else is copied as is; nnU-Net's loader checks it):
   plain InstanceNorm (C,) -> CIN (M, C): copied into every modality row (the converted network computes exactly what
       the pretrained one computed, for every modality);
-  CIN (M', C) -> CIN (M, C): rows matched by modality name (the checkpoint's "modalities"); a modality the checkpoint
+  LayerNorm (C,) of a transformer (nnUNetTrainerViTJoint, nnUNetTrainerSwinUNETRJoint) -> CIN over the tokens
+      (M, C) (nnUNetTrainerCViT, nnUNetTrainerCSwinUNETR): the affine copied into every modality row. The conv blocks
+      then compute what they computed; the transformer norms do not, because LayerNorm normalizes each token over
+      its channels and CIN each channel over the tokens: a starting point to fine-tune, as in the paper;
+  CIN (M', C) -> CIN (M, C): rows matched by modality name (the checkpoint's modalities); a modality the checkpoint
       lacks gets the mean of its rows;
   CIN (M, C) -> plain (C,): the mean over the rows (e.g. a conditional model as the start of a Joint baseline).
-The converted file is an nnU-Net checkpoint holding "network_weights" and "modalities" (the target's conditioning
-order), plus "converted_from" (source file, trainer name) for the record.
+Weights of one architecture do not convert into another (a conv U-Net into a UNETR): that is refused in one line.
+The converted file is an nnU-Net checkpoint holding "network_weights" and "modalities" (what the target trainer will
+record), plus "architecture" and "converted_from" (source file, trainer name, modalities) for the record.
 """
 import os
+import sys
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -28,6 +36,8 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_cin.cin import cin_layers
+from nnunet_cin.networks.unet import plans_class_path
+from nnunet_cin.plans import checkpoint_modalities
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -85,7 +95,7 @@ def convert_weights_for_network(checkpoint: dict, network: nn.Module, modalities
     mod = unwrap(network)
     target = mod.state_dict()
     weights = convert_state_dict(checkpoint["network_weights"], target, cin_parameter_names(mod), modalities,
-                                 checkpoint.get("modalities"))
+                                 checkpoint_modalities(checkpoint))
     for key, value in target.items():
         if ".seg_layers." in key:
             continue
@@ -99,15 +109,14 @@ def convert_weights_for_network(checkpoint: dict, network: nn.Module, modalities
 
 
 def target_network(plans: dict, configuration: str, dataset_json: dict, trainer: type) -> nn.Module:
-    """The network `trainer` (nnUNetTrainerCIN or a subclass) builds for these plans, without making a trainer (no
-    output folders, no log file)."""
+    """The network `trainer` builds for the dataset's plans, without making a trainer (no output folders, no log
+    file): the plans as the trainer rewrites them (`plans_for_training`, for trainers of ours; nnU-Net's own trainers
+    train the plans as they are), then the trainer's build_network_architecture, as nnU-Net calls it."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-
-    from nnunet_cin.training.conditioning import plans_for_trainer, training_modalities
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    plans = plans_for_trainer(plans, configuration, training_modalities(plans, dataset_json),
-                              getattr(trainer, "conditioned", False), trainer.__name__)
+    if hasattr(trainer, "plans_for_training"):
+        plans = trainer.plans_for_training(plans, configuration, dataset_json)
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
     return trainer.build_network_architecture(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
@@ -126,7 +135,7 @@ def convert_checkpoint(source: str, destination: str, dataset, configuration: st
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnunet_cin.training.conditioning import training_modalities
+    from nnunet_cin.plans import CINPlans
 
     if not isfile(source):
         raise FileNotFoundError(f"pretrained checkpoint {source} does not exist")
@@ -141,20 +150,50 @@ def convert_checkpoint(source: str, destination: str, dataset, configuration: st
     if configuration not in plans_dict["configurations"]:
         raise ValueError(f"configuration {configuration!r} is not in {plans_file}; available: "
                          f"{sorted(plans_dict['configurations'])}")
-    trainer_class = recursive_find_trainer_class_by_name(trainer)
-    network = target_network(plans_dict, configuration, dataset_json, trainer_class)
-    modalities = training_modalities(plans_dict, dataset_json)
-    single = getattr(trainer_class, "single_modality", None)
     checkpoint = torch.load(source, map_location="cpu", weights_only=False)
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise ValueError(f"{source} is not an nnU-Net checkpoint (no 'network_weights')")
+    trainer_class = recursive_find_trainer_class_by_name(trainer)
+    network = target_network(plans_dict, configuration, dataset_json, trainer_class)
+    source_arch, target_arch = architecture_of(checkpoint), type(unwrap(network)).__name__
+    if source_arch is not None and _family(source_arch) != _family(target_arch):
+        raise ValueError(f"{source} holds a {source_arch.split('.')[-1]} ({checkpoint.get('trainer_name')}), "
+                         f"{trainer} trains a {target_arch}: weights convert only between the plain and conditional "
+                         f"forms of one architecture, and between modality sets")
+    modalities = CINPlans(plans_dict).training_modalities(dataset_json)  # the target's CIN rows
+    recorded = CINPlans(trainer_class.plans_for_training(plans_dict, configuration, dataset_json)).modalities \
+        if hasattr(trainer_class, "plans_for_training") else modalities
     weights = convert_weights_for_network(checkpoint, network, modalities, source)
     torch.save({"network_weights": weights,
-                "modalities": [single] if single else modalities,  # what the trainer records
+                "modalities": recorded,  # what the trainer records: the modalities the model will serve
+                "architecture": plans_class_path(type(unwrap(network))),
                 "converted_from": {"file": os.path.abspath(source), "trainer_name": checkpoint.get("trainer_name"),
-                                   "modalities": checkpoint.get("modalities")},
+                                   "modalities": checkpoint_modalities(checkpoint)},
                 "trainer_name": trainer}, destination)
     return destination
+
+
+def architecture_of(checkpoint: dict) -> Optional[str]:
+    """The network class a checkpoint's weights belong to: from the plans it was trained with (nnU-Net's
+    init_args), or recorded by convert_checkpoint. None when the checkpoint does not say."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    if checkpoint.get("architecture"):
+        return checkpoint["architecture"]
+    init_args = checkpoint.get("init_args") or {}
+    if not init_args.get("plans") or init_args.get("configuration") is None:
+        return None
+    try:
+        return PlansManager(init_args["plans"]).get_configuration(init_args["configuration"]).network_arch_class_name
+    except (KeyError, TypeError):
+        return None
+
+
+def _family(network_class_name: str) -> str:
+    """The architecture a network class is a form of: the plain and conditional forms (PlainConvUNet,
+    ConditionalPlainConvUNet; UNETR with LayerNorm or CIN) are one family."""
+    name = network_class_name.split(".")[-1]
+    return name[len("Conditional"):] if name.startswith("Conditional") else name
 
 
 # ------------------------------------------------------------------------------------------ command line (cli.py)
@@ -170,8 +209,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    """`nnunet-cin convert-pretrained`: convert, then print the nnUNetv2_train command that uses the result."""
-    out = convert_checkpoint(args.source, args.destination, args.dataset, args.configuration, args.plans, args.trainer)
+    """`nnunet-cin convert-pretrained`: convert, then print the nnUNetv2_train command that uses the result. A
+    conversion that cannot be made is one line on stderr (exit code 2), nothing is written."""
+    try:
+        out = convert_checkpoint(args.source, args.destination, args.dataset, args.configuration, args.plans,
+                                 args.trainer)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"nnunet-cin convert-pretrained: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(f"wrote {out}\ntrain with:\n  nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr {args.trainer} "
           f"-p {args.plans} -pretrained_weights {out}")
     return 0

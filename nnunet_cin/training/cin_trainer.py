@@ -1,48 +1,71 @@
 """nnUNetTrainerCIN: nnU-Net's trainer, plus modality.
 
 One conditional network for all modalities of a dataset. What changes against nnUNetTrainer:
-- the network: the plans' U-Net with CIN in its encoder (plain nnU-Net plans are converted; nnunet_cin.training.conditioning)
+- the network: the plans' U-Net with CIN in its encoder. `plans_for_training` (a classmethod: a function of the
+  trainer class and the dataset's plans) writes the architecture each trainer trains and the modalities the model
+  serves into its copy of the plans, which nnU-Net saves as the model folder's plans.json;
+  `build_network_architecture` builds that network from the dataset's plans and from a model folder's plans.json
+  alike. Subclasses change the network by overriding `configuration_for_training` (the transformer trainers:
+  nnunet_cin.training.transformer_trainers)
 - every forward pass (training, validation, final validation) runs inside `nnunet_cin.condition(network, m)`, m the
-  modality of each sample, looked up from the batch's case keys
+  modality of each sample, looked up from the batch's case keys (nnunet_cin.training.conditioning)
 - batches: nnunet_cin.training.sampling.ModalityDataLoader (mixed modalities, configurable shares, or alternating)
 - folds: stratified by modality when nnU-Net creates splits_final.json (nnunet_cin.training.splits)
 - reporting: pseudo-Dice per modality each epoch and per-modality means in validation/summary.json
   (nnunet_cin.training.reporting)
-- checkpoints: nnU-Net's, plus checkpoint["modalities"] (the conditioning order) and checkpoint["cin"] (options);
-  `--c` refuses a checkpoint made for other modalities
+- checkpoints: nnU-Net's own; the modalities travel in the plans they hold (init_args; nnunet_cin.plans
+  .checkpoint_modalities); `--c` refuses a checkpoint made for other modalities
 - -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.training.checkpoints)
-Where nnU-Net 2.8.1 has no hook (get_dataloaders, save_checkpoint) its method body is copied and marked as such.
+Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
+nnunet_cin/nnunet_copies.py.
 
 Options: class attributes of a subclass, or set in its __init__ after super().__init__ (like nnU-Net's
 hyperparameters); they take effect when the data loaders are built (on_train_start):
     modality_sampling = "mixed" | "alternate"
     modality_shares = "equal" | "proportional" | {"CT": 2, "MR": 1}
+Options of the network (class attributes only: the plans are written before __init__ runs):
+    conditioned = True | False (the baselines' plain network)
+    single_modality = None | "MR" (nnUNetTrainerSingleModality_MR: one modality's cases, plain network)
+    cin_scope = None | "encoder" | "all" (CIN in every instance norm); None: the plans' `cin_scope`, else "encoder"
 
 NOTE: nnU-Net imports the files of this folder as top-level modules; shared code is imported absolutely
 (`from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN`), never relatively.
 """
+import inspect
 import os
+import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_json
+from nnunetv2.inference import predict_from_raw_data as nnunet_predict
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import distributed as dist
+from torch import nn
 
-from nnunet_cin.training.checkpoints import unwrap
 from nnunet_cin.cin import condition
-from nnunet_cin.training.conditioning import ModalityLookup, plans_for_trainer, training_modalities
+from nnunet_cin.modalities import ModalityError
+from nnunet_cin.networks.unet import conditional_architecture, plain_architecture
+from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
+from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
-                                  pseudo_dice_per_modality)
+                                           merge_validation_outputs, pseudo_dice_per_modality)
 from nnunet_cin.training.sampling import ModalityDataLoader
 from nnunet_cin.training.schedules import add_schedules
 from nnunet_cin.training.splits import stratified_crossval_split
+
+_warned_plain_plans = set()
+# nnU-Net's own prediction commands (nnUNetv2_predict, _from_modelfolder): see _refuse_nnunet_predict_command
+_NNUNET_PREDICT_COMMANDS = {nnunet_predict.predict_entry_point.__code__,
+                            nnunet_predict.predict_entry_point_modelfolder.__code__}
+
 
 class nnUNetTrainerCIN(nnUNetTrainer):
     conditioned = True  # False: plain network, same data pipeline (baselines)
@@ -50,20 +73,75 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     schedule_epochs: Optional[int] = None  # set by the _Xepochs variants
     modality_sampling = "mixed"
     modality_shares = "equal"
+    cin_scope: Optional[str] = None  # "encoder" | "all" (every instance norm); None: the plans' cin_scope, else encoder
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
-        all_modalities = training_modalities(plans, dataset_json)
-        plans = plans_for_trainer(plans, configuration, all_modalities, self.conditioned, type(self).__name__)
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        dataset_modalities = CINPlans(plans).training_modalities(dataset_json)
+        super().__init__(type(self).plans_for_training(plans, configuration, dataset_json), configuration, fold,
+                         dataset_json, device)
         if self.schedule_epochs is not None:
             self.num_epochs = self.schedule_epochs
-        self.lookup = ModalityLookup(dataset_json, all_modalities)
-        if self.single_modality is not None:
-            self.lookup.rules.index_of_name(self.single_modality)  # raises, naming the dataset's modalities
+        self.lookup = ModalityLookup(dataset_json, dataset_modalities)
         # the modalities this model serves; for conditioned models also the CIN row order
-        self.modalities: List[str] = [self.single_modality] if self.single_modality else all_modalities
+        self.modalities: List[str] = CINPlans(self.plans_manager.plans).modalities
         self.logger.local_logger = ModalityLogger(self.modalities)
+
+    # ------------------------------------------------------------------------------------------------ the network
+    @classmethod
+    def plans_for_training(cls, plans: dict, configuration: str, dataset_json: Optional[dict]) -> dict:
+        """A copy of the dataset's `plans` in which `configuration` describes the network this trainer trains
+        (`configuration_for_training`) and plans["cin"]["modalities"] the modalities the model serves: what the
+        trainer trains with and nnU-Net saves as the model folder's plans.json. A function of the class and its
+        arguments only (no trainer needed: nnunet_cin.training.checkpoints builds a trainer's network with it).
+        dataset_json None: plans made by nnUNetv2_plan_and_preprocess_cin suffice (they record the modalities)."""
+        modalities = CINPlans(plans).training_modalities(dataset_json)
+        if cls.single_modality is not None:
+            if cls.single_modality not in modalities:
+                raise ModalityError(f'{cls.__name__}: unknown modality "{cls.single_modality}"; this dataset\'s '
+                                    f'modalities are {modalities}')
+            modalities = [cls.single_modality]
+        plans = CINPlans(plans).with_modalities(modalities)
+        if not CINPlans(plans).per_modality_normalization and (cls.__name__, configuration) not in _warned_plain_plans:
+            _warned_plain_plans.add((cls.__name__, configuration))
+            warnings.warn(f"{cls.__name__}: these are plain nnU-Net plans ({plans.get('plans_name')}): intensity "
+                          f"normalization is NOT per modality (one scheme and one set of statistics for "
+                          f"{', '.join(modalities)}). Plan with nnUNetv2_plan_and_preprocess_cin for per-modality "
+                          f"normalization.", stacklevel=3)
+        resolved = PlansManager(plans).get_configuration(configuration).configuration
+        trained = cls.configuration_for_training(resolved, modalities)
+        # only what differs: an entry that inherits from another configuration keeps inheriting the rest
+        plans["configurations"][configuration].update({k: v for k, v in trained.items() if resolved.get(k) != v})
+        return plans
+
+    @classmethod
+    def configuration_for_training(cls, configuration: dict, modalities: Sequence[str]) -> dict:
+        """The (resolved) plans configuration with the network this trainer trains: the plans' conv U-Net with CIN
+        (conditioned), or plain. Applied to a configuration it returned, it returns it unchanged."""
+        arch = configuration["architecture"]
+        if cls.conditioned:
+            scope = cls.cin_scope or arch["arch_kwargs"].get("cin_scope", "encoder")
+            arch = conditional_architecture(arch, len(modalities), scope)
+        else:
+            arch = plain_architecture(arch)
+        return dict(configuration, architecture=arch)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """nnU-Net's, on the configuration this trainer trains (`configuration_for_training`): the same network from
+        the dataset's plans (those of nnUNetv2_plan_and_preprocess_cin, which record the modalities) as from the
+        plans.json of a model folder (what nnU-Net's predictor hands it)."""
+        _refuse_nnunet_predict_command(cls, plans_manager)
+        modalities = CINPlans(plans_manager.plans).modalities
+        if not modalities:
+            raise CINPlansError(f"{cls.__name__}: plans {plans_manager.plans_name!r} record no modalities (plain "
+                                f"nnU-Net plans); build from {cls.__name__}.plans_for_training(plans, configuration, "
+                                f"dataset_json)")
+        trained = ConfigurationManager(cls.configuration_for_training(configuration_manager.configuration, modalities))
+        return super().build_network_architecture(plans_manager, trained, num_input_channels, num_output_channels,
+                                                  enable_deep_supervision)
 
     # ---------------------------------------------------------------------------------------------------- modality
     def conditioned_on(self, keys):
@@ -79,23 +157,11 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         """nnU-Net's validation step once per modality present in the batch (same samples, same network), so the
         pseudo-Dice counts can be kept per modality."""
-        modality = self.lookup.indices(batch['keys'])
-        num_mod = len(self.lookup.modalities)
         parts = []
-        present = np.unique(modality)
-        for m in present:
-            part = batch if len(present) == 1 else _select(batch, np.flatnonzero(modality == m))
+        for m, part in split_by_modality(batch, self.lookup.indices(batch['keys'])):
             with self.conditioned_on(part['keys']):
                 parts.append((m, len(part['keys']), super().validation_step(part)))
-        total = sum(n for _, n, _ in parts)
-        out = {'loss': np.sum([o['loss'] * n for _, n, o in parts], 0) / total}
-        for k in ('tp_hard', 'fp_hard', 'fn_hard'):
-            out[k] = np.sum([o[k] for _, _, o in parts], 0)
-            per_modality = np.zeros((num_mod, *out[k].shape), dtype=out[k].dtype)
-            for m, _, o in parts:
-                per_modality[m] = o[k]
-            out[k + '_per_modality'] = per_modality
-        return out
+        return merge_validation_outputs(parts, len(self.lookup.modalities))
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         super().on_validation_epoch_end(val_outputs)
@@ -117,6 +183,9 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
         """nnU-Net's nnUNetDataLoader, told each case's modality (nnunet_cin.training.sampling). Validation batches are always
         mixed with equal shares, so that every modality gets its pseudo-Dice."""
+        if training:
+            self.print_to_log_file(f"Batches: {self.modality_sampling} modalities, shares {self.modality_shares} "
+                                   f"({', '.join(self.lookup.modalities)})")
         return ModalityDataLoader(
             dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, pad_sides=None, transforms=transforms,
@@ -193,39 +262,11 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         return tr_keys, val_keys
 
     # ------------------------------------------------------------------------------------------------- checkpoints
-    def checkpoint_entries(self) -> dict:
-        """What our checkpoints hold on top of nnU-Net's entries."""
-        return {"modalities": list(self.modalities),  # the conditioning order (CIN rows)
-                "cin": {"conditioned": self.conditioned, "single_modality": self.single_modality,
-                        "modality_sampling": self.modality_sampling, "modality_shares": self.modality_shares,
-                        "dataset_modalities": list(self.lookup.modalities)}}
-
-    def save_checkpoint(self, filename: str) -> None:
-        # nnUNetTrainer.save_checkpoint of nnU-Net 2.8.1, copied (the dict is built inline, no hook to extend it);
-        # the only change: **self.checkpoint_entries().
-        if self.local_rank == 0:
-            if not self.disable_checkpointing:
-                checkpoint = {
-                    'network_weights': unwrap(self.network).state_dict(),
-                    'optimizer_state': self.optimizer.state_dict(),
-                    'grad_scaler_state': self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-                    'logging': self.logger.get_checkpoint(),
-                    '_best_ema': self._best_ema,
-                    'current_epoch': self.current_epoch + 1,
-                    'init_args': self.my_init_kwargs,
-                    'trainer_name': self.__class__.__name__,
-                    'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
-                    **self.checkpoint_entries(),
-                }
-                torch.save(checkpoint, filename)
-            else:
-                self.print_to_log_file('No checkpoint written, checkpointing is disabled')
-
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order."""
         saved = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location='cpu', weights_only=False, mmap=True)
-        recorded = saved.get("modalities")
+        recorded = checkpoint_modalities(saved)
         if recorded is not None and list(recorded) != self.modalities:
             where = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the checkpoint"
             raise ValueError(f"{where} was trained for modalities {list(recorded)} (in this order); {type(self).__name__}"
@@ -268,12 +309,25 @@ class nnUNetTrainerCIN(nnUNetTrainer):
             self.dataset_class = base
 
 
-def _select(batch: dict, idx: np.ndarray) -> dict:
-    t = torch.from_numpy(idx)
-    target = batch['target']
-    return {'data': batch['data'][t],
-            'target': [x[t] for x in target] if isinstance(target, list) else target[t],
-            'keys': [batch['keys'][i] for i in idx]}
-
-
 add_schedules(nnUNetTrainerCIN, globals())
+
+
+def _refuse_nnunet_predict_command(trainer: type, plans_manager: PlansManager):
+    """nnU-Net's own nnUNetv2_predict (and nnUNetv2_predict_from_modelfolder) builds the network of a model folder
+    with its trainer's build_network_architecture, then has no way to tell the network each case's modality, nor to
+    find our preprocessor (its lookup gives None: "'NoneType' object is not callable"). Stop it here, before anything
+    is read or written, with the command that can: nnUNetv2_predict_cin. Only nnU-Net's commands are stopped
+    (nnUNetPredictor used from Python, e.g. inside `condition(...)`, is left alone), and only for models nnU-Net
+    cannot serve as they are (a conditional network, or per-modality normalization)."""
+    per_modality = CINPlans(plans_manager.plans).per_modality_normalization
+    if not trainer.conditioned and not per_modality:
+        return
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_code not in _NNUNET_PREDICT_COMMANDS:
+        frame = frame.f_back
+    if frame is not None:
+        needs = " and ".join((["each case's modality for its CIN layers"] if trainer.conditioned else []) +
+                             (["per-modality intensity normalization"] if per_modality else []))
+        raise RuntimeError(f"{trainer.__name__} models need {needs}, which nnU-Net's own nnUNetv2_predict cannot "
+                           f"provide: predict with nnUNetv2_predict_cin (the same arguments, plus -m MODALITY or the "
+                           f"dataset.json modality rules)")

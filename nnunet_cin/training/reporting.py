@@ -1,5 +1,5 @@
-"""Per-modality reporting during training: pseudo-Dice per modality each epoch (log and progress.png) and the
-per-modality means of the final validation (summary.json and a table in the training log).
+"""Per-modality reporting during training: pseudo-Dice per modality each epoch (log and progress_per_modality.png)
+and the per-modality means of the final validation (summary.json and a table in the training log).
 
 The per-case metrics are nnU-Net's own (compute_metrics_on_folder writes them to summary.json); the per-modality
 summary is nnunet_cin.evaluation.evaluate's, the same as `nnUNetv2_evaluate_cin` prints.
@@ -14,6 +14,7 @@ from nnunetv2.training.logging.nnunet_logger import LocalLogger  # (its import s
 
 PER_MODALITY_KEY = "mean_fg_dice/{}"
 PER_MODALITY_EMA_KEY = "ema_fg_dice/{}"
+PER_MODALITY_PLOT = "progress_per_modality.png"
 SUMMARY_KEY = "per_modality"
 MEAN_KEY = "foreground_mean_per_modality"
 
@@ -31,9 +32,24 @@ def pseudo_dice_per_modality(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
     return out
 
 
+def merge_validation_outputs(parts: Sequence[tuple], num_modalities: int) -> dict:
+    """One validation_step output from nnU-Net's outputs on the modality parts of a batch, parts = [(m, number of
+    samples, output)]: the loss averaged over samples, tp/fp/fn summed as nnU-Net's, and kept per modality too
+    ("tp_hard_per_modality" etc., (M, C), zero for modalities absent from the batch)."""
+    total = sum(n for _, n, _ in parts)
+    out = {'loss': np.sum([o['loss'] * n for _, n, o in parts], 0) / total}
+    for k in ('tp_hard', 'fp_hard', 'fn_hard'):
+        out[k] = np.sum([o[k] for _, _, o in parts], 0)
+        per_modality = np.zeros((num_modalities, *out[k].shape), dtype=out[k].dtype)
+        for m, _, o in parts:
+            per_modality[m] = o[k]
+        out[k + '_per_modality'] = per_modality
+    return out
+
+
 class ModalityLogger(LocalLogger):
-    """nnU-Net's LocalLogger plus one pseudo-Dice curve (and its moving average) per modality. progress.png gets a
-    fourth panel with them below nnU-Net's three."""
+    """nnU-Net's LocalLogger plus one pseudo-Dice curve (and its moving average) per modality, drawn in
+    progress_per_modality.png next to nnU-Net's progress.png."""
 
     def __init__(self, modalities: Sequence[str], verbose: bool = False):
         super().__init__(verbose)
@@ -65,45 +81,14 @@ class ModalityLogger(LocalLogger):
                 values.extend([float("nan")] * (epochs - len(values)))
 
     def plot_progress_png(self, output_folder):
-        """nnU-Net's progress.png (LocalLogger.plot_progress_png of nnU-Net 2.8.1, copied: it has no hook for more
-        panels) with a fourth panel: the pseudo-Dice per modality and its moving average."""
+        """nnU-Net's progress.png, as nnU-Net draws it, and progress_per_modality.png next to it: the pseudo-Dice
+        per modality and its moving average."""
+        super().plot_progress_png(output_folder)
         logging = self.my_fantastic_logging
-        epoch = min([len(i) for i in logging.values()]) - 1  # lists of epoch 0 have len 1
-        sns.set(font_scale=2.5)
-        fig, ax_all = plt.subplots(4, 1, figsize=(30, 72))
+        epoch = min([len(i) for i in logging.values()]) - 1  # as nnU-Net infers it (lists of epoch 0 have len 1)
         x_values = list(range(epoch + 1))
-        # --- nnU-Net's three panels, as nnU-Net draws them
-        ax = ax_all[0]
-        ax2 = ax.twinx()
-        ax.plot(x_values, logging['train_losses'][:epoch + 1], color='b', ls='-', label="loss_tr", linewidth=4)
-        ax.plot(x_values, logging['val_losses'][:epoch + 1], color='r', ls='-', label="loss_val", linewidth=4)
-        ax2.plot(x_values, logging['mean_fg_dice'][:epoch + 1], color='g', ls='dotted', label="pseudo dice",
-                 linewidth=3)
-        ax2.plot(x_values, logging['ema_fg_dice'][:epoch + 1], color='g', ls='-', label="pseudo dice (mov. avg.)",
-                 linewidth=4)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax2.set_ylabel("pseudo dice")
-        ax.legend(loc=(0, 1))
-        ax2.legend(loc=(0.2, 1))
-
-        ax = ax_all[1]
-        ax.plot(x_values, [i - j for i, j in zip(logging['epoch_end_timestamps'][:epoch + 1],
-                                                 logging['epoch_start_timestamps'])][:epoch + 1], color='b',
-                ls='-', label="epoch duration", linewidth=4)
-        ax.set(ylim=[0] + [ax.get_ylim()[1]])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("time [s]")
-        ax.legend(loc=(0, 1))
-
-        ax = ax_all[2]
-        ax.plot(x_values, logging['lrs'][:epoch + 1], color='b', ls='-', label="learning rate", linewidth=4)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("learning rate")
-        ax.legend(loc=(0, 1))
-
-        # --- ours: pseudo-Dice per modality
-        ax = ax_all[3]
+        sns.set(font_scale=2.5)
+        fig, ax = plt.subplots(1, 1, figsize=(30, 18))
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, name in enumerate(self.modalities):
             c = colors[i % len(colors)]
@@ -114,10 +99,9 @@ class ModalityLogger(LocalLogger):
         ax.set_xlabel("epoch")
         ax.set_ylabel("pseudo dice per modality")
         ax.legend(loc=(0, 1), ncol=max(1, len(self.modalities)))
-
         plt.tight_layout()
-        fig.savefig(join(output_folder, "progress.png"))
-        plt.close()
+        fig.savefig(join(output_folder, PER_MODALITY_PLOT))
+        plt.close(fig)
 
 
 def add_per_modality_summary(summary_file: str, modality_of: Mapping[str, str], dataset_json: dict,
