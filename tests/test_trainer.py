@@ -497,3 +497,60 @@ def test_stratified_split():
         assert len(s["val"]) == 2
     assert splits == stratified_crossval_split(cases, {c: c[:2] for c in cases})  # seeded
     assert sorted(len([c for c in s["val"] if c.startswith("mr")]) for s in splits) == [0, 0, 1, 1, 1]
+
+
+# ------------------------------------------------------------------------------------------- seeded training
+class TinySeededRun:
+    """An in-process run of `trainer_class`: 2 epochs of 2 iterations (1 validation iteration), no final
+    validation (nnU-Net's run_training entry point runs that separately)."""
+
+    @staticmethod
+    def train(trainer_class, fold=0):
+        from nnunetv2.paths import nnUNet_preprocessed
+
+        folder = Path(nnUNet_preprocessed) / DATASET
+        plans = {**load_json(folder / f"{PLANS}.json"), "continue_training": False}
+        trainer = trainer_class(plans, "3d_fullres", fold, load_json(folder / "dataset.json"), torch.device("cpu"))
+        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 2, 2, 1
+        trainer.run_training()
+        output = Path(trainer.output_folder)
+        return (torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False),
+                load_json(output / "debug.json"))
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_gives_bit_identical_weights(local, monkeypatch):
+    """nnUNet_cin_seed seeds network initialisation, sampling and augmentation (nnUNet_n_proc_DA=0, CPU): two runs
+    with the same seed end with identical weights, a third with another seed does not."""
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_cin_seed", "3")
+    first, debug = TinySeededRun.train(nnUNetTrainerCIN)
+    second, _ = TinySeededRun.train(nnUNetTrainerCIN)  # same folder: overwrites the first run
+    monkeypatch.setenv("nnUNet_cin_seed", "4")
+    other, _ = TinySeededRun.train(nnUNetTrainerCIN)
+
+    assert first["current_epoch"] == second["current_epoch"] == 2
+    assert same_weights(first["network_weights"], second["network_weights"])
+    assert not same_weights(first["network_weights"], other["network_weights"])
+    # the losses of every epoch, too (what the log and progress.png show)
+    assert first["logging"]["train_losses"] == second["logging"]["train_losses"] != other["logging"]["train_losses"]
+    assert first["init_args"]["seed"] == 3 and other["init_args"]["seed"] == 4 and debug["seed"] == "3"
+    assert "rng_state" in first["init_args"]  # for --c
+
+
+def test_seed_class_attribute_and_environment(local, monkeypatch):
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+
+    monkeypatch.delenv("nnUNet_cin_seed", raising=False)
+    assert make_trainer("nnUNetTrainerCIN").seed is None  # nnU-Net's behaviour: unseeded
+    monkeypatch.setattr(nnUNetTrainerCIN, "seed", 21)  # as a subclass attribute would; every trainer of ours has it
+    for name in ("nnUNetTrainerCIN", "nnUNetTrainerJoint_5epochs", "nnUNetTrainerSingleModality_CT"):
+        assert make_trainer(name).seed == 21, name
+    monkeypatch.setenv("nnUNet_cin_seed", "8")
+    assert make_trainer("nnUNetTrainerJointAlternate").seed == 8  # the environment wins
