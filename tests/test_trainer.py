@@ -501,21 +501,29 @@ def test_stratified_split():
 
 # ------------------------------------------------------------------------------------------- seeded training
 class TinySeededRun:
-    """An in-process run of `trainer_class`: 2 epochs of 2 iterations (1 validation iteration), no final
-    validation (nnU-Net's run_training entry point runs that separately)."""
+    """In-process runs of `trainer_class`: 2 epochs of 2 iterations (1 validation iteration), no final validation
+    (nnU-Net's run_training entry point runs that separately)."""
 
     @staticmethod
-    def train(trainer_class, fold=0):
+    def trainer(trainer_class, continue_training=False):
         from nnunetv2.paths import nnUNet_preprocessed
 
         folder = Path(nnUNet_preprocessed) / DATASET
-        plans = {**load_json(folder / f"{PLANS}.json"), "continue_training": False}
-        trainer = trainer_class(plans, "3d_fullres", fold, load_json(folder / "dataset.json"), torch.device("cpu"))
+        plans = {**load_json(folder / f"{PLANS}.json"), "continue_training": continue_training}
+        trainer = trainer_class(plans, "3d_fullres", 0, load_json(folder / "dataset.json"), torch.device("cpu"))
         trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 2, 2, 1
+        return trainer
+
+    @classmethod
+    def train(cls, trainer_class):
+        trainer = cls.trainer(trainer_class)
         trainer.run_training()
-        output = Path(trainer.output_folder)
-        return (torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False),
-                load_json(output / "debug.json"))
+        return cls.final(trainer), load_json(Path(trainer.output_folder) / "debug.json")
+
+    @staticmethod
+    def final(trainer) -> dict:
+        return torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu",
+                          weights_only=False)
 
 
 def same_weights(a: dict, b: dict) -> bool:
@@ -544,6 +552,52 @@ def test_same_seed_gives_bit_identical_weights(local, monkeypatch):
     assert "rng_state" in first["init_args"]  # for --c
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_seeded_run_continued_with_c_computes_what_an_uninterrupted_run_does(local, monkeypatch):
+    """--c restores the generators' states saved in checkpoint_latest.pth: on CPU without workers, a seeded run
+    interrupted after epoch 0 and continued ends with the weights of the same run uninterrupted. Here the time rule
+    writes checkpoint_latest.pth (every 0 minutes), the epoch rule would wait 100 epochs."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+
+    class StopsAfterEpoch0(nnUNetTrainerCIN):
+        latest_checkpoint_epochs, latest_checkpoint_minutes = 100, 0
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            if os.environ.get("CIN_TEST_INTERRUPT") == "1":
+                raise Interrupted
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_cin_seed", "3")
+    fold = local.results / DATASET / f"StopsAfterEpoch0__{PLANS}__3d_fullres" / "fold_0"
+    whole, _ = TinySeededRun.train(StopsAfterEpoch0)
+    (fold / "checkpoint_final.pth").unlink()
+
+    monkeypatch.setenv("CIN_TEST_INTERRUPT", "1")
+    with pytest.raises(Interrupted):
+        TinySeededRun.trainer(StopsAfterEpoch0).run_training()
+    monkeypatch.delenv("CIN_TEST_INTERRUPT")
+    assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == 1  # the time rule
+    (fold / "checkpoint_best.pth").unlink()  # (written after epoch 0 as well; --c must not need it)
+    continued = TinySeededRun.trainer(StopsAfterEpoch0, continue_training=True)
+    maybe_load_checkpoint(continued, True, False)  # nnUNetv2_train --c
+    assert continued.current_epoch == 1
+    continued.run_training()
+    final = TinySeededRun.final(continued)
+    assert same_weights(whole["network_weights"], final["network_weights"])
+    assert whole["logging"]["train_losses"] == final["logging"]["train_losses"]
+
+    # --c continues a run with the seed it was started with
+    monkeypatch.setenv("nnUNet_cin_seed", "4")
+    with pytest.raises(ValueError, match="trained with seed 3, this run has seed 4.*nnUNet_cin_seed=3"):
+        maybe_load_checkpoint(TinySeededRun.trainer(StopsAfterEpoch0, continue_training=True), True, False)
+
+
 def test_seed_class_attribute_and_environment(local, monkeypatch):
     from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 
@@ -554,3 +608,90 @@ def test_seed_class_attribute_and_environment(local, monkeypatch):
         assert make_trainer(name).seed == 21, name
     monkeypatch.setenv("nnUNet_cin_seed", "8")
     assert make_trainer("nnUNetTrainerJointAlternate").seed == 8  # the environment wins
+
+
+# ------------------------------------------------------------------------------------------------------ resume
+RESUME_TRAINER = '''
+import json
+import os
+
+import torch
+
+from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+from nnunet_cin.training.sampling import ModalityDataLoader
+
+
+class RecordingLoader(ModalityDataLoader):
+    def get_indices(self):
+        number, keys = self.batch_number(), super().get_indices()
+        with open(os.environ["CIN_TEST_BATCH_LOG"], "a") as f:
+            f.write(json.dumps([number, [str(k) for k in keys]]) + "\\n")
+        return keys
+
+
+class nnUNetTrainerCINResumeTest(nnUNetTrainerCIN):
+    """3 epochs of 3 iterations, one modality per batch in turn (every training batch's number and cases go to
+    $CIN_TEST_BATCH_LOG); with CIN_TEST_KILL_AFTER_EPOCH=E the process dies (no clean-up) once epoch E has ended."""
+    modality_sampling = "alternate"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 3, 3, 1
+
+    def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
+        loader = super().modality_data_loader(dataset, patch_size, final_patch_size, transforms, training)
+        if training:
+            loader.__class__ = RecordingLoader
+        return loader
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if os.environ.get("CIN_TEST_KILL_AFTER_EPOCH") == str(self.current_epoch - 1):
+            os._exit(17)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        pass
+'''
+
+
+def read_batch_log(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_interrupted_run_continues_where_it_stopped(planned, tmp_path):
+    """A short run (3 epochs; nnU-Net writes checkpoint_latest.pth only every 50) killed after epoch 1 continues
+    with --c at epoch 2: epochs 0-1 are not trained again, and the alternate sampler's cycle goes on where it
+    stopped."""
+    paths, env = planned
+    (paths["user_trainers"] / "nnUNetTrainerCINResumeTest.py").write_text(RESUME_TRAINER)
+    env = {**env, "nnUNet_cin_seed": "5"}
+    train = [BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINResumeTest", "-p", PLANS,
+             "-device", "cpu"]
+    fold = paths["results"] / DATASET / f"nnUNetTrainerCINResumeTest__{PLANS}__3d_fullres" / "fold_0"
+    log_killed, log_continued = tmp_path / "killed.jsonl", tmp_path / "continued.jsonl"
+
+    killed = subprocess.run([str(c) for c in train], env={**env, "CIN_TEST_KILL_AFTER_EPOCH": "1",
+                                                          "CIN_TEST_BATCH_LOG": str(log_killed)},
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == 17, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert not (fold / "checkpoint_final.pth").exists()
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    assert latest["current_epoch"] == 2  # written after epoch 1 (and 0) by our schedule
+
+    continued = run(train + ["--c"], env, {"CIN_TEST_BATCH_LOG": str(log_continued)})
+    assert "Epoch 2" in continued and "Epoch 0" not in continued and "Epoch 1" not in continued
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 3
+    starts = final["logging"]["epoch_start_timestamps"]
+    assert len(starts) == 3 and starts[:2] == latest["logging"]["epoch_start_timestamps"][:2]  # kept, not retrained
+    assert not (fold / "checkpoint_latest.pth").exists()  # removed at the end, as nnU-Net does
+
+    # the alternate cycle: batch t is modality t mod 2 (CT, MR, ...); batch 0 (and 6 in the continued run) is the
+    # warm-up batch nnU-Net draws when it builds the loaders. The continued run trains on batches 7, 8, 9.
+    killed_batches, continued_batches = read_batch_log(log_killed), read_batch_log(log_continued)
+    assert [n for n, _ in killed_batches] == list(range(7))
+    assert [n for n, _ in continued_batches] == [6, 7, 8, 9]
+    for n, keys in killed_batches + continued_batches:
+        assert {modality_of(k) for k in keys} == {n % 2}, (n, keys)
+

@@ -16,6 +16,8 @@ One conditional network for all modalities of a dataset. What changes against nn
 - checkpoints: nnU-Net's own; the modalities travel in the plans they hold (init_args; nnunet_cin.plans
   .checkpoint_modalities); `--c` refuses a checkpoint made for other modalities
 - -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.training.checkpoints)
+- checkpoint_latest.pth: also every tenth of the schedule and every 5 minutes (nnU-Net: every 50 epochs), so that
+  `--c` continues short runs too (nnunet_cin.training.resume); every checkpoint is written aside, then renamed
 - seeding: `seed` (class attribute) or $nnUNet_cin_seed seeds every random stream of the run; checkpoints record the
   seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.seeding)
 Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
@@ -25,6 +27,8 @@ Options: class attributes of a subclass, or set in its __init__ after super().__
 hyperparameters); they take effect when the data loaders are built (on_train_start):
     modality_sampling = "mixed" | "alternate"
     modality_shares = "equal" | "proportional" | {"CT": 2, "MR": 1}
+    latest_checkpoint_epochs = None (a tenth of num_epochs, at least 1) | N
+    latest_checkpoint_minutes = 5.0 | None (no time limit)
 Options of the network (class attributes only: the plans are written before __init__ runs):
     conditioned = True | False (the baselines' plain network)
     single_modality = None | "MR" (nnUNetTrainerSingleModality_MR: one modality's cases, plain network)
@@ -61,6 +65,7 @@ from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
 from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                            merge_validation_outputs, pseudo_dice_per_modality)
+from nnunet_cin.training.resume import LatestCheckpointSchedule, default_every_epochs
 from nnunet_cin.training.sampling import ModalityDataLoader
 from nnunet_cin.training.schedules import add_schedules
 from nnunet_cin.training.seeding import (DATA, INIT, RNG_STATE_KEY, SEED_ENV, TRAIN_LOADER, VAL_LOADER,
@@ -83,6 +88,8 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     modality_shares = "equal"
     cin_scope: Optional[str] = None  # "encoder" | "all" (every instance norm); None: the plans' cin_scope, else encoder
     seed: Optional[int] = None  # the run seed; $nnUNet_cin_seed overrides it; None: unseeded (nnU-Net's)
+    latest_checkpoint_epochs: Optional[int] = None  # checkpoint_latest.pth at least this often; None: a tenth
+    latest_checkpoint_minutes: Optional[float] = 5.0  # ... and once this much time has passed since the last one
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -118,6 +125,8 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         if self._continue_random_streams is not None:  # --c: continue the streams where the checkpoint left them
             self._continue_random_streams()
             self._continue_random_streams = None
+        self.latest_checkpoints = LatestCheckpointSchedule(
+            self.latest_checkpoint_epochs or default_every_epochs(self.num_epochs), self.latest_checkpoint_minutes)
 
     # ------------------------------------------------------------------------------------------------ the network
     @classmethod
@@ -209,7 +218,14 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     def on_epoch_end(self):
         self.print_to_log_file('Pseudo dice per modality', {
             m: round(float(self.logger.get_value(PER_MODALITY_KEY.format(m), step=-1)), 4) for m in self.modalities})
+        epoch, last = self.current_epoch, self.current_epoch == self.num_epochs - 1
+        nnunet_writes_latest = (epoch + 1) % self.save_every == 0 and not last  # nnU-Net's on_epoch_end rule
         super().on_epoch_end()
+        due = self.latest_checkpoints.epoch_ended()
+        if nnunet_writes_latest:
+            self.latest_checkpoints.written()
+        elif due and not last:  # after the last epoch, checkpoint_final.pth follows
+            self.save_latest_checkpoint()
 
     # -------------------------------------------------------------------------------------------------------- data
     def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
@@ -304,14 +320,29 @@ class nnUNetTrainerCIN(nnUNetTrainer):
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's. A seeded run's checkpoint also holds the global generators' states, for --c: nnU-Net's checkpoint
-        has no entry for them, so they travel in init_args (saved as it is, like the seed), for this write only."""
+        """nnU-Net's, written under a temporary name and then renamed, so that a run killed while writing leaves the
+        previous checkpoint intact. A seeded run's checkpoint also holds the global generators' states, for --c:
+        nnU-Net's checkpoint has no entry for them, so they travel in init_args (saved as it is, like the seed), for
+        this write only."""
         if self.seed is not None:
             self.my_init_kwargs[RNG_STATE_KEY] = rng_state()
+        aside = f"{filename}.partial"
         try:
-            super().save_checkpoint(filename)
+            super().save_checkpoint(aside)
         finally:
             self.my_init_kwargs.pop(RNG_STATE_KEY, None)
+        if self.local_rank == 0 and not self.disable_checkpointing:  # (else nnU-Net wrote nothing)
+            os.replace(aside, filename)
+
+    def save_latest_checkpoint(self) -> None:
+        # called after nnU-Net's on_epoch_end counted the epoch; save_checkpoint records current_epoch + 1 as the
+        # epoch to continue at, so step back one, as nnU-Net's on_train_end does for checkpoint_final.pth
+        self.current_epoch -= 1
+        try:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        finally:
+            self.current_epoch += 1
+        self.latest_checkpoints.written()
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order."""
