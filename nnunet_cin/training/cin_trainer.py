@@ -10,6 +10,8 @@ One conditional network for all modalities of a dataset. What changes against nn
 - every forward pass (training, validation, final validation) runs inside `nnunet_cin.condition(network, m)`, m the
   modality of each sample, looked up from the batch's case keys (nnunet_cin.training.conditioning)
 - batches: nnunet_cin.training.sampling.ModalityDataLoader (mixed modalities, configurable shares, or alternating)
+- no rule drift: a case whose modality by the dataset.json rules is not the one it was preprocessed as stops the
+  trainer before it starts (nnunet_cin.training.preprocessed_modalities)
 - folds: stratified by modality when nnU-Net creates splits_final.json (nnunet_cin.training.splits)
 - reporting: pseudo-Dice per modality each epoch and per-modality means in validation/summary.json
   (nnunet_cin.training.reporting)
@@ -65,6 +67,7 @@ from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
 from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                            merge_validation_outputs, pseudo_dice_per_modality)
+from nnunet_cin.training.preprocessed_modalities import refuse_rule_drift
 from nnunet_cin.training.resume import LatestCheckpointSchedule, default_every_epochs
 from nnunet_cin.training.sampling import ModalityDataLoader
 from nnunet_cin.training.schedules import add_schedules
@@ -94,6 +97,7 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         dataset_modalities = CINPlans(plans).training_modalities(dataset_json)
+        refuse_rule_drift(plans, configuration, dataset_json)  # before nnU-Net's __init__ writes anything
         self.continuing = bool(plans.get("continue_training", False))  # --c (nnU-Net's __init__ pops the flag)
         super().__init__(type(self).plans_for_training(plans, configuration, dataset_json), configuration, fold,
                          dataset_json, device)
