@@ -1,8 +1,13 @@
-"""nnunet_cin.training.resume: when our trainers write checkpoint_latest.pth (the trainer-level checks, an
-interrupted `nnUNetv2_train` continued with `--c`, are in test_trainer.py)."""
-import pytest
+"""nnunet_cin.training.resume: when our trainers write checkpoint_latest.pth, and which checkpoint --c loads when
+nnU-Net's choice cannot be read (the trainer-level checks, an interrupted `nnUNetv2_train` continued with `--c` and a
+truncated checkpoint_latest.pth, are in test_trainer.py)."""
+import os
 
-from nnunet_cin.training.resume import LatestCheckpointSchedule, default_every_epochs
+import pytest
+import torch
+
+from nnunet_cin.training.resume import (LatestCheckpointSchedule, UnreadableCheckpoint, checkpoint_to_continue,
+                                        default_every_epochs, read_checkpoint)
 
 
 class Clock:
@@ -56,3 +61,49 @@ def test_a_write_resets_both_counters():
 def test_at_least_one_epoch():
     with pytest.raises(ValueError, match="1 or more"):
         LatestCheckpointSchedule(every_epochs=0, every_minutes=5)
+
+
+# ------------------------------------------------------------------------------------------ --c: which checkpoint
+def write(folder, name, epoch):
+    torch.save({"network_weights": {"w": torch.full((100,), float(epoch))}, "current_epoch": epoch}, folder / name)
+
+
+def cut_in_half(path):
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_a_readable_choice_is_kept(tmp_path):
+    write(tmp_path, "checkpoint_latest.pth", 4)
+    write(tmp_path, "checkpoint_best.pth", 6)  # newer, but nnU-Net's --c prefers checkpoint_latest.pth: kept
+    path, saved, skipped = checkpoint_to_continue(str(tmp_path / "checkpoint_latest.pth"))
+    assert path == str(tmp_path / "checkpoint_latest.pth") and saved["current_epoch"] == 4 and skipped == []
+
+
+def test_the_next_readable_of_nnunets_order(tmp_path):
+    for name, epoch in (("checkpoint_final.pth", 9), ("checkpoint_latest.pth", 8), ("checkpoint_best.pth", 7)):
+        write(tmp_path, name, epoch)
+    cut_in_half(tmp_path / "checkpoint_final.pth")
+    path, saved, skipped = checkpoint_to_continue(str(tmp_path / "checkpoint_final.pth"))
+    assert path.endswith("checkpoint_latest.pth") and saved["current_epoch"] == 8
+    assert len(skipped) == 1 and "checkpoint_final.pth cannot be read" in skipped[0] and "cut short" in skipped[0]
+
+    cut_in_half(tmp_path / "checkpoint_latest.pth")
+    path, saved, skipped = checkpoint_to_continue(str(tmp_path / "checkpoint_final.pth"))
+    assert path.endswith("checkpoint_best.pth") and saved["current_epoch"] == 7 and len(skipped) == 2
+
+    cut_in_half(tmp_path / "checkpoint_best.pth")
+    with pytest.raises(UnreadableCheckpoint, match="no checkpoint it can read") as e:
+        checkpoint_to_continue(str(tmp_path / "checkpoint_final.pth"))
+    assert all(f"checkpoint_{n}.pth cannot be read" in str(e.value) for n in ("final", "latest", "best"))
+
+
+def test_not_a_checkpoint_and_an_empty_file(tmp_path):
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    with pytest.raises(UnreadableCheckpoint, match="not an nnU-Net checkpoint"):
+        read_checkpoint(str(tmp_path / "other.pth"))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(UnreadableCheckpoint, match="empty.pth cannot be read"):
+        read_checkpoint(str(tmp_path / "empty.pth"))
+    write(tmp_path, "legacy.pth", 3)
+    torch.save(torch.load(tmp_path / "legacy.pth"), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert read_checkpoint(str(tmp_path / "legacy.pth"))["current_epoch"] == 3  # cannot be memory-mapped, still read

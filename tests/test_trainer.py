@@ -556,15 +556,12 @@ class Interrupted(Exception):
     pass
 
 
-def test_seeded_run_continued_with_c_computes_what_an_uninterrupted_run_does(local, monkeypatch):
-    """--c restores the generators' states saved in checkpoint_latest.pth: on CPU without workers, a seeded run
-    interrupted after epoch 0 and continued ends with the weights of the same run uninterrupted. Here the time rule
-    writes checkpoint_latest.pth (every 0 minutes), the epoch rule would wait 100 epochs."""
-    from nnunetv2.run.run_training import maybe_load_checkpoint
-
+def stops_when_asked():
+    """nnUNetTrainerCIN, interrupted (an exception) after epoch 0 when CIN_TEST_INTERRUPT=1; its checkpoint_latest.pth
+    comes from the time rule (every 0 minutes; the epoch rule would wait 100 epochs)."""
     from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 
-    class StopsAfterEpoch0(nnUNetTrainerCIN):
+    class StopsWhenAsked(nnUNetTrainerCIN):
         latest_checkpoint_epochs, latest_checkpoint_minutes = 100, 0
 
         def on_epoch_end(self):
@@ -572,19 +569,39 @@ def test_seeded_run_continued_with_c_computes_what_an_uninterrupted_run_does(loc
             if os.environ.get("CIN_TEST_INTERRUPT") == "1":
                 raise Interrupted
 
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_cin_seed", "3")
-    fold = local.results / DATASET / f"StopsAfterEpoch0__{PLANS}__3d_fullres" / "fold_0"
-    whole, _ = TinySeededRun.train(StopsAfterEpoch0)
-    (fold / "checkpoint_final.pth").unlink()
+    return StopsWhenAsked
 
+
+def interrupt_after_epoch_0(trainer_class, monkeypatch) -> Path:
     monkeypatch.setenv("CIN_TEST_INTERRUPT", "1")
     with pytest.raises(Interrupted):
-        TinySeededRun.trainer(StopsAfterEpoch0).run_training()
+        TinySeededRun.trainer(trainer_class).run_training()
     monkeypatch.delenv("CIN_TEST_INTERRUPT")
+    return local_fold(trainer_class)
+
+
+def local_fold(trainer_class) -> Path:
+    from nnunetv2.paths import nnUNet_results
+
+    return Path(nnUNet_results) / DATASET / f"{trainer_class.__name__}__{PLANS}__3d_fullres" / "fold_0"
+
+
+def test_seeded_run_continued_with_c_computes_what_an_uninterrupted_run_does(local, monkeypatch):
+    """--c restores the generators' states saved in checkpoint_latest.pth: on CPU without workers, a seeded run
+    interrupted after epoch 0 and continued ends with the weights of the same run uninterrupted."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    StopsWhenAsked = stops_when_asked()
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_cin_seed", "3")
+    fold = local_fold(StopsWhenAsked)
+    whole, _ = TinySeededRun.train(StopsWhenAsked)
+    (fold / "checkpoint_final.pth").unlink()
+
+    interrupt_after_epoch_0(StopsWhenAsked, monkeypatch)
     assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == 1  # the time rule
     (fold / "checkpoint_best.pth").unlink()  # (written after epoch 0 as well; --c must not need it)
-    continued = TinySeededRun.trainer(StopsAfterEpoch0, continue_training=True)
+    continued = TinySeededRun.trainer(StopsWhenAsked, continue_training=True)
     maybe_load_checkpoint(continued, True, False)  # nnUNetv2_train --c
     assert continued.current_epoch == 1
     continued.run_training()
@@ -595,7 +612,9 @@ def test_seeded_run_continued_with_c_computes_what_an_uninterrupted_run_does(loc
     # --c continues a run with the seed it was started with
     monkeypatch.setenv("nnUNet_cin_seed", "4")
     with pytest.raises(ValueError, match="trained with seed 3, this run has seed 4.*nnUNet_cin_seed=3"):
-        maybe_load_checkpoint(TinySeededRun.trainer(StopsAfterEpoch0, continue_training=True), True, False)
+        maybe_load_checkpoint(TinySeededRun.trainer(StopsWhenAsked, continue_training=True), True, False)
+
+
 
 
 def test_seed_class_attribute_and_environment(local, monkeypatch):
@@ -695,3 +714,37 @@ def test_interrupted_run_continues_where_it_stopped(planned, tmp_path):
     for n, keys in killed_batches + continued_batches:
         assert {modality_of(k) for k in keys} == {n % 2}, (n, keys)
 
+
+def test_c_with_a_truncated_checkpoint_falls_back_to_the_next_readable_one(local, monkeypatch, capsys):
+    """nnU-Net's --c picks checkpoint_latest.pth when it exists; cut in half (`truncate -s 50%`), our trainer names it
+    and continues from checkpoint_best.pth. With no readable checkpoint left, --c stops with an error naming each
+    file; --val with a broken checkpoint_final.pth names it."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    from nnunet_cin.training.resume import UnreadableCheckpoint
+
+    StopsWhenAsked = stops_when_asked()
+    fold = interrupt_after_epoch_0(StopsWhenAsked, monkeypatch)
+    latest = fold / "checkpoint_latest.pth"
+    os.truncate(latest, latest.stat().st_size // 2)
+    best = torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    capsys.readouterr()
+
+    trainer = TinySeededRun.trainer(StopsWhenAsked, continue_training=True)
+    maybe_load_checkpoint(trainer, True, False)  # nnUNetv2_train --c
+    out = capsys.readouterr().out
+    assert f"{latest} cannot be read" in out and f"Continuing from {fold / 'checkpoint_best.pth'} instead" in out
+    assert trainer.current_epoch == best["current_epoch"] == 1
+    assert same_weights(trainer.network.state_dict(), best["network_weights"])
+    trainer.run_training()
+    assert TinySeededRun.final(trainer)["current_epoch"] == 2
+    assert not latest.exists()
+
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
+        os.truncate(fold / name, 1000)
+    with pytest.raises(UnreadableCheckpoint, match="no checkpoint it can read") as e:
+        maybe_load_checkpoint(TinySeededRun.trainer(StopsWhenAsked, continue_training=True), True, False)
+    assert f"{fold / 'checkpoint_final.pth'} cannot be read" in str(e.value)
+    assert f"{fold / 'checkpoint_best.pth'} cannot be read" in str(e.value)
+    with pytest.raises(UnreadableCheckpoint, match="checkpoint_final.pth cannot be read"):
+        maybe_load_checkpoint(TinySeededRun.trainer(StopsWhenAsked), False, True)  # nnUNetv2_train --val

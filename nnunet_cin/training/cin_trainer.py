@@ -19,7 +19,8 @@ One conditional network for all modalities of a dataset. What changes against nn
   .checkpoint_modalities); `--c` refuses a checkpoint made for other modalities
 - -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.training.checkpoints)
 - checkpoint_latest.pth: also every tenth of the schedule and every 5 minutes (nnU-Net: every 50 epochs), so that
-  `--c` continues short runs too (nnunet_cin.training.resume); every checkpoint is written aside, then renamed
+  `--c` continues short runs too (nnunet_cin.training.resume); every checkpoint is written aside, then renamed;
+  `--c` with a checkpoint that cannot be read names it and loads the next readable one
 - seeding: `seed` (class attribute) or $nnUNet_cin_seed seeds every random stream of the run; checkpoints record the
   seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.seeding)
 Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
@@ -68,7 +69,8 @@ from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                            merge_validation_outputs, pseudo_dice_per_modality)
 from nnunet_cin.training.preprocessed_modalities import refuse_rule_drift
-from nnunet_cin.training.resume import LatestCheckpointSchedule, default_every_epochs
+from nnunet_cin.training.resume import (LatestCheckpointSchedule, checkpoint_to_continue, default_every_epochs,
+                                        read_checkpoint)
 from nnunet_cin.training.sampling import ModalityDataLoader
 from nnunet_cin.training.schedules import add_schedules
 from nnunet_cin.training.seeding import (DATA, INIT, RNG_STATE_KEY, SEED_ENV, TRAIN_LOADER, VAL_LOADER,
@@ -349,11 +351,20 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         self.latest_checkpoints.written()
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order."""
-        saved = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location='cpu', weights_only=False, mmap=True)
+        """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order (and, for --c,
+        the same seed). A file that cannot be read is named; with --c the next readable one of nnU-Net's --c order is
+        loaded instead (nnunet_cin.training.resume)."""
+        if isinstance(filename_or_checkpoint, dict):
+            saved, where = filename_or_checkpoint, "the checkpoint"
+        elif self.continuing:
+            filename_or_checkpoint, saved, skipped = checkpoint_to_continue(filename_or_checkpoint)
+            for problem in skipped:
+                self.print_to_log_file(f"WARNING: {problem}. Continuing from {filename_or_checkpoint} instead, at epoch "
+                                       f"{saved['current_epoch']}; the next checkpoint written replaces the broken file.")
+            where = filename_or_checkpoint
+        else:
+            saved, where = read_checkpoint(filename_or_checkpoint), filename_or_checkpoint
         recorded = checkpoint_modalities(saved)
-        where = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the checkpoint"
         if recorded is not None and list(recorded) != self.modalities:
             raise ValueError(f"{where} was trained for modalities {list(recorded)} (in this order); {type(self).__name__}"
                              f" on this dataset serves {self.modalities}")
