@@ -359,8 +359,9 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         elif self.continuing:
             filename_or_checkpoint, saved, skipped = checkpoint_to_continue(filename_or_checkpoint)
             for problem in skipped:
-                self.print_to_log_file(f"WARNING: {problem}. Continuing from {filename_or_checkpoint} instead, at epoch "
-                                       f"{saved['current_epoch']}; the next checkpoint written replaces the broken file.")
+                self.print_to_log_file(f"WARNING: {problem}. Continuing from {filename_or_checkpoint} instead, at "
+                                       f"epoch {saved['current_epoch']}; the next checkpoint written replaces the "
+                                       f"broken file.")
             where = filename_or_checkpoint
         else:
             saved, where = read_checkpoint(filename_or_checkpoint), filename_or_checkpoint
@@ -385,9 +386,9 @@ class nnUNetTrainerCIN(nnUNetTrainer):
             def text(seed):
                 return "no seed" if seed is None else f"seed {seed}"
             fix = f"{SEED_ENV}={recorded}" if recorded is not None else f"{SEED_ENV} unset"
-            raise ValueError(f"{where} was trained with {text(recorded)}, this run has {text(self.seed)}: --c continues "
-                             f"a run with the seed it was started with. Continue it with {fix}, or train the new seed "
-                             f"in another results folder (another nnUNet_results or trainer name).")
+            raise ValueError(f"{where} was trained with {text(recorded)}, this run has {text(self.seed)}: --c "
+                             f"continues a run with the seed it was started with. Continue it with {fix}, or train "
+                             f"the new seed in another results folder (another nnUNet_results or trainer name).")
         state = (saved.get("init_args") or {}).get(RNG_STATE_KEY)
         return deepcopy(state) if state is not None and not self.is_ddp else None
 
