@@ -497,3 +497,254 @@ def test_stratified_split():
         assert len(s["val"]) == 2
     assert splits == stratified_crossval_split(cases, {c: c[:2] for c in cases})  # seeded
     assert sorted(len([c for c in s["val"] if c.startswith("mr")]) for s in splits) == [0, 0, 1, 1, 1]
+
+
+# ------------------------------------------------------------------------------------------- seeded training
+class TinySeededRun:
+    """In-process runs of `trainer_class`: 2 epochs of 2 iterations (1 validation iteration), no final validation
+    (nnU-Net's run_training entry point runs that separately)."""
+
+    @staticmethod
+    def trainer(trainer_class, continue_training=False):
+        from nnunetv2.paths import nnUNet_preprocessed
+
+        folder = Path(nnUNet_preprocessed) / DATASET
+        plans = {**load_json(folder / f"{PLANS}.json"), "continue_training": continue_training}
+        trainer = trainer_class(plans, "3d_fullres", 0, load_json(folder / "dataset.json"), torch.device("cpu"))
+        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 2, 2, 1
+        return trainer
+
+    @classmethod
+    def train(cls, trainer_class):
+        trainer = cls.trainer(trainer_class)
+        trainer.run_training()
+        return cls.final(trainer), load_json(Path(trainer.output_folder) / "debug.json")
+
+    @staticmethod
+    def final(trainer) -> dict:
+        return torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu",
+                          weights_only=False)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_gives_bit_identical_weights(local, monkeypatch):
+    """nnUNet_cin_seed seeds network initialisation, sampling and augmentation (nnUNet_n_proc_DA=0, CPU): two runs
+    with the same seed end with identical weights, a third with another seed does not."""
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_cin_seed", "3")
+    first, debug = TinySeededRun.train(nnUNetTrainerCIN)
+    second, _ = TinySeededRun.train(nnUNetTrainerCIN)  # same folder: overwrites the first run
+    monkeypatch.setenv("nnUNet_cin_seed", "4")
+    other, _ = TinySeededRun.train(nnUNetTrainerCIN)
+
+    assert first["current_epoch"] == second["current_epoch"] == 2
+    assert same_weights(first["network_weights"], second["network_weights"])
+    assert not same_weights(first["network_weights"], other["network_weights"])
+    # the losses of every epoch, too (what the log and progress.png show)
+    assert first["logging"]["train_losses"] == second["logging"]["train_losses"] != other["logging"]["train_losses"]
+    assert first["init_args"]["seed"] == 3 and other["init_args"]["seed"] == 4 and debug["seed"] == "3"
+    assert "rng_state" in first["init_args"]  # for --c
+
+
+class Interrupted(Exception):
+    pass
+
+
+def stops_when_asked():
+    """nnUNetTrainerCIN, interrupted (an exception) after epoch 0 when CIN_TEST_INTERRUPT=1; its checkpoint_latest.pth
+    comes from the time rule (every 0 minutes; the epoch rule would wait 100 epochs)."""
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+
+    class StopsWhenAsked(nnUNetTrainerCIN):
+        latest_checkpoint_epochs, latest_checkpoint_minutes = 100, 0
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            if os.environ.get("CIN_TEST_INTERRUPT") == "1":
+                raise Interrupted
+
+    return StopsWhenAsked
+
+
+def interrupt_after_epoch_0(trainer_class, monkeypatch) -> Path:
+    monkeypatch.setenv("CIN_TEST_INTERRUPT", "1")
+    with pytest.raises(Interrupted):
+        TinySeededRun.trainer(trainer_class).run_training()
+    monkeypatch.delenv("CIN_TEST_INTERRUPT")
+    return local_fold(trainer_class)
+
+
+def local_fold(trainer_class) -> Path:
+    from nnunetv2.paths import nnUNet_results
+
+    return Path(nnUNet_results) / DATASET / f"{trainer_class.__name__}__{PLANS}__3d_fullres" / "fold_0"
+
+
+def test_seeded_run_continued_with_c_computes_what_an_uninterrupted_run_does(local, monkeypatch):
+    """--c restores the generators' states saved in checkpoint_latest.pth: on CPU without workers, a seeded run
+    interrupted after epoch 0 and continued ends with the weights of the same run uninterrupted."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    StopsWhenAsked = stops_when_asked()
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_cin_seed", "3")
+    fold = local_fold(StopsWhenAsked)
+    whole, _ = TinySeededRun.train(StopsWhenAsked)
+    (fold / "checkpoint_final.pth").unlink()
+
+    interrupt_after_epoch_0(StopsWhenAsked, monkeypatch)
+    assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == 1  # the time rule
+    (fold / "checkpoint_best.pth").unlink()  # (written after epoch 0 as well; --c must not need it)
+    continued = TinySeededRun.trainer(StopsWhenAsked, continue_training=True)
+    maybe_load_checkpoint(continued, True, False)  # nnUNetv2_train --c
+    assert continued.current_epoch == 1
+    continued.run_training()
+    final = TinySeededRun.final(continued)
+    assert same_weights(whole["network_weights"], final["network_weights"])
+    assert whole["logging"]["train_losses"] == final["logging"]["train_losses"]
+
+    # --c continues a run with the seed it was started with
+    monkeypatch.setenv("nnUNet_cin_seed", "4")
+    with pytest.raises(ValueError, match="trained with seed 3, this run has seed 4.*nnUNet_cin_seed=3"):
+        maybe_load_checkpoint(TinySeededRun.trainer(StopsWhenAsked, continue_training=True), True, False)
+
+
+
+
+def test_seed_class_attribute_and_environment(local, monkeypatch):
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+
+    monkeypatch.delenv("nnUNet_cin_seed", raising=False)
+    assert make_trainer("nnUNetTrainerCIN").seed is None  # nnU-Net's behaviour: unseeded
+    monkeypatch.setattr(nnUNetTrainerCIN, "seed", 21)  # as a subclass attribute would; every trainer of ours has it
+    for name in ("nnUNetTrainerCIN", "nnUNetTrainerJoint_5epochs", "nnUNetTrainerSingleModality_CT"):
+        assert make_trainer(name).seed == 21, name
+    monkeypatch.setenv("nnUNet_cin_seed", "8")
+    assert make_trainer("nnUNetTrainerJointAlternate").seed == 8  # the environment wins
+
+
+# ------------------------------------------------------------------------------------------------------ resume
+RESUME_TRAINER = '''
+import json
+import os
+
+import torch
+
+from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+from nnunet_cin.training.sampling import ModalityDataLoader
+
+
+class RecordingLoader(ModalityDataLoader):
+    def get_indices(self):
+        number, keys = self.batch_number(), super().get_indices()
+        with open(os.environ["CIN_TEST_BATCH_LOG"], "a") as f:
+            f.write(json.dumps([number, [str(k) for k in keys]]) + "\\n")
+        return keys
+
+
+class nnUNetTrainerCINResumeTest(nnUNetTrainerCIN):
+    """3 epochs of 3 iterations, one modality per batch in turn (every training batch's number and cases go to
+    $CIN_TEST_BATCH_LOG); with CIN_TEST_KILL_AFTER_EPOCH=E the process dies (no clean-up) once epoch E has ended."""
+    modality_sampling = "alternate"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 3, 3, 1
+
+    def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
+        loader = super().modality_data_loader(dataset, patch_size, final_patch_size, transforms, training)
+        if training:
+            loader.__class__ = RecordingLoader
+        return loader
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if os.environ.get("CIN_TEST_KILL_AFTER_EPOCH") == str(self.current_epoch - 1):
+            os._exit(17)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        pass
+'''
+
+
+def read_batch_log(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_interrupted_run_continues_where_it_stopped(planned, tmp_path):
+    """A short run (3 epochs; nnU-Net writes checkpoint_latest.pth only every 50) killed after epoch 1 continues
+    with --c at epoch 2: epochs 0-1 are not trained again, and the alternate sampler's cycle goes on where it
+    stopped."""
+    paths, env = planned
+    (paths["user_trainers"] / "nnUNetTrainerCINResumeTest.py").write_text(RESUME_TRAINER)
+    env = {**env, "nnUNet_cin_seed": "5"}
+    train = [BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINResumeTest", "-p", PLANS,
+             "-device", "cpu"]
+    fold = paths["results"] / DATASET / f"nnUNetTrainerCINResumeTest__{PLANS}__3d_fullres" / "fold_0"
+    log_killed, log_continued = tmp_path / "killed.jsonl", tmp_path / "continued.jsonl"
+
+    killed = subprocess.run([str(c) for c in train], env={**env, "CIN_TEST_KILL_AFTER_EPOCH": "1",
+                                                          "CIN_TEST_BATCH_LOG": str(log_killed)},
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == 17, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert not (fold / "checkpoint_final.pth").exists()
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    assert latest["current_epoch"] == 2  # written after epoch 1 (and 0) by our schedule
+
+    continued = run(train + ["--c"], env, {"CIN_TEST_BATCH_LOG": str(log_continued)})
+    assert "Epoch 2" in continued and "Epoch 0" not in continued and "Epoch 1" not in continued
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 3
+    starts = final["logging"]["epoch_start_timestamps"]
+    assert len(starts) == 3 and starts[:2] == latest["logging"]["epoch_start_timestamps"][:2]  # kept, not retrained
+    assert not (fold / "checkpoint_latest.pth").exists()  # removed at the end, as nnU-Net does
+
+    # the alternate cycle: batch t is modality t mod 2 (CT, MR, ...); batch 0 (and 6 in the continued run) is the
+    # warm-up batch nnU-Net draws when it builds the loaders. The continued run trains on batches 7, 8, 9.
+    killed_batches, continued_batches = read_batch_log(log_killed), read_batch_log(log_continued)
+    assert [n for n, _ in killed_batches] == list(range(7))
+    assert [n for n, _ in continued_batches] == [6, 7, 8, 9]
+    for n, keys in killed_batches + continued_batches:
+        assert {modality_of(k) for k in keys} == {n % 2}, (n, keys)
+
+
+def test_c_with_a_truncated_checkpoint_falls_back_to_the_next_readable_one(local, monkeypatch, capsys):
+    """nnU-Net's --c picks checkpoint_latest.pth when it exists; cut in half (`truncate -s 50%`), our trainer names it
+    and continues from checkpoint_best.pth. With no readable checkpoint left, --c stops with an error naming each
+    file; --val with a broken checkpoint_final.pth names it."""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    from nnunet_cin.training.resume import UnreadableCheckpoint
+
+    StopsWhenAsked = stops_when_asked()
+    fold = interrupt_after_epoch_0(StopsWhenAsked, monkeypatch)
+    latest = fold / "checkpoint_latest.pth"
+    os.truncate(latest, latest.stat().st_size // 2)
+    best = torch.load(fold / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    capsys.readouterr()
+
+    trainer = TinySeededRun.trainer(StopsWhenAsked, continue_training=True)
+    maybe_load_checkpoint(trainer, True, False)  # nnUNetv2_train --c
+    out = capsys.readouterr().out
+    assert f"{latest} cannot be read" in out and f"Continuing from {fold / 'checkpoint_best.pth'} instead" in out
+    assert trainer.current_epoch == best["current_epoch"] == 1
+    assert same_weights(trainer.network.state_dict(), best["network_weights"])
+    trainer.run_training()
+    assert TinySeededRun.final(trainer)["current_epoch"] == 2
+    assert not latest.exists()
+
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
+        os.truncate(fold / name, 1000)
+    with pytest.raises(UnreadableCheckpoint, match="no checkpoint it can read") as e:
+        maybe_load_checkpoint(TinySeededRun.trainer(StopsWhenAsked, continue_training=True), True, False)
+    assert f"{fold / 'checkpoint_final.pth'} cannot be read" in str(e.value)
+    assert f"{fold / 'checkpoint_best.pth'} cannot be read" in str(e.value)
+    with pytest.raises(UnreadableCheckpoint, match="checkpoint_final.pth cannot be read"):
+        maybe_load_checkpoint(TinySeededRun.trainer(StopsWhenAsked), False, True)  # nnUNetv2_train --val

@@ -10,12 +10,19 @@ One conditional network for all modalities of a dataset. What changes against nn
 - every forward pass (training, validation, final validation) runs inside `nnunet_cin.condition(network, m)`, m the
   modality of each sample, looked up from the batch's case keys (nnunet_cin.training.conditioning)
 - batches: nnunet_cin.training.sampling.ModalityDataLoader (mixed modalities, configurable shares, or alternating)
+- no rule drift: a case whose modality by the dataset.json rules is not the one it was preprocessed as stops the
+  trainer before it starts (nnunet_cin.training.preprocessed_modalities)
 - folds: stratified by modality when nnU-Net creates splits_final.json (nnunet_cin.training.splits)
 - reporting: pseudo-Dice per modality each epoch and per-modality means in validation/summary.json
   (nnunet_cin.training.reporting)
 - checkpoints: nnU-Net's own; the modalities travel in the plans they hold (init_args; nnunet_cin.plans
   .checkpoint_modalities); `--c` refuses a checkpoint made for other modalities
 - -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.training.checkpoints)
+- checkpoint_latest.pth: also every tenth of the schedule and every 5 minutes (nnU-Net: every 50 epochs), so that
+  `--c` continues short runs too (nnunet_cin.training.resume); every checkpoint is written aside, then renamed;
+  `--c` with a checkpoint that cannot be read names it and loads the next readable one
+- seeding: `seed` (class attribute) or $nnUNet_cin_seed seeds every random stream of the run; checkpoints record the
+  seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.seeding)
 Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
 nnunet_cin/nnunet_copies.py.
 
@@ -23,6 +30,8 @@ Options: class attributes of a subclass, or set in its __init__ after super().__
 hyperparameters); they take effect when the data loaders are built (on_train_start):
     modality_sampling = "mixed" | "alternate"
     modality_shares = "equal" | "proportional" | {"CT": 2, "MR": 1}
+    latest_checkpoint_epochs = None (a tenth of num_epochs, at least 1) | N
+    latest_checkpoint_minutes = 5.0 | None (no time limit)
 Options of the network (class attributes only: the plans are written before __init__ runs):
     conditioned = True | False (the baselines' plain network)
     single_modality = None | "MR" (nnUNetTrainerSingleModality_MR: one modality's cases, plain network)
@@ -31,11 +40,13 @@ Options of the network (class attributes only: the plans are written before __in
 NOTE: nnU-Net imports the files of this folder as top-level modules; shared code is imported absolutely
 (`from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN`), never relatively.
 """
+import functools
 import inspect
 import os
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import List, Optional, Sequence
+from copy import deepcopy
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,8 +68,15 @@ from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
 from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                            merge_validation_outputs, pseudo_dice_per_modality)
+from nnunet_cin.training.preprocessed_modalities import refuse_rule_drift
+from nnunet_cin.training.resume import (LatestCheckpointSchedule, checkpoint_to_continue, default_every_epochs,
+                                        read_checkpoint)
 from nnunet_cin.training.sampling import ModalityDataLoader
 from nnunet_cin.training.schedules import add_schedules
+from nnunet_cin.training.seeding import (DATA, INIT, RNG_STATE_KEY, SEED_ENV, TRAIN_LOADER, VAL_LOADER,
+                                         checkpoint_seed, derive_seed, rng_state, run_seed, seed_everything,
+                                         set_rng_state, worker_seeds)
+from nnunet_cin.training.seeding import describe as describe_seed
 from nnunet_cin.training.splits import stratified_crossval_split
 
 _warned_plain_plans = set()
@@ -74,10 +92,15 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     modality_sampling = "mixed"
     modality_shares = "equal"
     cin_scope: Optional[str] = None  # "encoder" | "all" (every instance norm); None: the plans' cin_scope, else encoder
+    seed: Optional[int] = None  # the run seed; $nnUNet_cin_seed overrides it; None: unseeded (nnU-Net's)
+    latest_checkpoint_epochs: Optional[int] = None  # checkpoint_latest.pth at least this often; None: a tenth
+    latest_checkpoint_minutes: Optional[float] = 5.0  # ... and once this much time has passed since the last one
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         dataset_modalities = CINPlans(plans).training_modalities(dataset_json)
+        refuse_rule_drift(plans, configuration, dataset_json)  # before nnU-Net's __init__ writes anything
+        self.continuing = bool(plans.get("continue_training", False))  # --c (nnU-Net's __init__ pops the flag)
         super().__init__(type(self).plans_for_training(plans, configuration, dataset_json), configuration, fold,
                          dataset_json, device)
         if self.schedule_epochs is not None:
@@ -86,6 +109,30 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         # the modalities this model serves; for conditioned models also the CIN row order
         self.modalities: List[str] = CINPlans(self.plans_manager.plans).modalities
         self.logger.local_logger = ModalityLogger(self.modalities)
+        self.seed = run_seed(type(self).seed)  # an instance attribute: nnU-Net's debug.json lists it
+        self.my_init_kwargs["seed"] = self.seed  # checkpoints record it in init_args, like the plans (modalities)
+        # --c: restores the generators' states saved in the checkpoint (in on_train_start). A callable, so that
+        # nnU-Net's debug.json (every non-callable attribute as text) does not list the states
+        self._continue_random_streams: Optional[Callable[[], None]] = None
+        self.print_to_log_file(f"Random streams: {describe_seed(self.seed)}")
+
+    # ----------------------------------------------------------------------------------------------------- seeding
+    def initialize(self):
+        if self.seed is not None and not self.was_initialized:
+            seed_everything(derive_seed(self.seed, INIT))  # the network's initial weights
+        super().initialize()
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        if self.seed is not None:  # data loading and augmentation: every DDP rank its own stream
+            seed_everything(derive_seed(self.seed, DATA, self.local_rank, self.current_epoch))
+        super().on_train_start()  # builds the data loaders (and draws one batch from each)
+        if self._continue_random_streams is not None:  # --c: continue the streams where the checkpoint left them
+            self._continue_random_streams()
+            self._continue_random_streams = None
+        self.latest_checkpoints = LatestCheckpointSchedule(
+            self.latest_checkpoint_epochs or default_every_epochs(self.num_epochs), self.latest_checkpoint_minutes)
 
     # ------------------------------------------------------------------------------------------------ the network
     @classmethod
@@ -177,7 +224,14 @@ class nnUNetTrainerCIN(nnUNetTrainer):
     def on_epoch_end(self):
         self.print_to_log_file('Pseudo dice per modality', {
             m: round(float(self.logger.get_value(PER_MODALITY_KEY.format(m), step=-1)), 4) for m in self.modalities})
+        epoch, last = self.current_epoch, self.current_epoch == self.num_epochs - 1
+        nnunet_writes_latest = (epoch + 1) % self.save_every == 0 and not last  # nnU-Net's on_epoch_end rule
         super().on_epoch_end()
+        due = self.latest_checkpoints.epoch_ended()
+        if nnunet_writes_latest:
+            self.latest_checkpoints.written()
+        elif due and not last:  # after the last epoch, checkpoint_final.pth follows
+            self.save_latest_checkpoint()
 
     # -------------------------------------------------------------------------------------------------------- data
     def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
@@ -199,7 +253,8 @@ class nnUNetTrainerCIN(nnUNetTrainer):
 
     def get_dataloaders(self):
         # nnUNetTrainer.get_dataloaders of nnU-Net 2.8.1, copied (it builds nnUNetDataLoader inline, there is no hook
-        # for the loader class); the only change: self.modality_data_loader instead of nnUNetDataLoader.
+        # for the loader class); the changes: self.modality_data_loader instead of nnUNetDataLoader, and the workers'
+        # seeds (self.augmentation_seeds; None when unseeded, as in nnU-Net).
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch_size = self.configuration_manager.patch_size
@@ -231,15 +286,23 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         else:
             mt_gen_train = NonDetMultiThreadedAugmenter(data_loader=dl_tr, transform=None,
                                                         num_processes=allowed_num_processes,
-                                                        num_cached=max(6, allowed_num_processes // 2), seeds=None,
+                                                        num_cached=max(6, allowed_num_processes // 2),
+                                                        seeds=self.augmentation_seeds(TRAIN_LOADER,
+                                                                                      allowed_num_processes),
                                                         pin_memory=self.device.type == 'cuda', wait_time=0.002)
             mt_gen_val = NonDetMultiThreadedAugmenter(data_loader=dl_val,
                                                       transform=None, num_processes=max(1, allowed_num_processes // 2),
-                                                      num_cached=max(3, allowed_num_processes // 4), seeds=None,
+                                                      num_cached=max(3, allowed_num_processes // 4),
+                                                      seeds=self.augmentation_seeds(
+                                                          VAL_LOADER, max(1, allowed_num_processes // 2)),
                                                       pin_memory=self.device.type == 'cuda', wait_time=0.002)
         _ = next(mt_gen_train)
         _ = next(mt_gen_val)
         return mt_gen_train, mt_gen_val
+
+    def augmentation_seeds(self, loader: int, num_workers: int) -> Optional[list]:
+        """Seeds of nnU-Net's augmentation workers (NonDetMultiThreadedAugmenter's `seeds=`); None when unseeded."""
+        return worker_seeds(self.seed, self.local_rank, self.current_epoch, loader, num_workers)
 
     def do_split(self):
         splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
@@ -262,17 +325,72 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         return tr_keys, val_keys
 
     # ------------------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's, written under a temporary name and then renamed, so that a run killed while writing leaves the
+        previous checkpoint intact. A seeded run's checkpoint also holds the global generators' states, for --c:
+        nnU-Net's checkpoint has no entry for them, so they travel in init_args (saved as it is, like the seed), for
+        this write only."""
+        if self.seed is not None:
+            self.my_init_kwargs[RNG_STATE_KEY] = rng_state()
+        aside = f"{filename}.partial"
+        try:
+            super().save_checkpoint(aside)
+        finally:
+            self.my_init_kwargs.pop(RNG_STATE_KEY, None)
+        if self.local_rank == 0 and not self.disable_checkpointing:  # (else nnU-Net wrote nothing)
+            os.replace(aside, filename)
+
+    def save_latest_checkpoint(self) -> None:
+        # called after nnU-Net's on_epoch_end counted the epoch; save_checkpoint records current_epoch + 1 as the
+        # epoch to continue at, so step back one, as nnU-Net's on_train_end does for checkpoint_final.pth
+        self.current_epoch -= 1
+        try:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        finally:
+            self.current_epoch += 1
+        self.latest_checkpoints.written()
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order."""
-        saved = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location='cpu', weights_only=False, mmap=True)
+        """nnU-Net's, after checking that the checkpoint serves the same modalities in the same order (and, for --c,
+        the same seed). A file that cannot be read is named; with --c the next readable one of nnU-Net's --c order is
+        loaded instead (nnunet_cin.training.resume)."""
+        if isinstance(filename_or_checkpoint, dict):
+            saved, where = filename_or_checkpoint, "the checkpoint"
+        elif self.continuing:
+            filename_or_checkpoint, saved, skipped = checkpoint_to_continue(filename_or_checkpoint)
+            for problem in skipped:
+                self.print_to_log_file(f"WARNING: {problem}. Continuing from {filename_or_checkpoint} instead, at "
+                                       f"epoch {saved['current_epoch']}; the next checkpoint written replaces the "
+                                       f"broken file.")
+            where = filename_or_checkpoint
+        else:
+            saved, where = read_checkpoint(filename_or_checkpoint), filename_or_checkpoint
         recorded = checkpoint_modalities(saved)
         if recorded is not None and list(recorded) != self.modalities:
-            where = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "the checkpoint"
             raise ValueError(f"{where} was trained for modalities {list(recorded)} (in this order); {type(self).__name__}"
                              f" on this dataset serves {self.modalities}")
+        state = self.rng_state_to_continue(saved, where)
+        self._continue_random_streams = functools.partial(set_rng_state, state) if state is not None else None
         del saved
         super().load_checkpoint(filename_or_checkpoint)
+        self.my_init_kwargs.pop(RNG_STATE_KEY, None)  # (nnU-Net took init_args from the checkpoint)
+
+    def rng_state_to_continue(self, saved: dict, where: str) -> Optional[dict]:
+        """--c continues a run with the seed it was started with (refused otherwise: the continued run would be
+        neither the old seed's nor the new one's); the generators' states it saved are restored in on_train_start
+        (not under DDP: rank 0's states are the only ones saved, and every rank must draw its own stream)."""
+        if not self.continuing:
+            return None
+        recorded = checkpoint_seed(saved)
+        if recorded != self.seed:
+            def text(seed):
+                return "no seed" if seed is None else f"seed {seed}"
+            fix = f"{SEED_ENV}={recorded}" if recorded is not None else f"{SEED_ENV} unset"
+            raise ValueError(f"{where} was trained with {text(recorded)}, this run has {text(self.seed)}: --c "
+                             f"continues a run with the seed it was started with. Continue it with {fix}, or train "
+                             f"the new seed in another results folder (another nnUNet_results or trainer name).")
+        state = (saved.get("init_args") or {}).get(RNG_STATE_KEY)
+        return deepcopy(state) if state is not None and not self.is_ddp else None
 
     # ------------------------------------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False):
