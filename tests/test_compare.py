@@ -421,25 +421,13 @@ def test_cli_dry_run_and_errors(nnunet_env):
     assert not (nnunet_env.results / "seed_3").exists()
 
 
-# nnUNetTrainerCINAlternate and nnUNetTrainerCINAllNorms come with the training redesign (another branch); until it is
-# merged, nnU-Net cannot find them, and only that is tolerated (with a warning)
-PENDING_TRAINERS = {"nnUNetTrainerCINAlternate_1epoch", "nnUNetTrainerCINAllNorms_1epoch"}
-
-
 def test_every_arm_names_a_trainer_nnunet_finds(nnunet_env):
     """The trainer of every arm (plain nnU-Net's and the transformer arms included, with a schedule) is what nnU-Net's
     lookup finds; an unknown one stops the comparison before anything runs, naming it."""
-    import warnings
-
     plan = plan_arms(["CT", "MR"], list(METHODS), schedule="_1epoch")
     names = sorted({a.trainer for a in plan.arms.values()})
-    assert PENDING_TRAINERS <= set(names)
-    try:
-        check_trainers(names, dict(os.environ))
-    except RuntimeError as e:
-        missing = {line.split(":")[0] for line in str(e).splitlines()[1:]}
-        assert missing <= PENDING_TRAINERS, str(e)
-        warnings.warn(f"trainers not on this branch yet: {sorted(missing)}")
+    assert {"nnUNetTrainerCINAlternate_1epoch", "nnUNetTrainerCINAllNorms_1epoch", "nnUNetTrainer_1epoch"} <= set(names)
+    check_trainers(names, dict(os.environ))
     with pytest.raises(RuntimeError, match="nnUNetTrainerNoSuchThing"):
         check_trainers(["nnUNetTrainerCIN", "nnUNetTrainerNoSuchThing"], dict(os.environ))
 
