@@ -115,6 +115,11 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         # nnU-Net's debug.json (every non-callable attribute as text) does not list the states
         self._continue_random_streams: Optional[Callable[[], None]] = None
         self.print_to_log_file(f"Random streams: {describe_seed(self.seed)}")
+        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if self.device.type == "cpu" and threads.isdigit() and int(threads) > 0:
+            # nnU-Net's nnUNetv2_train gives torch every core on the CPU, whatever OMP_NUM_THREADS says: trainings
+            # side by side (nnunet-cin compare -j) would each take them all
+            torch.set_num_threads(int(threads))
 
     # ----------------------------------------------------------------------------------------------------- seeding
     def initialize(self):

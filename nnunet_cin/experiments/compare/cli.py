@@ -96,7 +96,7 @@ def run_comparison(args) -> Path:
     seeds: List[Optional[int]] = list(dict.fromkeys(args.seeds)) if args.seeds else [None]
     if any(s < 0 for s in seeds if s is not None):
         raise ValueError(f"--seeds: seeds must be non-negative integers, got {args.seeds}")
-    name = ensure_raw_dataset(args.d, env, args.synthetic, args.shape, args.seed)
+    name = ensure_raw_dataset(args.d, env, args.synthetic, args.shape, args.seed, args.synthetic_variant)
     dataset_json, dataset_json_file = load_dataset_json(name, env)
     from nnunet_cin.modalities import ModalityRules
 
@@ -118,6 +118,9 @@ def run_comparison(args) -> Path:
     folds = [int(f) if str(f).isdigit() else f for f in args.f]
     split = ensure_split(env, name, args.p, args.c, folds, dataset_json, args.dry_run)
     device = args.device or default_device()
+    if device == "cpu" and not env.get("OMP_NUM_THREADS"):
+        # -j trainings side by side share the cores (our trainers follow OMP_NUM_THREADS on the CPU)
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
     setup = Setup(name, args.c, args.p, Path(env["nnUNet_results"]), Path(env["nnUNet_preprocessed"]) / name, env,
                   device, output, args.verbose, args.np, plain_plans=args.plain_plans)
     runs = plan_runs(plan, folds, seeds)
@@ -197,6 +200,9 @@ def add_arguments(parser: argparse.ArgumentParser):
                              "training cases per modality under this (numeric) id")
     parser.add_argument("--shape", type=int, nargs=3, default=[32, 32, 32], help="--synthetic volume shape")
     parser.add_argument("--seed", type=int, default=0, help="--synthetic seed (of the data, not of the training)")
+    parser.add_argument("--synthetic-variant", default="basic", choices=("basic", "realistic"),
+                        help="--synthetic generator variant (default: %(default)s; realistic: one physical heart size "
+                             "for CT and MR, per-case contrast, noise and anatomy; README: Synthetic data)")
     parser.add_argument("-j", "--jobs", type=int, default=1,
                         help="models trained at the same time (default: %(default)s); e.g. several small models on "
                              "one big GPU")

@@ -54,7 +54,8 @@ def dataset_name(dataset: str, env: Mapping[str, str]) -> Optional[str]:
     return found.pop() if found else None
 
 
-def ensure_raw_dataset(dataset: str, env: dict, synthetic: Optional[int], shape: Sequence[int], seed: int) -> str:
+def ensure_raw_dataset(dataset: str, env: dict, synthetic: Optional[int], shape: Sequence[int], seed: int,
+                       variant: str = "basic") -> str:
     """The dataset's name; generates the built-in synthetic dataset (--synthetic) when the dataset is missing."""
     name = dataset_name(str(dataset), env)
     if name is None or not (Path(env["nnUNet_raw"]) / name / "dataset.json").is_file() and \
@@ -68,9 +69,10 @@ def ensure_raw_dataset(dataset: str, env: dict, synthetic: Optional[int], shape:
         from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
         log(f"generating the synthetic dataset: {synthetic} training cases per modality (CT, MR), shape "
-            f"{tuple(shape)}")
+            f"{tuple(shape)}, variant {variant}")
         name = write_nnunet_dataset(env["nnUNet_raw"], int(dataset), "SyntheticHeart",
-                                    {"CT": synthetic, "MR": synthetic}, shape=tuple(shape), seed=seed).name
+                                    {"CT": synthetic, "MR": synthetic}, shape=tuple(shape), seed=seed,
+                                    variant=variant).name
     return name
 
 
