@@ -22,7 +22,7 @@ from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 from nnunet_cin.training.seeding import DATA, INIT, derive_seed, run_seed, seed_everything
 from nnunet_cin.training.variants import nnUNetTrainerCINAllNorms, nnUNetTrainerCINAlternate
 
-EPOCHS = int(os.environ.get("nnUNet_cin_powered_epochs", 15))
+EPOCHS = int(os.environ.get("nnUNet_cin_powered_epochs", 20))
 ITERATIONS = int(os.environ.get("nnUNet_cin_powered_iterations", 100))
 VALIDATION_ITERATIONS = 5
 FEATURES = tuple(int(f) for f in os.environ.get("nnUNet_cin_powered_features", "16,32,64").split(","))

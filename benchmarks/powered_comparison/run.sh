@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The powered comparison of the README ("The paper's comparison"): 20 CT + 20 MR generated hearts (realistic variant,
-# 24 mm), 5 folds x 2 seeds, every arm with the schedule and network of nnUNetTrainerPowered.py, two trainings at a
+# The powered comparison of the README ("The paper's comparison"): 20 CT + 20 MR generated hearts (24^3,
+# basic variant), 5 folds x 2 seeds, every arm with the schedule and network of nnUNetTrainerPowered.py, two trainings at a
 # time on the CPU. Resumable: run it again to continue. Everything goes under ROOT (its own nnU-Net folders).
 #   benchmarks/powered_comparison/run.sh [ROOT]            ARMS="cin joint" benchmarks/powered_comparison/run.sh
 set -euo pipefail
@@ -11,5 +11,5 @@ export nnUNet_extTrainer=$HERE  # first: compare appends ours
 export nnUNet_n_proc_DA=0 nnUNet_def_n_proc=1 nnUNet_compile=false OMP_WAIT_POLICY=PASSIVE
 ARMS=${ARMS:-single finetune nnunet joint joint_alternate joint_zscore cin cin_zscore cin_alternate cin_all_norms}
 # shellcheck disable=SC2086
-nnunet-cin compare -d 995 --synthetic 20 --synthetic-variant realistic --shape 24 24 24 -f ${FOLDS:-0 1 2 3 4} \
+nnunet-cin compare -d 995 --synthetic 20 --shape 24 24 24 -f ${FOLDS:-0 1 2 3 4} \
     --seeds ${SEEDS:-0 1} --trainer-template '{trainer}Powered' --arms $ARMS -j 2 -np 2 -device cpu
