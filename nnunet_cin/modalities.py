@@ -10,8 +10,9 @@ A case's modality is `case_modalities[case]` if present, else the one modality w
 No match, several matches, or a name that is not in `modalities` is a ModalityError that names the case (or key) and
 says what to change. A dataset with a single modality may leave out `modality_patterns`: every case is that modality.
 
-Used by fingerprinting, planning, preprocessing, training, prediction and evaluation alike; `case_id_from_image_file`
-maps an input image file (CASE_0000.nii.gz) to its case identifier for inference on new files.
+Used by fingerprinting, planning, preprocessing, training, prediction and evaluation alike. The case identifier of a
+file (input image CASE_0000.nii.gz, label or prediction CASE.nii.gz, preprocessed case) comes from the
+`case_id_from_*` functions at the end of this module: the one place that knows nnU-Net's file naming.
 """
 import json
 import os
@@ -153,8 +154,12 @@ class ModalityRules:
             raise ModalityError(f'unknown modality "{name}"; this dataset\'s modalities are {self.modalities}')
         return self._name_index[name]
 
-    def resolve(self, case_ids: Iterable[str]) -> Dict[str, str]:
-        """{case id: modality name} for all cases; one ModalityError listing EVERY case that cannot be resolved."""
+    def resolve(self, case_ids: Iterable[str], modality: Optional[str] = None) -> Dict[str, str]:
+        """{case id: modality name} for all cases; one ModalityError listing EVERY case that cannot be resolved.
+        `modality`: this name for every case instead of the rules (a user's -m NAME), checked against `modalities`."""
+        if modality is not None:
+            self.index_of_name(modality)
+            return {str(c): modality for c in case_ids}
         out, errors = {}, []
         for c in case_ids:
             r = self._match(c)
@@ -204,17 +209,39 @@ class ModalityRules:
 
 
 # ------------------------------------------------------------------------------------------------------------ files
+# Which case a file belongs to. nnU-Net names every file after its case identifier (CASE):
+#   training case        the key of nnU-Net's dataset (imagesTr/labelsTr, or dataset.json "dataset"): CASE itself
+#   input image file     CASE_XXXX<file_ending>  (imagesTr, imagesTs, prediction inputs; XXXX: the channel)
+#   label / output file  CASE<file_ending>       (labelsTr, reference labels, predictions)
+#   preprocessed case    <folder>/CASE (the name nnU-Net's preprocessors write to), CASE.b2nd, CASE_seg.b2nd, CASE.pkl
+# <file_ending> is the dataset's (dataset.json "file_ending"). A case's modality: `ModalityRules.modality_of(CASE)`.
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+# nnU-Net's preprocessed files: data CASE.b2nd / CASE.npy / CASE.npz, segmentation CASE_seg.b2nd / CASE_seg.npy,
+# properties CASE.pkl (nnUNetDatasetBlosc2 / nnUNetDatasetNumpy)
+_PREPROCESSED_SUFFIX = re.compile(r"(_seg)?\.(b2nd|npy)$|\.(npz|pkl)$")
+
+
+def _without_ending(file: str, file_ending: str) -> str:
+    name = os.path.basename(str(file))
+    return name[:-len(file_ending)] if file_ending and name.endswith(file_ending) else name
 
 
 def case_id_from_image_file(file: str, file_ending: str) -> str:
     """nnU-Net input image file (CASE_0000.nii.gz) -> case identifier (CASE): the file ending and nnU-Net's channel
     suffix (_XXXX, four digits) are removed. Only for image files: a label or prediction file (CASE.nii.gz) whose case
-    id ends in four digits (ct_0003.nii.gz) would lose them; strip just the file ending there."""
-    name = os.path.basename(str(file))
-    if name.endswith(file_ending):
-        name = name[:-len(file_ending)]
-    return _CHANNEL_SUFFIX.sub("", name)
+    id ends in four digits (ct_0003.nii.gz) would lose them; use `case_id_from_label_file` there."""
+    return _CHANNEL_SUFFIX.sub("", _without_ending(file, file_ending))
+
+
+def case_id_from_label_file(file: str, file_ending: str) -> str:
+    """Label, reference or prediction file (CASE.nii.gz: labelsTr, nnUNetv2_predict(_cin)'s outputs) -> CASE."""
+    return _without_ending(file, file_ending)
+
+
+def case_id_from_preprocessed_file(file: str) -> str:
+    """A preprocessed case (nnU-Net's truncated name <folder>/CASE, or one of its files CASE.b2nd, CASE_seg.b2nd,
+    CASE.pkl, CASE.npz, CASE.npy, CASE_seg.npy) -> CASE."""
+    return _PREPROCESSED_SUFFIX.sub("", os.path.basename(str(file).replace("\\", "/")))
 
 
 def case_ids_from_image_files(files: Iterable[str], file_ending: str) -> List[str]:

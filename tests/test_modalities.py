@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_image_file, case_ids_from_image_files)
+from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_image_file, case_id_from_label_file,
+                                   case_id_from_preprocessed_file, case_ids_from_image_files)
 from nnunet_cin.planning.plan_and_preprocess import check_dataset
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
@@ -86,6 +87,39 @@ def test_case_ids_from_image_files():
     assert case_id_from_image_file("heart.nii.gz", ".nii.gz") == "heart"  # no channel suffix: ending removed only
     assert case_ids_from_image_files(["x/ct_1_0000.nii.gz", "x/ct_1_0001.nii.gz", "mr_2_0000.nii.gz"],
                                      ".nii.gz") == ["ct_1", "mr_2"]
+
+
+def test_case_ids_of_labels_outputs_and_preprocessed_cases():
+    # a label or prediction keeps a trailing 4-digit number: it is part of the case id, not a channel
+    assert case_id_from_label_file("/pred/ct_0003.nii.gz", ".nii.gz") == "ct_0003"
+    assert case_id_from_label_file("labelsTr/mr_12.mha", ".mha") == "mr_12"
+    assert case_id_from_image_file("/pred/ct_0003.nii.gz", ".nii.gz") == "ct"  # why the two must not be mixed up
+    for f in ("/pre/ct_0003", "/pre/ct_0003.b2nd", "/pre/ct_0003_seg.b2nd", "ct_0003.pkl", "ct_0003.npz",
+              "ct_0003.npy", "ct_0003_seg.npy", "C:\\pre\\ct_0003.pkl"):
+        assert case_id_from_preprocessed_file(f) == "ct_0003", f
+    assert case_id_from_preprocessed_file("/pre/heart.v2") == "heart.v2"  # a dot in a truncated name stays
+
+
+def test_case_ids_agree_with_nnunets_own_listing(tmp_path):
+    """nnU-Net's identifiers of an image folder and of a preprocessed folder = ours of the same files."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+    images, pre = tmp_path / "imagesTs", tmp_path / "pre"
+    images.mkdir(), pre.mkdir()
+    for f in ("ct_0003_0000.nii.gz", "ct_0003_0001.nii.gz", "mr_12_0000.nii.gz"):
+        (images / f).touch()
+    for f in ("ct_0003.b2nd", "ct_0003_seg.b2nd", "ct_0003.pkl", "mr_12.b2nd", "mr_12_seg.b2nd", "mr_12.pkl"):
+        (pre / f).touch()
+    theirs = sorted(get_identifiers_from_splitted_dataset_folder(str(images), ".nii.gz"))
+    assert theirs == sorted(case_ids_from_image_files(os.listdir(images), ".nii.gz")) == ["ct_0003", "mr_12"]
+    theirs = sorted(nnUNetDatasetBlosc2.get_identifiers(str(pre)))
+    assert theirs == sorted({case_id_from_preprocessed_file(f) for f in os.listdir(pre)}) == ["ct_0003", "mr_12"]
+
+
+def test_resolve_with_a_forced_modality():
+    r = rules()
+    assert r.resolve(["ct_1", "pet_1"], modality="MR") == {"ct_1": "MR", "pet_1": "MR"}  # no rule needed
+    raises(lambda: r.resolve(["ct_1"], modality="PET"), "PET", "['CT', 'MR']")
 
 
 # --- the dataset checks of nnUNetv2_plan_and_preprocess_cin ----------------------------------------------------------

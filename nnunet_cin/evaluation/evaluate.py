@@ -33,7 +33,7 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
-from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_label_file
 
 LabelOrRegion = Union[int, Tuple[int, ...]]
 SURFACE_METRICS = ("HD95", "ASSD")
@@ -124,11 +124,6 @@ def label_names_of(dataset_json: dict) -> Dict[str, str]:
     return names
 
 
-def case_id_of(file: str, file_ending: str) -> str:
-    name = os.path.basename(file)
-    return name[:-len(file_ending)] if name.endswith(file_ending) else name
-
-
 def _nanmean(values) -> float:
     values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     if values.size == 0 or np.all(np.isnan(values)):
@@ -168,7 +163,7 @@ def summarize_by_modality(results: dict, modality_of: Union[Mapping[str, str], C
     groups: Dict[str, List[dict]] = {}
     case_ids: Dict[str, List[str]] = {}
     for case in per_case:
-        cid = case_id_of(case["prediction_file"], file_ending)
+        cid = case_id_from_label_file(case["prediction_file"], file_ending)
         m = lookup(cid)
         groups.setdefault(m, []).append({label_or_region_to_key(k): v for k, v in case["metrics"].items()})
         case_ids.setdefault(m, []).append(cid)
@@ -371,7 +366,8 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
             raise FileNotFoundError(f"{len(missing_pred)} reference case(s) have no prediction in {folder_pred} "
                                     f"(use --chill to evaluate what is there): {', '.join(missing_pred)}")
     # resolve every case's modality before any computation: a bad case stops the run at once
-    modality_of = case_modalities([case_id_of(f, file_ending) for f in pred_files], dataset_json, modality)
+    modality_of = case_modalities([case_id_from_label_file(f, file_ending) for f in pred_files], dataset_json,
+                                  modality)
 
     lm = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
     labels = lm.foreground_regions if lm.has_regions else lm.foreground_labels
@@ -380,7 +376,7 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
     num_processes = max(1, min(num_processes, len(pred_files)))
     extra = {tuple(int(v) for v in region): name for name, region in (extra_regions or {}).items()}
     scored = list(labels) + list(extra)
-    cases = [(case_id_of(f, file_ending), join(folder_ref, f), join(folder_pred, f)) for f in pred_files]
+    cases = [(case_id_from_label_file(f, file_ending), join(folder_ref, f), join(folder_pred, f)) for f in pred_files]
     with _pool(num_processes) as pool:
         found = pool.starmap(case_mismatches, [(ref, pred, rw, allowed_values) for _, ref, pred in cases])
         mismatches = {c: m for (c, _, _), m in zip(cases, found) if m}
@@ -408,7 +404,7 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
     described = lambda m: [text for _, text in m]  # noqa: E731
     out_cases = []
     for c in per_case:
-        case = case_id_of(c["prediction_file"], file_ending)
+        case = case_id_from_label_file(c["prediction_file"], file_ending)
         out_cases.append({"case": case, "modality": modality_of[case], "reference_file": c["reference_file"],
                           "prediction_file": c["prediction_file"],
                           "metrics": {names_per_case.get(label_or_region_to_key(k), label_or_region_to_key(k)): v

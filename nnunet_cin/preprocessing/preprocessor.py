@@ -18,7 +18,8 @@ from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnU
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_cin.plans import CINPlans
-from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_image_file
+from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_image_file,
+                                   case_id_from_preprocessed_file)
 
 
 def modality_managers(plans_manager: PlansManager, configuration_manager: ConfigurationManager, modality: str,
@@ -84,7 +85,7 @@ class CINPreprocessor(DefaultPreprocessor):
                       dataset_json: Union[dict, str]):
         if isinstance(dataset_json, str):
             dataset_json = load_json(dataset_json)
-        case_id = output_filename_truncated.replace("\\", "/").split("/")[-1]
+        case_id = case_id_from_preprocessed_file(output_filename_truncated)
         modality = ModalityRules.from_dataset_json(dataset_json).modality_of(case_id)
         data, seg, properties = self.run_case(image_files, seg_file, plans_manager, configuration_manager,
                                               dataset_json, modality)
