@@ -115,6 +115,21 @@ def probabilities(path):
     return np.load(path)["probabilities"]
 
 
+def test_predictor_keeps_nnunets_signatures():
+    """nnU-Net records predict_from_files' arguments by inspecting its signature, and users call the predictor as
+    nnU-Net's: every method we override has nnU-Net's signature (the modality is predictor state)."""
+    import inspect
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunet_cin.inference.predict import nnUNetPredictorCIN
+    overridden = [n for n, f in vars(nnUNetPredictorCIN).items()
+                  if callable(f) and n != "__init__" and hasattr(nnUNetPredictor, n)]
+    assert {"predict_from_files", "predict_from_files_sequential", "predict_single_npy_array",
+            "get_data_iterator_from_raw_npy_data", "predict_from_data_iterator"} <= set(overridden)
+    for name in overridden:
+        assert inspect.signature(getattr(nnUNetPredictorCIN, name)) == inspect.signature(
+            getattr(nnUNetPredictor, name)), name
+
+
 @pytest.fixture(scope="module")
 def rules_prediction(model):
     """The real command in a subprocess, nnU-Net's multiprocessing path, modalities from the model's rules."""
@@ -241,10 +256,23 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
     predictor = nnUNetPredictorCIN(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(m["folder"]), (0,))
     img, props = SimpleITKIO().read_images([str(m["inputs"]["MR"] / "mr_0100_0000.nii.gz")])
-    seg = predictor.predict_single_npy_array(img, props, "MR")
+    # nnU-Net's signature: the modality comes from the image's properties or from the predictor's state
+    seg = predictor.predict_single_npy_array(img, dict(props, modality="MR"))
     np.testing.assert_array_equal(seg, read(rules_prediction / "mr_0100.nii.gz")[1])
+    predictor.modality = "MR"
+    np.testing.assert_array_equal(predictor.predict_single_npy_array(img, props), seg)
+    with pytest.raises(ValueError, match=r'"CT" but predictor.modality is "MR"'):
+        predictor.predict_single_npy_array(img, dict(props, modality="CT"))
+    predictor.modality = "PET"
     with pytest.raises(ValueError, match=r"unknown modality \"PET\".*\['CT', 'MR'\]"):
-        predictor.predict_single_npy_array(img, props, "PET")
+        predictor.predict_single_npy_array(img, props)
+    predictor.modality = None
+    with pytest.raises(ValueError, match=r"has no modality.*predictor.modality"):
+        predictor.predict_single_npy_array(img, props)
+    # nnU-Net's multiprocessing path for arrays (predict_from_list_of_npy_arrays): same segmentation
+    predictor.modality = "MR"
+    [seg_mp] = predictor.predict_from_list_of_npy_arrays([img], None, [props], None, 1, False, 1)
+    np.testing.assert_array_equal(seg_mp, seg)
 
     # the joint-training baseline: a plain network (no CIN), checkpoint with modalities -> per-modality
     # preprocessing, no conditioning. Its model folder: plans for a plain network, this model's weights where shared.
@@ -269,7 +297,7 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
     single.initialize_from_trained_model_folder(str(joint), (0,))
     single.set_modalities(["CT"])  # as a single-modality baseline records it
     with pytest.raises(ValueError, match=r"(?s)\"mr_0100\" \(MR\).*\['CT'\]"):
-        single.case_modalities(["ct_0100", "mr_0100"])
+        single.modalities_of_cases([["in/ct_0100_0000.nii.gz"], ["in/mr_0100_0000.nii.gz"]])
     from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
     predict_from_modelfolder_entry_point(["-i", str(m["inputs"]["all"]), "-o", str(tmp_path / "joint_out"), "-m",
                                           str(joint), "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "0",

@@ -4,17 +4,21 @@
     nnUNetv2_predict_cin_from_modelfolder -i INPUT -o OUTPUT -m MODEL_FOLDER [--modality CT] [...]
 
 How a case's modality reaches the network:
-1. `nnUNetPredictorCIN.case_modalities` resolves every input case BEFORE anything is written: `-m NAME` for all
-   cases, else the rules of the model's dataset.json (nnunet_cin.modalities). An unresolvable case, or a modality
-   the model was not trained on, is a ModalityError listing the cases and the valid names.
+1. `nnUNetPredictorCIN.modalities_of_cases` resolves every input case BEFORE anything is written: `-m NAME`
+   (`predictor.modality`) for all cases, else the rules of the model's dataset.json (nnunet_cin.modalities). An
+   unresolvable case, or a modality the model was not trained on, is a ModalityError listing the cases and the
+   valid names.
 2. Preprocessing: the plans' preprocessor (CINPreprocessor for nnUNetPlansCIN: the modality's normalization) runs
    inside nnU-Net's own data iterators; `ModalityConfigurationManager.preprocessor_class` hands them a
    `ModalityPreprocessor` (nnunet_cin.inference.preprocessing) that knows the resolved modality of each case and
    stores it in the case properties (properties["modality"], properties["modality_index"]).
 3. Prediction: every case's sliding-window prediction (all patches, all mirrored copies, every fold of an ensemble)
-   runs inside `nnunet_cin.condition(network, index)` with the modality of the properties of that case. Plain
-   networks (Joint / single-modality baselines) are not conditioned, but still get per-modality preprocessing.
-Everything else (sliding window, Gaussian weighting, mirroring, fold ensembling, resampling, export,
+   runs inside `nnunet_cin.condition(network, index)` with the modality of the properties of that case (nnU-Net's
+   sequential loop, which predicts without the properties: the modality of the case its preprocessor has just
+   prepared). Plain networks (Joint / single-modality baselines) are not conditioned, but still get per-modality
+   preprocessing.
+The predictor keeps the signatures of nnU-Net's nnUNetPredictor (nnU-Net records predict_from_files' arguments by
+inspecting its signature) and wraps nnU-Net's own bodies. Everything else (sliding window, Gaussian weighting, mirroring, fold ensembling, resampling, export,
 --save_probabilities, -num_parts/-part_id, --continue_prediction) is nnU-Net's: the outputs are nnU-Net's, so
 nnUNetv2_ensemble and nnUNetv2_apply_postprocessing work on them as usual.
 """
@@ -23,21 +27,14 @@ import multiprocessing
 import os
 import sys
 from contextlib import contextmanager
-from copy import deepcopy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, save_json, subdirs
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json, subdirs
 from nnunetv2.configuration import default_num_processes
-from nnunetv2.inference.export_prediction import (convert_predicted_logits_to_segmentation_with_correct_shape,
-                                                  export_prediction_from_logits)
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-from nnunetv2.utilities.helpers import empty_cache
-from nnunetv2.utilities.json_export import recursive_fix_for_json_export
-from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_cin.cin import cin_layers, condition
@@ -52,14 +49,19 @@ from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_ima
 
 class nnUNetPredictorCIN(nnUNetPredictor):
     """nnU-Net's predictor for models of nnunet-cin: every case is preprocessed with its modality's normalization and
-    (for conditional networks) predicted with the network conditioned on its modality.
+    (for conditional networks) predicted with the network conditioned on its modality. Every method keeps nnU-Net's
+    signature; the overrides add the modality around nnU-Net's own bodies.
 
+    `modality` (state, default None): the modality of every case this predictor is given (nnUNetv2_predict_cin -m
+    NAME). None: each input file's case from the model's dataset.json rules; each array's from its
+    properties["modality"].
     After `initialize_from_trained_model_folder`: `modalities` (the model's, in conditioning order, from its
     checkpoints), `rules` (the model's dataset.json rules) and `conditioned` (whether the network has CIN layers).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.modality: Optional[str] = None
         self.modalities: Optional[List[str]] = None
         self.rules: Optional[ModalityRules] = None
         self.conditioned = False
@@ -109,19 +111,21 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                 f'one of these names')
         return modality
 
-    def case_modalities(self, case_ids: Sequence[str], modality: Optional[str] = None) -> Dict[str, str]:
-        """{case id: modality name}: `modality` for every case, else the model's dataset.json rules. One ModalityError
+    def modalities_of_cases(self, list_of_lists: List[List[str]]) -> Dict[str, str]:
+        """{case id: modality name} of every input case (its image files: one list per case), resolved before
+        anything is written: `self.modality` for every case, else the model's dataset.json rules. One ModalityError
         lists every case that cannot be resolved (or whose modality the model was not trained on) and the valid
-        names."""
+        names. The one place where a prediction run's cases get their modality: a check that needs every input
+        before anything is written belongs here."""
         if self.modalities is None:
             raise RuntimeError("initialize the predictor first (initialize_from_trained_model_folder)")
-        if modality is not None:
-            self._check_name(modality)
-            return {c: modality for c in case_ids}
-        hint = (f"\nThis model's modalities: {self.modalities}. Pass -m NAME (Python: modality=NAME) to set the "
-                f"modality of every input case.")
+        if self.modality is not None:
+            self._check_name(self.modality)
+        case_ids = [case_id_from_image_file(files[0], self.dataset_json['file_ending']) for files in list_of_lists]
+        hint = (f"\nThis model's modalities: {self.modalities}. Pass -m NAME (Python: predictor.modality = NAME) to "
+                f"set the modality of every input case.")
         try:
-            resolved = self.rules.resolve(case_ids)
+            resolved = self.rules.resolve(case_ids, self.modality)
         except ModalityError as e:
             raise ModalityError(f"{e}{hint}") from None
         untrained = {c: m for c, m in resolved.items() if m not in self.modalities}
@@ -130,7 +134,20 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                 + ", ".join(f'"{c}" ({m})' for c, m in untrained.items()) + hint)
         return resolved
 
+    def _modality_of_array(self, index: int, properties: dict) -> dict:
+        """A copy of an input array's properties naming its modality: properties["modality"], else self.modality."""
+        given, forced = properties.get("modality"), self.modality
+        if given is not None and forced is not None and given != forced:
+            raise ModalityError(f'image {index}: properties["modality"] is "{given}" but predictor.modality is '
+                                f'"{forced}"; set one of them')
+        modality = given if given is not None else forced
+        if modality is None:
+            raise ModalityError(f'image {index} has no modality: set predictor.modality = NAME or its '
+                                f'properties["modality"] (one of {self.modalities})')
+        return dict(properties, modality=self._check_name(modality))
+
     def input_lists(self, list_of_lists_or_source_folder: Union[str, List[List[str]]]) -> List[List[str]]:
+        """nnU-Net's input: a folder (CASE_XXXX files, listed as nnU-Net lists them) or one list of files per case."""
         if isinstance(list_of_lists_or_source_folder, str):
             if not isdir(list_of_lists_or_source_folder):
                 raise FileNotFoundError(f"input folder {list_of_lists_or_source_folder} does not exist")
@@ -139,10 +156,12 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         return list_of_lists_or_source_folder
 
     @contextmanager
-    def _for_cases(self, case_modalities: Dict[str, str]):
-        """Hand the resolved modalities to the preprocessing of this run."""
+    def _prediction_run(self, list_of_lists: List[List[str]]):
+        """One run of nnU-Net's predict_from_files(_sequential) on these cases: every case's modality is resolved
+        first (errors before anything is written), then handed to the run's preprocessing."""
+        case_modalities = self.modalities_of_cases(list_of_lists)
         previous = self.configuration_manager.case_modalities
-        self.configuration_manager.case_modalities = dict(case_modalities)
+        self.configuration_manager.case_modalities = case_modalities
         try:
             yield
         finally:
@@ -158,6 +177,21 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         finally:
             self.current_modality = previous
 
+    def _follow_preprocessing(self, modality: str):
+        self.current_modality = self._check_name(modality)
+
+    @contextmanager
+    def _conditioned_by_preprocessing(self):
+        """nnU-Net's sequential loop preprocesses a case in this process, then predicts it without its properties:
+        condition on the modality of the case the preprocessor has just prepared."""
+        previous = self.current_modality
+        self.configuration_manager.on_case_preprocessed = self._follow_preprocessing
+        try:
+            yield
+        finally:
+            self.configuration_manager.on_case_preprocessed = None
+            self.current_modality = previous
+
     # -------------------------------------------------------------------------------------------------- prediction
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> Union[np.ndarray, torch.Tensor]:
@@ -166,8 +200,8 @@ class nnUNetPredictorCIN(nnUNetPredictor):
             return super().predict_sliding_window_return_logits(input_image)
         if self.current_modality is None:
             raise RuntimeError("the modality of this case is unknown: predict through predict_from_files / "
-                               "predict_single_npy_array(..., modality=...), or inside `with "
-                               "predictor.conditioned_on(NAME):`")
+                               "predict_single_npy_array (with predictor.modality or properties['modality']), or "
+                               "inside `with predictor.conditioned_on(NAME):`")
         with condition(self.network, self.modalities.index(self.current_modality)):
             return super().predict_sliding_window_return_logits(input_image)
 
@@ -198,142 +232,70 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                            save_probabilities: bool = False, overwrite: bool = True,
                            num_processes_preprocessing: int = default_num_processes,
                            num_processes_segmentation_export: int = default_num_processes,
-                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0,
-                           modality: Optional[str] = None):
-        """nnU-Net's predict_from_files; `modality` (a name) applies to every case, None: the model's rules. Every
-        case's modality is resolved before anything is written.
-
-        The body is nnU-Net 2.8's: nnU-Net records its arguments by inspecting the signature of
-        `self.predict_from_files`, which fails for an added argument, so super() cannot be called."""
+                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0):
+        """nnU-Net's, with every case's modality resolved before anything is written (`self.modality` or the model's
+        rules) and handed to nnU-Net's preprocessing workers, which start on the first case."""
         if not 0 <= part_id < num_parts:
             raise ValueError(f"part_id must be in 0..{num_parts - 1} (num_parts={num_parts}), got {part_id}")
         lists = self.input_lists(list_of_lists_or_source_folder)
-        case_ids = [case_id_from_image_file(i[0], self.dataset_json['file_ending']) for i in lists[part_id::num_parts]]
-        case_modalities = self.case_modalities(case_ids, modality)
-        self._check_previous_stage(folder_with_segs_from_prev_stage)
-        self._save_run_arguments(output_folder_or_list_of_truncated_output_files, {
-            "list_of_lists_or_source_folder": list_of_lists_or_source_folder,
-            "output_folder_or_list_of_truncated_output_files": output_folder_or_list_of_truncated_output_files,
-            "save_probabilities": save_probabilities, "overwrite": overwrite,
-            "num_processes_preprocessing": num_processes_preprocessing,
-            "num_processes_segmentation_export": num_processes_segmentation_export,
-            "folder_with_segs_from_prev_stage": folder_with_segs_from_prev_stage, "num_parts": num_parts,
-            "part_id": part_id, "modality": modality})
-        lists, output_filename_truncated, seg_from_prev_stage_files = self._manage_input_and_output_lists(
-            lists, output_folder_or_list_of_truncated_output_files, folder_with_segs_from_prev_stage, overwrite,
-            part_id, num_parts, save_probabilities)
-        if len(lists) == 0:
-            return
-        # nnU-Net's iterator is a generator: its workers start (and receive the configuration manager) on first use
-        with self._for_cases(case_modalities):
-            data_iterator = self._internal_get_data_iterator_from_lists_of_filenames(
-                lists, seg_from_prev_stage_files, output_filename_truncated, num_processes_preprocessing)
-            return self.predict_from_data_iterator(data_iterator, save_probabilities,
-                                                   num_processes_segmentation_export)
-
-    def _save_run_arguments(self, output_folder_or_list_of_truncated_output_files, arguments: dict):
-        """As nnU-Net: the arguments, dataset.json and plans.json next to the predictions (postprocessing and
-        ensembling read them)."""
-        if isinstance(output_folder_or_list_of_truncated_output_files, str):
-            output_folder = output_folder_or_list_of_truncated_output_files
-        elif isinstance(output_folder_or_list_of_truncated_output_files, list):
-            output_folder = os.path.dirname(output_folder_or_list_of_truncated_output_files[0]) or os.path.curdir
-        else:
-            return
-        arguments = deepcopy(arguments)
-        recursive_fix_for_json_export(arguments)
-        os.makedirs(output_folder, exist_ok=True)
-        save_json(arguments, join(output_folder, 'predict_from_raw_data_args.json'))
-        save_json(self.dataset_json, join(output_folder, 'dataset.json'), sort_keys=False)
-        save_json(self.plans_manager.plans, join(output_folder, 'plans.json'), sort_keys=False)
-
-    def _check_previous_stage(self, folder_with_segs_from_prev_stage):
-        if self.configuration_manager.previous_stage_name is not None and folder_with_segs_from_prev_stage is None:
-            raise ValueError(f'The requested configuration is a cascaded network. It requires the segmentations of the '
-                             f'previous stage ({self.configuration_manager.previous_stage_name}) as input. Please '
-                             f'provide the folder where they are located via folder_with_segs_from_prev_stage')
+        with self._prediction_run(lists[part_id::num_parts]):
+            return super().predict_from_files(
+                list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+                overwrite, num_processes_preprocessing, num_processes_segmentation_export,
+                folder_with_segs_from_prev_stage, num_parts, part_id)
 
     def predict_from_files_sequential(self, list_of_lists_or_source_folder: Union[str, List[List[str]]],
                                       output_folder_or_list_of_truncated_output_files: Union[str, None, List[str]],
                                       save_probabilities: bool = False, overwrite: bool = True,
-                                      folder_with_segs_from_prev_stage: str = None,
-                                      modality: Optional[str] = None):
-        """nnU-Net's predict_from_files_sequential (no multiprocessing), per-case modality as in predict_from_files.
+                                      folder_with_segs_from_prev_stage: str = None):
+        """nnU-Net's (no multiprocessing), with every case's modality resolved first as in predict_from_files."""
+        with self._prediction_run(self.input_lists(list_of_lists_or_source_folder)), \
+                self._conditioned_by_preprocessing():
+            return super().predict_from_files_sequential(
+                list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+                overwrite, folder_with_segs_from_prev_stage)
 
-        The body is nnU-Net 2.8's: its loop hands the preprocessed data, without the case's properties, straight to
-        the prediction, so there is no hook to condition in between."""
-        lists = self.input_lists(list_of_lists_or_source_folder)
-        case_ids = [case_id_from_image_file(i[0], self.dataset_json['file_ending']) for i in lists]
-        case_modalities = self.case_modalities(case_ids, modality)
-        self._check_previous_stage(folder_with_segs_from_prev_stage)
-        self._save_run_arguments(output_folder_or_list_of_truncated_output_files, {
-            "list_of_lists_or_source_folder": list_of_lists_or_source_folder,
-            "output_folder_or_list_of_truncated_output_files": output_folder_or_list_of_truncated_output_files,
-            "save_probabilities": save_probabilities, "overwrite": overwrite,
-            "folder_with_segs_from_prev_stage": folder_with_segs_from_prev_stage, "modality": modality})
-        lists, output_filename_truncated, seg_from_prev_stage_files = self._manage_input_and_output_lists(
-            lists, output_folder_or_list_of_truncated_output_files, folder_with_segs_from_prev_stage, overwrite, 0, 1,
-            save_probabilities)
-        if len(lists) == 0:
+    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder: Union[str, List[List[str]]],
+                                       output_folder_or_list_of_truncated_output_files: Union[None, str, List[str]],
+                                       folder_with_segs_from_prev_stage: str = None, overwrite: bool = True,
+                                       part_id: int = 0, num_parts: int = 1, save_probabilities: bool = False):
+        """nnU-Net's. predict_from_files(_sequential) call it right after writing the run's arguments
+        (predict_from_raw_data_args.json, from their signature) and before predicting: add the modality there."""
+        self._record_modality(output_folder_or_list_of_truncated_output_files)
+        return super()._manage_input_and_output_lists(
+            list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+            folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
+
+    def _record_modality(self, output_folder_or_list_of_truncated_output_files):
+        if isinstance(output_folder_or_list_of_truncated_output_files, str):
+            folder = output_folder_or_list_of_truncated_output_files
+        elif isinstance(output_folder_or_list_of_truncated_output_files, list):
+            folder = os.path.dirname(output_folder_or_list_of_truncated_output_files[0])
+        else:
             return
-        if output_filename_truncated is None:
-            output_filename_truncated = [None] * len(lists)
-        if seg_from_prev_stage_files is None:
-            seg_from_prev_stage_files = [None] * len(lists)
+        args_file = join(folder, 'predict_from_raw_data_args.json')
+        if isfile(args_file):
+            save_json({**load_json(args_file), "modality": self.modality}, args_file)
 
-        with self._for_cases(case_modalities):
-            preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose)
-        ret = []
-        for li, of, sps in zip(lists, output_filename_truncated, seg_from_prev_stage_files):
-            data, seg, data_properties = preprocessor.run_case(li, sps, self.plans_manager,
-                                                               self.configuration_manager, self.dataset_json)
-            if folder_with_segs_from_prev_stage is not None:
-                seg_onehot = convert_labelmap_to_one_hot(seg[0], self.label_manager.foreground_labels, data.dtype)
-                data = np.vstack((data, seg_onehot))
-            with self.conditioned_on(data_properties["modality"]):
-                prediction = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-            if of is not None:
-                export_prediction_from_logits(prediction, data_properties, self.configuration_manager,
-                                              self.plans_manager, self.dataset_json, of, save_probabilities)
-            else:
-                ret.append(convert_predicted_logits_to_segmentation_with_correct_shape(
-                    prediction, self.plans_manager, self.configuration_manager, self.label_manager, data_properties,
-                    save_probabilities))
-        compute_gaussian.cache_clear()
-        empty_cache(self.device)
-        return ret
-
-    def predict_from_list_of_npy_arrays(self, image_or_list_of_images,
-                                        segs_from_prev_stage_or_list_of_segs_from_prev_stage,
-                                        properties_or_list_of_properties, truncated_ofname, num_processes: int = 3,
-                                        save_probabilities: bool = False,
-                                        num_processes_segmentation_export: int = default_num_processes,
-                                        modality: Optional[str] = None):
-        """nnU-Net's; each image's properties must name its modality (properties["modality"]) unless `modality` is
-        given for all."""
+    def get_data_iterator_from_raw_npy_data(self, image_or_list_of_images: Union[np.ndarray, List[np.ndarray]],
+                                            segs_from_prev_stage_or_list_of_segs_from_prev_stage: Union[
+                                                None, np.ndarray, List[np.ndarray]],
+                                            properties_or_list_of_properties: Union[dict, List[dict]],
+                                            truncated_ofname: Union[str, List[str], None],
+                                            num_processes: int = 3):
+        """nnU-Net's; each image's modality: its properties["modality"], else `self.modality`."""
         props = properties_or_list_of_properties
-        props = [dict(p) for p in (props if isinstance(props, list) else [props])]
-        for i, p in enumerate(props):
-            if modality is not None:
-                p["modality"] = modality
-            if p.get("modality") is None:
-                raise ModalityError(f"image {i} has no modality: pass modality=NAME or set properties['modality'] "
-                                    f"(one of {self.modalities})")
-            self._check_name(p["modality"])
-        return super().predict_from_list_of_npy_arrays(
+        props = [self._modality_of_array(i, p) for i, p in enumerate(props if isinstance(props, list) else [props])]
+        return super().get_data_iterator_from_raw_npy_data(
             image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage, props, truncated_ofname,
-            num_processes, save_probabilities, num_processes_segmentation_export)
+            num_processes)
 
-    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict, modality: Optional[str] = None,
+    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
                                  segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
                                  save_or_return_probabilities: bool = False):
-        """nnU-Net's predict_single_npy_array for an image of `modality` (default: image_properties["modality"]).
-        Note the argument order: the modality comes third."""
-        modality = modality if modality is not None else image_properties.get("modality")
-        if modality is None:
-            raise ModalityError(f"predict_single_npy_array needs the modality of the image: one of {self.modalities}")
-        properties = dict(image_properties, modality=self._check_name(modality))
-        with self.conditioned_on(modality):
+        """nnU-Net's, for an image of modality image_properties["modality"], else `self.modality`."""
+        properties = self._modality_of_array(0, image_properties)
+        with self.conditioned_on(properties["modality"]):
             return super().predict_single_npy_array(input_image, properties, segmentation_previous_stage,
                                                     output_file_truncated, save_or_return_probabilities)
 
@@ -436,14 +398,13 @@ def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Opt
                                        verbose=args.verbose, verbose_preprocessing=args.verbose,
                                        allow_tqdm=not args.disable_progress_bar)
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+        predictor.modality = modality
         lists = predictor.input_lists(args.i)
         if not lists:
             raise FileNotFoundError(f"no input images ending in _XXXX{predictor.dataset_json['file_ending']} in "
                                     f"{args.i}")
-        file_ending = predictor.dataset_json['file_ending']
         # resolve now: an error stops the run before the output folder or any file is created
-        predictor.case_modalities([case_id_from_image_file(i[0], file_ending) for i in lists[part_id::num_parts]],
-                                  modality)
+        predictor.modalities_of_cases(lists[part_id::num_parts])
     except (ModalityError, FileNotFoundError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except RuntimeError as e:
@@ -454,18 +415,18 @@ def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Opt
     os.makedirs(args.o, exist_ok=True)
     if args.nps == 0 and args.npp == 0:
         print("Running in non-multiprocessing mode")
-        predictor.predict_from_files_sequential(lists[part_id::num_parts], args.o,
+        # nnU-Net's sequential prediction has no parts: give it this part's cases
+        predictor.predict_from_files_sequential(args.i if num_parts == 1 else lists[part_id::num_parts], args.o,
                                                 save_probabilities=args.save_probabilities,
                                                 overwrite=not args.continue_prediction,
-                                                folder_with_segs_from_prev_stage=args.prev_stage_predictions,
-                                                modality=modality)
+                                                folder_with_segs_from_prev_stage=args.prev_stage_predictions)
     else:
-        predictor.predict_from_files(lists, args.o, save_probabilities=args.save_probabilities,
+        predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
                                      overwrite=not args.continue_prediction,
                                      num_processes_preprocessing=max(1, args.npp),
                                      num_processes_segmentation_export=max(1, args.nps),
                                      folder_with_segs_from_prev_stage=args.prev_stage_predictions,
-                                     num_parts=num_parts, part_id=part_id, modality=modality)
+                                     num_parts=num_parts, part_id=part_id)
     return predictor
 
 

@@ -6,10 +6,14 @@ preprocessor as `configuration_manager.preprocessor_class(verbose=...)`, in spaw
 manager) answers with a `ModalityPreprocessor`: the plans' preprocessor (CINPreprocessor for per-modality plans),
 given the resolved modality of each case, which it also records in the case properties.
 
+nnU-Net's sequential loop (predict_from_files_sequential, -npp 0 -nps 0) preprocesses a case in the predictor's own
+process and hands the data, without its properties, straight to the network: there, the preprocessor also tells the
+predictor (`ModalityConfigurationManager.on_case_preprocessed`) the modality of the case it has just prepared.
+
 This module is imported by every spawned preprocessing and export worker (they unpickle the configuration manager):
 it stays light on purpose (no nnU-Net predictor, no torch._dynamo; CINPreprocessor imported where it is used).
 """
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
@@ -28,12 +32,13 @@ class ModalityPreprocessor:
     properties for any preprocessor, which is where the predictor reads it back."""
 
     def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str],
-                 verbose: bool = False):
+                 verbose: bool = False, on_case: Optional[Callable[[str], None]] = None):
         from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
         self.base = base_class(verbose=verbose)
         self.modalities = list(modalities)
         self.case_modalities = dict(case_modalities)
         self.takes_modality = issubclass(base_class, CINPreprocessor)
+        self.on_case = on_case
 
     def modality_of_files(self, image_files: List[str], file_ending: str) -> str:
         case_id = case_id_from_image_file(image_files[0], file_ending)
@@ -45,6 +50,8 @@ class ModalityPreprocessor:
     def _tag(self, properties: dict, modality: str) -> dict:
         properties["modality"] = modality
         properties["modality_index"] = self.modalities.index(modality)
+        if self.on_case is not None:
+            self.on_case(modality)
         return properties
 
     def run_case(self, image_files, seg_file, plans_manager, configuration_manager, dataset_json):
@@ -70,11 +77,13 @@ class ModalityPreprocessorFactory:
     """What `ModalityConfigurationManager.preprocessor_class` returns: called like a preprocessor class. Picklable,
     so that nnU-Net's spawned preprocessing workers receive it with the configuration manager."""
 
-    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str]):
+    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str],
+                 on_case: Optional[Callable[[str], None]] = None):
         self.base_class, self.modalities, self.case_modalities = base_class, list(modalities), dict(case_modalities)
+        self.on_case = on_case
 
     def __call__(self, verbose: bool = False) -> ModalityPreprocessor:
-        return ModalityPreprocessor(self.base_class, self.modalities, self.case_modalities, verbose)
+        return ModalityPreprocessor(self.base_class, self.modalities, self.case_modalities, verbose, self.on_case)
 
 
 class ModalityConfigurationManager(ConfigurationManager):
@@ -88,7 +97,13 @@ class ModalityConfigurationManager(ConfigurationManager):
         super().__init__(configuration_dict)
         self.per_modality_normalization = per_modality_normalization
         self.modalities = list(modalities)
-        self.case_modalities: Dict[str, str] = {}
+        self.case_modalities: Dict[str, str] = {}  # of the cases of the current prediction run
+        # called with each case's modality by preprocessors created in this process (nnU-Net's sequential loop)
+        self.on_case_preprocessed: Optional[Callable[[str], None]] = None
+
+    def __getstate__(self):
+        # nnU-Net's spawned workers receive a copy: they have no predictor to tell (and must not pickle one)
+        return {**self.__dict__, "on_case_preprocessed": None}
 
     @property
     def base_preprocessor_class(self) -> type:
@@ -102,4 +117,5 @@ class ModalityConfigurationManager(ConfigurationManager):
 
     @property
     def preprocessor_class(self) -> ModalityPreprocessorFactory:
-        return ModalityPreprocessorFactory(self.base_preprocessor_class, self.modalities, self.case_modalities)
+        return ModalityPreprocessorFactory(self.base_preprocessor_class, self.modalities, self.case_modalities,
+                                           self.on_case_preprocessed)
