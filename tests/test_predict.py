@@ -4,7 +4,9 @@ import json
 import os
 import shutil
 import pickle
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -156,6 +158,7 @@ def test_rules_prediction_keeps_geometry_and_nnunet_labels(model, rules_predicti
         assert p.shape[0] == len(LABELS) and np.allclose(p.sum(0), 1, atol=1e-3)
     args = json.loads((rules_prediction / "predict_from_raw_data_args.json").read_text())
     assert args["modality"] is None
+    assert not [f for f in os.listdir(rules_prediction) if f.startswith(".partial-")]  # the run's staging folder
     assert (rules_prediction / "plans.json").is_file() and (rules_prediction / "dataset.json").is_file()
 
 
@@ -313,6 +316,101 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
         seg_ref = convert_predicted_logits_to_segmentation_with_correct_shape(
             expected, plain.plans_manager, plain.configuration_manager, plain.label_manager, p)
         np.testing.assert_array_equal(read(tmp_path / "joint_out" / f"{case}.nii.gz")[1], seg_ref)
+
+
+# --- interrupted runs: continued, never a half-written output --------------------------------------------------------
+
+def _reads_back_like(path, reference):
+    """`path` reads back completely (nibabel: the whole gzip stream and every voxel) and equals `reference`."""
+    import nibabel
+    np.testing.assert_array_equal(np.asanyarray(nibabel.load(str(path)).dataobj),
+                                  np.asanyarray(nibabel.load(str(reference)).dataobj))
+
+
+def test_continue_prediction_repredicts_half_written_outputs(model_env, rules_prediction, tmp_path):
+    """The issue's reproduction: a prediction file left half-written (truncate -s 50%), then --continue_prediction.
+    nnU-Net counts an existing file as done; here a case is done when its outputs read back completely."""
+    out = tmp_path / "pred"
+    shutil.copytree(rules_prediction, out)
+    stamp = lambda f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns)  # noqa: E731
+    for broken, intact in (("ct_0100.nii.gz", "mr_0100"), ("mr_0100.npz", "ct_0100")):
+        os.truncate(out / broken, os.path.getsize(out / broken) // 2)
+        before = {f: stamp(out / f) for f in os.listdir(out) if f.startswith(intact)}
+        predict_cli(model_env, model_env["inputs"]["all"], out, "--continue_prediction", "--save_probabilities",
+                    "-npp", "0", "-nps", "0")
+        case = broken.split(".")[0]
+        _reads_back_like(out / f"{case}.nii.gz", rules_prediction / f"{case}.nii.gz")
+        np.testing.assert_allclose(probabilities(out / f"{case}.npz"), probabilities(rules_prediction / f"{case}.npz"),
+                                   atol=1e-3)
+        assert {f: stamp(out / f) for f in before} == before  # the complete case was not predicted again
+
+
+def _descendants(pid):
+    children = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def _running(pid):
+    """Alive and not a zombie (a container's init may never reap an orphan)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc")
+def test_sigterm_ends_the_workers_and_leaves_only_complete_outputs(model, rules_prediction, tmp_path):
+    """The issue's reproduction: nnUNetv2_predict_cin with its preprocessing and export workers, SIGTERM once the
+    first case is written. The run ends its workers, every output there reads back complete and right, and
+    --continue_prediction finishes the rest."""
+    inputs, out = tmp_path / "inputs", tmp_path / "pred"
+    inputs.mkdir()
+    for i in range(101, 106):
+        for case in ("ct_0100", "mr_0100"):
+            shutil.copy(model["inputs"]["all"] / f"{case}_0000.nii.gz", inputs / f"{case[:3]}0{i}_0000.nii.gz")
+    cmd = ["nnUNetv2_predict_cin", "-i", str(inputs), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f",
+           "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1", "--save_probabilities",
+           "--disable_progress_bar"]
+    log_file = tmp_path / "log.txt"
+    with open(log_file, "w") as log:  # a file: a full pipe would stop the run
+        proc = subprocess.Popen(cmd, env=model["env"], stdout=log, stderr=subprocess.STDOUT)
+    while proc.poll() is None and not list(out.glob("*.nii.gz")):
+        time.sleep(0.05)
+    workers = _descendants(proc.pid)
+    assert proc.poll() is None, "the run ended before it could be interrupted: give it more cases"
+    assert len(workers) >= 2, workers  # nnU-Net's preprocessing worker and export pool worker (and its helpers)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=600)
+    log = log_file.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    deadline = time.time() + 60
+    while any(_running(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if _running(w)], "worker processes outlived the terminated run"
+
+    finished = sorted(f.name[:-len(".nii.gz")] for f in out.glob("*.nii.gz"))
+    assert finished and len(finished) < 10
+    assert sorted(os.listdir(out)) == sorted(["dataset.json", "plans.json", "predict_from_raw_data_args.json"] +
+                                             [c + e for c in finished for e in (".nii.gz", ".npz", ".pkl")])
+    for case in finished:
+        _reads_back_like(out / f"{case}.nii.gz", rules_prediction / f"{case[:3]}0100.nii.gz")
+    _run(cmd + ["--continue_prediction"], model["env"])
+    for case in sorted(f.name[:-len("_0000.nii.gz")] for f in inputs.iterdir()):
+        _reads_back_like(out / f"{case}.nii.gz", rules_prediction / f"{case[:3]}0100.nii.gz")
+        np.testing.assert_allclose(probabilities(out / f"{case}.npz"),
+                                   probabilities(rules_prediction / f"{case[:3]}0100.npz"), atol=1e-3)
 
 
 # --- errors: clear message, nothing written --------------------------------------------------------------------------

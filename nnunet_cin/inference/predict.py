@@ -25,7 +25,9 @@ nnUNetv2_ensemble and nnUNetv2_apply_postprocessing work on them as usual.
 import argparse
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -38,6 +40,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.inference.outputs import OutputPlansManager, StagingFolders, why_unfinished
 from nnunet_cin.inference.preprocessing import ModalityConfigurationManager
 from nnunet_cin.plans import CINPlans
 from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_image_file
@@ -66,6 +69,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         self.rules: Optional[ModalityRules] = None
         self.conditioned = False
         self.current_modality: Optional[str] = None  # modality of the case being predicted
+        self._staging: Optional[StagingFolders] = None  # where the current run writes unfinished outputs
 
     # ------------------------------------------------------------------------------------------------ model loading
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
@@ -87,7 +91,8 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         self.set_modalities(modalities, source=join(model_training_output_dir, 'dataset.json'))
 
     def set_modalities(self, modalities: Optional[Sequence[str]], source: Optional[str] = None):
-        """The model's modalities (conditioning order) and the dataset.json rules for new cases. Called by
+        """The model's modalities (conditioning order) and the dataset.json rules for new cases, and the managers
+        through which nnU-Net's workers preprocess per modality and write complete outputs. Called by
         `initialize_from_trained_model_folder`; call it after nnU-Net's `manual_initialization`."""
         if not modalities:
             raise ModalityError(f"the model ({self.trainer_name}) records no modalities (no checkpoint['modalities'], "
@@ -103,6 +108,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         self.configuration_manager = ModalityConfigurationManager(
             self.configuration_manager.configuration, CINPlans(self.plans_manager.plans).per_modality_normalization,
             self.modalities)
+        self.plans_manager = OutputPlansManager(self.plans_manager.plans, self.dataset_json['file_ending'])
 
     # ----------------------------------------------------------------------------------------------------- modality
     def _check_name(self, modality: str) -> str:
@@ -158,14 +164,29 @@ class nnUNetPredictorCIN(nnUNetPredictor):
     @contextmanager
     def _prediction_run(self, list_of_lists: List[List[str]]):
         """One run of nnU-Net's predict_from_files(_sequential) on these cases: every case's modality is resolved
-        first (errors before anything is written), then handed to the run's preprocessing."""
+        first (errors before anything is written), then handed to the run's preprocessing; outputs are staged."""
         case_modalities = self.modalities_of_cases(list_of_lists)
         previous = self.configuration_manager.case_modalities
         self.configuration_manager.case_modalities = case_modalities
         try:
-            yield
+            with self._staged_outputs():
+                yield
         finally:
             self.configuration_manager.case_modalities = previous
+
+    @contextmanager
+    def _staged_outputs(self):
+        """Outputs written inside this block go to staging folders first (nnunet_cin.inference.outputs); whatever is
+        unfinished when it ends (an error, Ctrl-C, SIGTERM) is removed with them."""
+        if self._staging is not None:  # already inside a run
+            yield self._staging
+            return
+        self._staging = StagingFolders()
+        try:
+            yield self._staging
+        finally:
+            self._staging.close()
+            self._staging = None
 
     @contextmanager
     def conditioned_on(self, modality: Optional[str]):
@@ -259,12 +280,31 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                        output_folder_or_list_of_truncated_output_files: Union[None, str, List[str]],
                                        folder_with_segs_from_prev_stage: str = None, overwrite: bool = True,
                                        part_id: int = 0, num_parts: int = 1, save_probabilities: bool = False):
-        """nnU-Net's. predict_from_files(_sequential) call it right after writing the run's arguments
-        (predict_from_raw_data_args.json, from their signature) and before predicting: add the modality there."""
+        """nnU-Net's, which predict_from_files(_sequential) call right after writing the run's arguments
+        (predict_from_raw_data_args.json, from their signature) and before predicting. Changes: the run's arguments
+        name the modality; with overwrite=False (--continue_prediction) a case counts as predicted when all its
+        outputs read back completely (nnU-Net: when they exist); outputs are staged (see `_staged_outputs`)."""
         self._record_modality(output_folder_or_list_of_truncated_output_files)
-        return super()._manage_input_and_output_lists(
+        lists, outputs, prev_stage = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
-            folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
+            folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
+        if outputs is None:
+            return lists, outputs, prev_stage
+        if not overwrite:
+            todo = []
+            for i, output in enumerate(outputs):
+                problem = why_unfinished(output, self.dataset_json['file_ending'], save_probabilities,
+                                         self.plans_manager.image_reader_writer_class)
+                if problem is not None:
+                    todo.append(i)
+                    if "cannot be read" in problem:
+                        print(f"{problem}: predicting {os.path.basename(output)} again")
+            print(f"overwrite was set to {overwrite}, so I am only working on cases whose outputs are missing or "
+                  f"incomplete. That's {len(todo)} cases.")
+            lists, outputs, prev_stage = ([x[i] for i in todo] for x in (lists, outputs, prev_stage))
+        if self._staging is not None:
+            outputs = [self._staging.stage(o) for o in outputs]
+        return lists, outputs, prev_stage
 
     def _record_modality(self, output_folder_or_list_of_truncated_output_files):
         if isinstance(output_folder_or_list_of_truncated_output_files, str):
@@ -290,12 +330,32 @@ class nnUNetPredictorCIN(nnUNetPredictor):
             image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage, props, truncated_ofname,
             num_processes)
 
+    def predict_from_list_of_npy_arrays(self, image_or_list_of_images: Union[np.ndarray, List[np.ndarray]],
+                                        segs_from_prev_stage_or_list_of_segs_from_prev_stage: Union[
+                                            None, np.ndarray, List[np.ndarray]],
+                                        properties_or_list_of_properties: Union[dict, List[dict]],
+                                        truncated_ofname: Union[str, List[str], None],
+                                        num_processes: int = 3, save_probabilities: bool = False,
+                                        num_processes_segmentation_export: int = default_num_processes):
+        """nnU-Net's, with the outputs staged (see `_staged_outputs`)."""
+        with self._staged_outputs() as staging:
+            if truncated_ofname is not None:
+                names = [truncated_ofname] if isinstance(truncated_ofname, str) else truncated_ofname
+                truncated_ofname = [staging.stage(n) for n in names]
+            return super().predict_from_list_of_npy_arrays(
+                image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage,
+                properties_or_list_of_properties, truncated_ofname, num_processes, save_probabilities,
+                num_processes_segmentation_export)
+
     def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
                                  segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
                                  save_or_return_probabilities: bool = False):
-        """nnU-Net's, for an image of modality image_properties["modality"], else `self.modality`."""
+        """nnU-Net's, for an image of modality image_properties["modality"], else `self.modality`; the outputs
+        staged (see `_staged_outputs`)."""
         properties = self._modality_of_array(0, image_properties)
-        with self.conditioned_on(properties["modality"]):
+        with self.conditioned_on(properties["modality"]), self._staged_outputs() as staging:
+            if output_file_truncated is not None:
+                output_file_truncated = staging.stage(output_file_truncated)
             return super().predict_single_npy_array(input_image, properties, segmentation_previous_stage,
                                                     output_file_truncated, save_or_return_probabilities)
 
@@ -384,6 +444,58 @@ def _device(name: str) -> torch.device:
     return torch.device('mps')
 
 
+def _exit_on_sigterm(signum, frame):
+    # nnU-Net's daemonic workers first: left for Python's exit, they would print a traceback each when the Manager
+    # that holds their queues shuts down during the unwinding
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.terminate()
+    raise SystemExit(128 + signum)
+
+
+# Forked children (nnU-Net's file-listing pool, its Manager) must keep SIGTERM's default: multiprocessing ends them with
+# SIGTERM and waits. A Python handler in them would lose a SIGTERM that arrives before the child has set up (Python
+# drops signals pending at fork), and Pool.terminate would wait forever: SIGTERM stays blocked across the fork, and
+# the child unblocks it only after restoring the default.
+def _block_sigterm():
+    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _unblock_sigterm():
+    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _default_sigterm_in_child():
+    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+_fork_hooks_registered = False
+
+
+@contextmanager
+def _sigterm_ends_run():
+    """SIGTERM (kill, timeout, a job scheduler) would end this process alone, and nnU-Net's preprocessing and export
+    workers would live on. Here it ends them, then unwinds like Ctrl-C (SystemExit): nnU-Net's export pool and
+    Manager are shut down and unfinished outputs removed."""
+    global _fork_hooks_registered
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+    if not _fork_hooks_registered:
+        os.register_at_fork(before=_block_sigterm, after_in_parent=_unblock_sigterm,
+                            after_in_child=_default_sigterm_in_child)
+        _fork_hooks_registered = True
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Optional[str], num_parts: int = 1,
          part_id: int = 0):
     """Load the model, resolve every case's modality, and only then create the output folder and predict."""
@@ -462,7 +574,8 @@ def predict_entry_point(argv: Optional[Sequence[str]] = None):
         parser.exit(2, f"{parser.prog}: error: no trained model at {model_folder} (-tr {args.tr} -p {args.p} -c "
                        f"{args.c}). Models of this dataset: {', '.join(trained) or 'none'} "
                        f"(TRAINER__PLANS__CONFIGURATION)\n")
-    _run(parser, args, model_folder, args.modality, args.num_parts, args.part_id)
+    with _sigterm_ends_run():
+        _run(parser, args, model_folder, args.modality, args.num_parts, args.part_id)
 
 
 def predict_from_modelfolder_entry_point(argv: Optional[Sequence[str]] = None):
@@ -477,7 +590,8 @@ def predict_from_modelfolder_entry_point(argv: Optional[Sequence[str]] = None):
                              "dataset.json rules")
     _add_common_arguments(parser, 3, 3)
     args = parser.parse_args(argv)
-    _run(parser, args, args.m, args.modality)
+    with _sigterm_ends_run():
+        _run(parser, args, args.m, args.modality)
 
 
 if __name__ == '__main__':

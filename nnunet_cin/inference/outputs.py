@@ -1,0 +1,163 @@
+"""Prediction outputs that are either complete or absent, and the check that tells which ones are complete.
+
+nnU-Net's export (`export_prediction_from_logits`, run in its export workers) writes a case's outputs in place:
+CASE.npz and CASE.pkl (with --save_probabilities), then CASE<file_ending>. A run killed meanwhile leaves files that
+look finished, and `--continue_prediction` (which only asks whether they exist) never predicts them again. Here:
+
+- a prediction run writes every case into a staging folder `.partial-XXXX` inside its output folder (same file system;
+  nothing there looks like a case to nnU-Net's tools, which list files of the output folder itself). The segmentation
+  is written last by nnU-Net's export, through the plans' image writer: `OutputPlansManager` hands nnU-Net (and its
+  workers) a writer that, once the segmentation is complete, moves the case's files into the output folder with
+  `os.replace`, the segmentation last. A killed run leaves the staging folder, never a half-written output.
+- `why_unfinished` says whether a case's outputs read back completely (a truncated .nii.gz reads without error in
+  SimpleITK, with zeros where the data is missing: NIfTI files are read in full with nibabel instead).
+
+Imported by nnU-Net's spawned export workers (they unpickle the plans manager): no torch or predictor imports here.
+"""
+import gzip
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from functools import lru_cache
+from typing import List, Optional
+
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+PARTIAL_PREFIX = ".partial-"
+PROBABILITY_ENDINGS = (".npz", ".pkl")  # nnU-Net's --save_probabilities outputs, written before the segmentation
+
+
+def is_staging_folder(folder: str) -> bool:
+    return os.path.basename(os.path.normpath(folder)).startswith(PARTIAL_PREFIX)
+
+
+class StagingFolders:
+    """Where one prediction run writes its cases until each is complete: one `.partial-XXXX` folder per output
+    folder, private to the run (runs of -num_parts may share an output folder). `close()` removes them with whatever
+    unfinished files they hold."""
+
+    def __init__(self):
+        self.folders = {}
+
+    def stage(self, output_file_truncated: str) -> str:
+        """The staged name of an output (nnU-Net's truncated name: the file without its ending)."""
+        parent, name = os.path.split(output_file_truncated)
+        parent = parent or os.curdir
+        if parent not in self.folders:
+            os.makedirs(parent, exist_ok=True)
+            self.folders[parent] = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent)
+        return os.path.join(self.folders[parent], name)
+
+    def close(self):
+        for folder in self.folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        self.folders = {}
+
+
+def commit_case(staged_seg_file: str, file_ending: str):
+    """Move a staged case (its segmentation and, if present, .npz/.pkl) into the output folder. The segmentation marks
+    a finished case: an older one is removed first and the new one arrives last, so that a run killed in between
+    leaves no segmentation (the case is predicted again) rather than one that does not belong to its probabilities."""
+    staged_truncated = staged_seg_file[:-len(file_ending)]
+    stage, name = os.path.split(staged_truncated)
+    target = os.path.join(os.path.dirname(stage), name)
+    if os.path.lexists(target + file_ending):
+        os.remove(target + file_ending)
+    for ending in PROBABILITY_ENDINGS:
+        if os.path.isfile(staged_truncated + ending):
+            os.replace(staged_truncated + ending, target + ending)
+    os.replace(staged_seg_file, target + file_ending)
+
+
+class _WritesCompleteFiles:
+    """Mixed into the plans' image reader/writer: `write_seg` leaves either a complete file or none."""
+    file_ending: str
+
+    def write_seg(self, seg, output_fname: str, properties: dict) -> None:
+        folder, name = os.path.split(output_fname)
+        if is_staging_folder(folder):  # staged by the run: the case's other outputs are already next to it
+            super().write_seg(seg, output_fname, properties)
+            commit_case(output_fname, self.file_ending)
+            return
+        # written by someone who did not stage (predict_from_data_iterator with their own iterator): this file alone
+        stage = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=folder or os.curdir)
+        try:
+            super().write_seg(seg, os.path.join(stage, name), properties)
+            os.replace(os.path.join(stage, name), output_fname)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@lru_cache(maxsize=None)
+def complete_file_writer(reader_writer_class: type, file_ending: str) -> type:
+    """`reader_writer_class` (nnU-Net's SimpleITKIO, NibabelIO, ...) whose write_seg leaves a complete file or none."""
+    return type(f"Complete{reader_writer_class.__name__}", (_WritesCompleteFiles, reader_writer_class),
+                {"file_ending": file_ending, "__module__": __name__})
+
+
+class OutputPlansManager(PlansManager):
+    """nnU-Net's PlansManager whose image reader/writer writes complete outputs (see `complete_file_writer`). nnU-Net's
+    export (in its workers, its sequential loop and predict_single_npy_array) writes through
+    `plans_manager.image_reader_writer_class()`: this is the hook."""
+
+    def __init__(self, plans: dict, file_ending: str):
+        super().__init__(plans)
+        self.file_ending = file_ending
+
+    @property
+    def image_reader_writer_class(self) -> type:
+        return complete_file_writer(super().image_reader_writer_class, self.file_ending)
+
+
+# ------------------------------------------------------------------------------------------------- reading back
+def _read_gzip_stream(path: str):
+    """Decompress a whole gzip file: its trailer (CRC-32 and length) is checked only at the very end."""
+    with gzip.open(path, "rb") as f:
+        while f.read(1 << 22):
+            pass
+
+
+def why_unreadable(path: str, reader_writer_class: Optional[type] = None) -> Optional[str]:
+    """None if `path` reads back completely, else why not. A gzip file (.nii.gz) is decompressed to its end, where its
+    CRC and length are checked; NIfTI (.nii, .nii.gz) is read with nibabel, which notices fewer voxels than the header
+    promises (SimpleITK fills them with zeros); .npz: every member's CRC; .pkl: unpickled; other images: read with
+    `reader_writer_class`."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                _read_gzip_stream(path)
+        if path.endswith((".nii", ".nii.gz")):
+            import nibabel
+            import numpy as np
+            np.asanyarray(nibabel.load(path).dataobj)
+        elif path.endswith(".npz"):
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            if bad is not None:
+                return f"member {bad} is corrupt"
+        elif path.endswith(".pkl"):
+            with open(path, "rb") as f:
+                pickle.load(f)
+        elif reader_writer_class is not None:
+            reader_writer_class().read_seg(path)
+    except Exception as e:  # whatever the reader raises: the file does not read back
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}"
+    return None
+
+
+def why_unfinished(output_file_truncated: str, file_ending: str, save_probabilities: bool,
+                   reader_writer_class: Optional[type] = None) -> Optional[str]:
+    """None if every output of a case (CASE<file_ending>, and CASE.npz/.pkl with save_probabilities) exists and reads
+    back completely; else what is wrong, naming the file."""
+    files: List[str] = [output_file_truncated + file_ending]
+    if save_probabilities:
+        files += [output_file_truncated + e for e in PROBABILITY_ENDINGS]
+    for f in files:
+        if not os.path.isfile(f):
+            return f"{f} is missing"
+        problem = why_unreadable(f, reader_writer_class)
+        if problem is not None:
+            return f"{f} cannot be read completely ({problem})"
+    return None
