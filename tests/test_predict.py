@@ -276,6 +276,12 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
     predictor.modality = "MR"
     [seg_mp] = predictor.predict_from_list_of_npy_arrays([img], None, [props], None, 1, False, 1)
     np.testing.assert_array_equal(seg_mp, seg)
+    # the Python API checks its inputs and outputs as the command does, before writing anything
+    from nnunet_cin.inference.checks import PredictionInputError
+    shutil.copytree(m["inputs"]["MR"], tmp_path / "mr_inputs")
+    with pytest.raises(PredictionInputError, match="is the input folder"):
+        predictor.predict_from_files(str(tmp_path / "mr_inputs"), str(tmp_path / "mr_inputs"))
+    assert sorted(os.listdir(tmp_path / "mr_inputs")) == ["mr_0100_0000.nii.gz"]
 
     # the joint-training baseline: a plain network (no CIN), checkpoint with modalities -> per-modality
     # preprocessing, no conditioning. Its model folder: plans for a plain network, this model's weights where shared.
@@ -454,6 +460,75 @@ def test_errors_name_the_problem_and_leave_no_output(model_env, tmp_path, capsys
     _fails(capsys, ["-i", str(odd), "-o", str(out), "-m", str(tmp_path / "nope"), "-f", "0", "-device", "cpu"],
            "does not exist", entry=predict_from_modelfolder_entry_point)
     assert list(out.iterdir()) == []
+
+
+# --- inputs and outputs checked before the model is loaded (the issue's reproductions) ---------------------------------
+
+@pytest.fixture
+def model_never_loaded(model_env, monkeypatch):
+    from nnunet_cin.inference.predict import nnUNetPredictorCIN
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs and outputs were checked")
+    monkeypatch.setattr(nnUNetPredictorCIN, "initialize_from_trained_model_folder", refuse)
+    return model_env
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def inputs_copy(model, tmp_path):
+    shutil.copytree(model["inputs"]["all"], tmp_path / "imagesTs")
+    return tmp_path / "imagesTs"
+
+
+BASE = ["-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu"]
+
+
+def test_output_folder_that_is_the_input_folder_or_inside_it(model_never_loaded, inputs_copy, tmp_path, capsys):
+    before = _tree(tmp_path)
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(inputs_copy), *BASE], f"-o {inputs_copy} is the input folder",
+           "new cases", "outside")
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(inputs_copy / "pred"), *BASE], "is inside the input folder")
+    assert _tree(tmp_path) == before
+
+
+def test_output_that_is_an_existing_file(model_never_loaded, inputs_copy, tmp_path, capsys):
+    (tmp_path / "pred.nii.gz").write_text("mine")
+    before = _tree(tmp_path)
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred.nii.gz"), *BASE],
+           f"-o {tmp_path / 'pred.nii.gz'} is an existing file", "folder")
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="/proc: a place nobody can create folders in, root included")
+def test_output_in_an_unwritable_place(model_never_loaded, inputs_copy, tmp_path, capsys):
+    before = _tree(tmp_path)
+    _fails(capsys, ["-i", str(inputs_copy), "-o", "/proc/nnunet_cin_predictions", *BASE], "cannot write in /proc",
+           "choose an output folder you can write to")
+    assert _tree(tmp_path) == before and not os.path.exists("/proc/nnunet_cin_predictions")
+
+
+def test_a_4d_input_image(model_never_loaded, inputs_copy, tmp_path, capsys):
+    """Three time points of a CT volume in one file: nnU-Net's reader would take them as three channels."""
+    volume = sitk.ReadImage(str(inputs_copy / "ct_0100_0000.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([volume] * 3), str(inputs_copy / "ct_0100_0000.nii.gz"))
+    before = _tree(tmp_path)
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE],
+           f"{inputs_copy / 'ct_0100_0000.nii.gz'} is a 4D image (size 24 x 24 x 24 x 3)", "takes 1 channel(s)",
+           "one 3D (or 2D) image per channel")
+    assert _tree(tmp_path) == before
+
+
+def test_a_wrong_number_of_channels(model_never_loaded, inputs_copy, tmp_path, capsys):
+    shutil.copy(inputs_copy / "mr_0100_0000.nii.gz", inputs_copy / "mr_0100_0001.nii.gz")
+    before = _tree(tmp_path)
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE],
+           "case mr_0100 has the file(s) mr_0100_0000.nii.gz, mr_0100_0001.nii.gz", "takes 1 channel(s)",
+           "channel_names", "give each case exactly CASE_0000.nii.gz")
+    assert _tree(tmp_path) == before
 
 
 def test_export_to_zip_and_install_keep_what_inference_needs(model, rules_prediction, tmp_path):

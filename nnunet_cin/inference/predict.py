@@ -37,9 +37,9 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json, subdirs
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_cin.cin import cin_layers, condition
+from nnunet_cin.inference.checks import check_prediction_inputs_and_outputs
 from nnunet_cin.inference.outputs import OutputPlansManager, StagingFolders, why_unfinished
 from nnunet_cin.inference.preprocessing import ModalityConfigurationManager
 from nnunet_cin.plans import CINPlans
@@ -152,20 +152,16 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                 f'properties["modality"] (one of {self.modalities})')
         return dict(properties, modality=self._check_name(modality))
 
-    def input_lists(self, list_of_lists_or_source_folder: Union[str, List[List[str]]]) -> List[List[str]]:
-        """nnU-Net's input: a folder (CASE_XXXX files, listed as nnU-Net lists them) or one list of files per case."""
-        if isinstance(list_of_lists_or_source_folder, str):
-            if not isdir(list_of_lists_or_source_folder):
-                raise FileNotFoundError(f"input folder {list_of_lists_or_source_folder} does not exist")
-            return create_lists_from_splitted_dataset_folder(list_of_lists_or_source_folder,
-                                                             self.dataset_json['file_ending'])
-        return list_of_lists_or_source_folder
-
     @contextmanager
-    def _prediction_run(self, list_of_lists: List[List[str]]):
-        """One run of nnU-Net's predict_from_files(_sequential) on these cases: every case's modality is resolved
-        first (errors before anything is written), then handed to the run's preprocessing; outputs are staged."""
-        case_modalities = self.modalities_of_cases(list_of_lists)
+    def _prediction_run(self, list_of_lists_or_source_folder: Union[str, List[List[str]]],
+                        output_folder_or_list_of_truncated_output_files: Union[str, None, List[str]],
+                        part_id: int = 0, num_parts: int = 1):
+        """One run of nnU-Net's predict_from_files(_sequential): inputs and outputs are checked and every case's
+        modality is resolved first (errors before anything is written), then handed to the run's preprocessing;
+        outputs are staged."""
+        lists = check_prediction_inputs_and_outputs(list_of_lists_or_source_folder,
+                                                    output_folder_or_list_of_truncated_output_files, self.dataset_json)
+        case_modalities = self.modalities_of_cases(lists[part_id::num_parts])
         previous = self.configuration_manager.case_modalities
         self.configuration_manager.case_modalities = case_modalities
         try:
@@ -254,12 +250,13 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                            num_processes_preprocessing: int = default_num_processes,
                            num_processes_segmentation_export: int = default_num_processes,
                            folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0):
-        """nnU-Net's, with every case's modality resolved before anything is written (`self.modality` or the model's
-        rules) and handed to nnU-Net's preprocessing workers, which start on the first case."""
+        """nnU-Net's, with the inputs and outputs checked (nnunet_cin.inference.checks) and every case's modality
+        resolved before anything is written (`self.modality` or the model's rules), then handed to nnU-Net's
+        preprocessing workers, which start on the first case."""
         if not 0 <= part_id < num_parts:
             raise ValueError(f"part_id must be in 0..{num_parts - 1} (num_parts={num_parts}), got {part_id}")
-        lists = self.input_lists(list_of_lists_or_source_folder)
-        with self._prediction_run(lists[part_id::num_parts]):
+        with self._prediction_run(list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                                  part_id, num_parts):
             return super().predict_from_files(
                 list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
                 overwrite, num_processes_preprocessing, num_processes_segmentation_export,
@@ -269,8 +266,8 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                       output_folder_or_list_of_truncated_output_files: Union[str, None, List[str]],
                                       save_probabilities: bool = False, overwrite: bool = True,
                                       folder_with_segs_from_prev_stage: str = None):
-        """nnU-Net's (no multiprocessing), with every case's modality resolved first as in predict_from_files."""
-        with self._prediction_run(self.input_lists(list_of_lists_or_source_folder)), \
+        """nnU-Net's (no multiprocessing), with the checks and every case's modality first, as predict_from_files."""
+        with self._prediction_run(list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files), \
                 self._conditioned_by_preprocessing():
             return super().predict_from_files_sequential(
                 list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
@@ -504,6 +501,10 @@ def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Opt
     try:
         device = _device(args.device)
         folds = [f if f == 'all' else int(f) for f in args.f]
+        # before the model is loaded, and writing nothing: the model folder, the inputs and the output
+        check_model_folder(model_folder, folds, args.chk)
+        dataset_json_file = join(model_folder, 'dataset.json')
+        lists = check_prediction_inputs_and_outputs(args.i, args.o, load_json(dataset_json_file), dataset_json_file)
         predictor = nnUNetPredictorCIN(tile_step_size=args.step_size, use_gaussian=True,
                                        use_mirroring=not args.disable_tta,
                                        perform_everything_on_device=not args.not_on_device, device=device,
@@ -511,10 +512,6 @@ def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Opt
                                        allow_tqdm=not args.disable_progress_bar)
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
         predictor.modality = modality
-        lists = predictor.input_lists(args.i)
-        if not lists:
-            raise FileNotFoundError(f"no input images ending in _XXXX{predictor.dataset_json['file_ending']} in "
-                                    f"{args.i}")
         # resolve now: an error stops the run before the output folder or any file is created
         predictor.modalities_of_cases(lists[part_id::num_parts])
     except (ModalityError, FileNotFoundError, ValueError) as e:

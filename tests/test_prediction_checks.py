@@ -1,0 +1,86 @@
+"""What nnUNetv2_predict_cin checks before loading a model (nnunet_cin.inference.checks); the end-to-end reproductions
+are in test_predict.py."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_cin.inference.checks import PredictionInputError, check_input_images, check_output_folder
+
+ONE_CHANNEL = {"0": "image"}
+
+
+def image(path, array=None, **kw):
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32) if array is None else array, **kw)
+    sitk.WriteImage(img, str(path))
+    return str(path)
+
+
+def raises(fn, *fragments):
+    with pytest.raises(PredictionInputError) as e:
+        fn()
+    for f in fragments:
+        assert f in str(e.value), f"{f!r} not in:\n{e.value}"
+    return str(e.value)
+
+
+def test_output_folder_is_not_the_input_folder_nor_inside_it(tmp_path):
+    inputs = tmp_path / "imagesTs"
+    inputs.mkdir()
+    raises(lambda: check_output_folder(str(inputs), [str(inputs)]), "is the input folder", "outside")
+    raises(lambda: check_output_folder(str(tmp_path / "imagesTs" / ".." / "imagesTs" / ""), [str(inputs)]),
+           "is the input folder")
+    (tmp_path / "link").symlink_to(inputs)
+    raises(lambda: check_output_folder(str(tmp_path / "link"), [str(inputs)]), "is the input folder")
+    raises(lambda: check_output_folder(str(inputs / "pred"), [str(inputs)]), "is inside the input folder")
+    check_output_folder(str(tmp_path / "imagesTs_pred"), [str(inputs)])  # a name that only starts alike
+    check_output_folder(str(tmp_path / "pred" / "deeper"), [str(inputs)])
+    assert sorted(os.listdir(tmp_path)) == ["imagesTs", "link"]  # nothing created or left by the checks
+
+
+def test_output_folder_is_no_file_and_writable(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    raises(lambda: check_output_folder(str(tmp_path / "afile"), []), "is an existing file")
+    raises(lambda: check_output_folder(str(tmp_path / "afile" / "pred"), []), "afile is a file")
+    if sys.platform.startswith("linux"):
+        raises(lambda: check_output_folder("/proc/nnunet_cin_pred", []), "cannot write in /proc")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        raises(lambda: check_output_folder(str(locked / "pred"), []), "cannot write in", "locked")
+    assert sorted(os.listdir(tmp_path)) == sorted(["afile"] + (["locked"] if os.geteuid() != 0 else []))
+
+
+def test_channels_and_dimensions(tmp_path):
+    ok = [[image(tmp_path / "ct_1_0000.nii.gz")], [image(tmp_path / "mr_1_0000.nii.gz")]]
+    check_input_images(ok, ".nii.gz", ONE_CHANNEL)
+    two = {"0": "T1", "1": "T2"}
+    check_input_images([[image(tmp_path / "t_1_0000.nii.gz"), image(tmp_path / "t_1_0001.nii.gz")]], ".nii.gz", two)
+    # a missing and an extra channel file: every case listed, with the model's channel_names
+    extra = [image(tmp_path / f"x_000{i}.nii.gz") for i in range(3)]
+    msg = raises(lambda: check_input_images([[str(tmp_path / "ct_1_0000.nii.gz")], extra], ".nii.gz", two,
+                                            "M/dataset.json"),
+                 "2 input problems", "case ct_1 has the file(s) ct_1_0000.nii.gz,", "case x", "x_0002.nii.gz",
+                 "takes 2 channel(s)", "'T2'", "M/dataset.json", "CASE_0000.nii.gz, CASE_0001.nii.gz")
+    assert msg.count("\n- ") == 2
+    raises(lambda: check_input_images([[str(tmp_path / "t_1_0000.nii.gz"), str(tmp_path / "t_1_0001.nii.gz")]],
+                                      ".nii.gz", ONE_CHANNEL), "case t_1", "takes 1 channel(s)")
+    # a 4D image: nnU-Net's reader would take its 4th dimension as channels
+    series = sitk.JoinSeries([sitk.ReadImage(str(tmp_path / "ct_1_0000.nii.gz"))] * 3)
+    four = tmp_path / "four" / "ct_2_0000.nii.gz"
+    four.parent.mkdir()
+    sitk.WriteImage(series, str(four))
+    raises(lambda: check_input_images([[str(four)]], ".nii.gz", ONE_CHANNEL), str(four), "4D image",
+           "6 x 5 x 4 x 3", "one 3D (or 2D) image per channel")
+    # RGB voxels: three values per voxel
+    rgb = image(tmp_path / "rgb_0000.nii.gz", np.zeros((4, 5, 6, 3), np.uint8), isVector=True)
+    raises(lambda: check_input_images([[rgb]], ".nii.gz", ONE_CHANNEL), "3 values per voxel")
+    # not an image at all
+    (tmp_path / "junk_0000.nii.gz").write_bytes(b"not an image")
+    raises(lambda: check_input_images([[str(tmp_path / "junk_0000.nii.gz")]], ".nii.gz", ONE_CHANNEL),
+           "junk_0000.nii.gz cannot be read as an image")
+    # all in one message
+    raises(lambda: check_input_images([[str(four)], [str(tmp_path / "junk_0000.nii.gz")], [rgb]], ".nii.gz",
+                                      ONE_CHANNEL), "3 input problems", "4D image", "cannot be read", "3 values")
