@@ -382,7 +382,7 @@ def test_sigterm_ends_the_workers_and_leaves_only_complete_outputs(model, rules_
     --continue_prediction finishes the rest."""
     inputs, out = tmp_path / "inputs", tmp_path / "pred"
     inputs.mkdir()
-    for i in range(101, 106):
+    for i in range(101, 104):  # 6 cases: the run is still busy when the first is written
         for case in ("ct_0100", "mr_0100"):
             shutil.copy(model["inputs"]["all"] / f"{case}_0000.nii.gz", inputs / f"{case[:3]}0{i}_0000.nii.gz")
     cmd = ["nnUNetv2_predict_cin", "-i", str(inputs), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f",
@@ -407,7 +407,7 @@ def test_sigterm_ends_the_workers_and_leaves_only_complete_outputs(model, rules_
     assert not [w for w in workers if _running(w)], "worker processes outlived the terminated run"
 
     finished = sorted(f.name[:-len(".nii.gz")] for f in out.glob("*.nii.gz"))
-    assert finished and len(finished) < 10
+    assert finished and len(finished) < 6
     assert sorted(os.listdir(out)) == sorted(["dataset.json", "plans.json", "predict_from_raw_data_args.json"] +
                                              [c + e for c in finished for e in (".nii.gz", ".npz", ".pkl")])
     for case in finished:

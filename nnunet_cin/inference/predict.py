@@ -17,10 +17,13 @@ How a case's modality reaches the network:
    sequential loop, which predicts without the properties: the modality of the case its preprocessor has just
    prepared). Plain networks (Joint / single-modality baselines) are not conditioned, but still get per-modality
    preprocessing.
+Around it: the inputs and the output are checked before the model is loaded (nnunet_cin.inference.checks), outputs
+are written complete or not at all and --continue_prediction re-predicts incomplete ones (nnunet_cin.inference.outputs),
+and SIGTERM ends the run with its workers.
 The predictor keeps the signatures of nnU-Net's nnUNetPredictor (nnU-Net records predict_from_files' arguments by
-inspecting its signature) and wraps nnU-Net's own bodies. Everything else (sliding window, Gaussian weighting, mirroring, fold ensembling, resampling, export,
---save_probabilities, -num_parts/-part_id, --continue_prediction) is nnU-Net's: the outputs are nnU-Net's, so
-nnUNetv2_ensemble and nnUNetv2_apply_postprocessing work on them as usual.
+inspecting its signature) and wraps nnU-Net's own bodies. Everything else (sliding window, Gaussian weighting,
+mirroring, fold ensembling, resampling, export, --save_probabilities, -num_parts/-part_id) is nnU-Net's: the outputs
+are nnU-Net's, so nnUNetv2_ensemble and nnUNetv2_apply_postprocessing work on them as usual.
 """
 import argparse
 import multiprocessing
