@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from damaged_files import truncate_half
 
 from nnunet_cin.dataset_conversion.synthetic import generate_case, write_nnunet_dataset
 
@@ -340,7 +341,7 @@ def test_continue_prediction_repredicts_half_written_outputs(model_env, rules_pr
     shutil.copytree(rules_prediction, out)
     stamp = lambda f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns)  # noqa: E731
     for broken, intact in (("ct_0100.nii.gz", "mr_0100"), ("mr_0100.npz", "ct_0100")):
-        os.truncate(out / broken, os.path.getsize(out / broken) // 2)
+        truncate_half(out / broken)
         before = {f: stamp(out / f) for f in os.listdir(out) if f.startswith(intact)}
         predict_cli(model_env, model_env["inputs"]["all"], out, "--continue_prediction", "--save_probabilities",
                     "-npp", "0", "-nps", "0")

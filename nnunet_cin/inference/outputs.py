@@ -10,11 +10,10 @@ look finished, and `--continue_prediction` (which only asks whether they exist) 
   workers) a writer that, once the segmentation is complete, moves the case's files into the output folder with
   `os.replace`, the segmentation last. A killed run leaves the staging folder, never a half-written output.
 - `why_unfinished` says whether a case's outputs read back completely (a truncated .nii.gz reads without error in
-  SimpleITK, with zeros where the data is missing: NIfTI files are read in full with nibabel instead).
+  SimpleITK, with zeros where the data is missing: nnunet_cin.io_checks reads it to its end).
 
 Imported by nnU-Net's spawned export workers (they unpickle the plans manager): no torch or predictor imports here.
 """
-import gzip
 import os
 import pickle
 import shutil
@@ -24,6 +23,8 @@ from functools import lru_cache
 from typing import List, Optional
 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_cin.io_checks import NIFTI_ENDINGS, incomplete_reason
 
 PARTIAL_PREFIX = ".partial-"
 PROBABILITY_ENDINGS = (".npz", ".pkl")  # nnU-Net's --save_probabilities outputs, written before the segmentation
@@ -112,39 +113,26 @@ class OutputPlansManager(PlansManager):
 
 
 # ------------------------------------------------------------------------------------------------- reading back
-def _read_gzip_stream(path: str):
-    """Decompress a whole gzip file: its trailer (CRC-32 and length) is checked only at the very end."""
-    with gzip.open(path, "rb") as f:
-        while f.read(1 << 22):
-            pass
-
-
 def why_unreadable(path: str, reader_writer_class: Optional[type] = None) -> Optional[str]:
-    """None if `path` reads back completely, else why not. A gzip file (.nii.gz) is decompressed to its end, where its
-    CRC and length are checked; NIfTI (.nii, .nii.gz) is read with nibabel, which notices fewer voxels than the header
-    promises (SimpleITK fills them with zeros); .npz: every member's CRC; .pkl: unpickled; other images: read with
-    `reader_writer_class`."""
+    """None if `path` reads back completely, else why not. Images: nnunet_cin.io_checks (a gzip stream read to its end
+    with its CRC and length checked, NIfTI data as long as its header promises: SimpleITK reads a truncated NIfTI
+    without complaint, zeros where data is missing); images of other formats read with `reader_writer_class`. .npz:
+    every member's CRC; .pkl: unpickled."""
     try:
-        with open(path, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":
-                _read_gzip_stream(path)
-        if path.endswith((".nii", ".nii.gz")):
-            import nibabel
-            import numpy as np
-            np.asanyarray(nibabel.load(path).dataobj)
-        elif path.endswith(".npz"):
+        if path.endswith(".npz"):
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
-            if bad is not None:
-                return f"member {bad} is corrupt"
-        elif path.endswith(".pkl"):
+            return None if bad is None else f"member {bad} is corrupt"
+        if path.endswith(".pkl"):
             with open(path, "rb") as f:
                 pickle.load(f)
-        elif reader_writer_class is not None:
-            reader_writer_class().read_seg(path)
+            return None
+        reason = incomplete_reason(path)
+        if reason is None and not path.endswith(NIFTI_ENDINGS) and reader_writer_class is not None:
+            reader_writer_class().read_seg(path)  # a format io_checks does not know: its reader must manage
+        return reason
     except Exception as e:  # whatever the reader raises: the file does not read back
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}"
-    return None
 
 
 def why_unfinished(output_file_truncated: str, file_ending: str, save_probabilities: bool,
