@@ -215,7 +215,7 @@ class ModalityRules:
 #   label / output file  CASE<file_ending>       (labelsTr, reference labels, predictions)
 #   preprocessed case    <folder>/CASE (the name nnU-Net's preprocessors write to), CASE.b2nd, CASE_seg.b2nd, CASE.pkl
 # <file_ending> is the dataset's (dataset.json "file_ending"). A case's modality: `ModalityRules.modality_of(CASE)`.
-_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+_CHANNEL_SUFFIX = re.compile(r"_(\d{4})$")
 # nnU-Net's preprocessed files: data CASE.b2nd / CASE.npy / CASE.npz, segmentation CASE_seg.b2nd / CASE_seg.npy,
 # properties CASE.pkl (nnUNetDatasetBlosc2 / nnUNetDatasetNumpy)
 _PREPROCESSED_SUFFIX = re.compile(r"(_seg)?\.(b2nd|npy)$|\.(npz|pkl)$")
@@ -231,6 +231,12 @@ def case_id_from_image_file(file: str, file_ending: str) -> str:
     suffix (_XXXX, four digits) are removed. Only for image files: a label or prediction file (CASE.nii.gz) whose case
     id ends in four digits (ct_0003.nii.gz) would lose them; use `case_id_from_label_file` there."""
     return _CHANNEL_SUFFIX.sub("", _without_ending(file, file_ending))
+
+
+def channel_of_image_file(file: str, file_ending: str) -> Optional[int]:
+    """The channel of an nnU-Net input image file (CASE_0001.nii.gz -> 1); None without a channel suffix."""
+    m = _CHANNEL_SUFFIX.search(_without_ending(file, file_ending))
+    return int(m.group(1)) if m else None
 
 
 def case_id_from_label_file(file: str, file_ending: str) -> str:

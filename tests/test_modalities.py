@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_image_file, case_id_from_label_file,
-                                   case_id_from_preprocessed_file, case_ids_from_image_files)
+                                   case_id_from_preprocessed_file, case_ids_from_image_files, channel_of_image_file)
 from nnunet_cin.planning.plan_and_preprocess import check_dataset
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
@@ -98,6 +98,8 @@ def test_case_ids_of_labels_outputs_and_preprocessed_cases():
               "ct_0003.npy", "ct_0003_seg.npy", "C:\\pre\\ct_0003.pkl"):
         assert case_id_from_preprocessed_file(f) == "ct_0003", f
     assert case_id_from_preprocessed_file("/pre/heart.v2") == "heart.v2"  # a dot in a truncated name stays
+    assert channel_of_image_file("/in/ct_0003_0012.nii.gz", ".nii.gz") == 12
+    assert channel_of_image_file("/in/heart.nii.gz", ".nii.gz") is None
 
 
 def test_case_ids_agree_with_nnunets_own_listing(tmp_path):

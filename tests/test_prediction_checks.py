@@ -67,6 +67,9 @@ def test_channels_and_dimensions(tmp_path):
     assert msg.count("\n- ") == 2
     raises(lambda: check_input_images([[str(tmp_path / "t_1_0000.nii.gz"), str(tmp_path / "t_1_0001.nii.gz")]],
                                       ".nii.gz", ONE_CHANNEL), "case t_1", "takes 1 channel(s)")
+    # a file list from Python whose file has no channel suffix
+    raises(lambda: check_input_images([[image(tmp_path / "plain.nii.gz")]], ".nii.gz", ONE_CHANNEL),
+           "case plain has the file(s) plain.nii.gz")
     # a 4D image: nnU-Net's reader would take its 4th dimension as channels
     series = sitk.JoinSeries([sitk.ReadImage(str(tmp_path / "ct_1_0000.nii.gz"))] * 3)
     four = tmp_path / "four" / "ct_2_0000.nii.gz"

@@ -7,14 +7,13 @@
 Every problem found is listed in one PredictionInputError, naming the file and what to do.
 """
 import os
-import re
 import tempfile
 from typing import Dict, List, Sequence, Union
 
 import SimpleITK as sitk
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
-from nnunet_cin.modalities import case_id_from_image_file
+from nnunet_cin.modalities import case_id_from_image_file, channel_of_image_file
 
 
 class PredictionInputError(ValueError):
@@ -57,9 +56,6 @@ def check_output_folder(output_folder: str, input_folders: Sequence[str]) -> Non
                                    f"folder you can write to") from None
 
 
-_CHANNEL = re.compile(r"_(\d{4})$")
-
-
 def _image_size(file: str):
     """(size, components per voxel) from the image header; PredictionInputError if it cannot be read."""
     reader = sitk.ImageFileReader()
@@ -81,9 +77,9 @@ def _channels_in_file(file: str, file_ending: str, case: str, model: str, wanted
         return
     shape = " x ".join(map(str, size))
     what = f"a {len(size)}D image (size {shape})" if len(size) >= 4 else f"an image of {components} values per voxel"
-    channel = _CHANNEL.search(os.path.basename(file)[:-len(file_ending)]).group(1)
-    raise PredictionInputError(f"{file} is {what}, but it is channel {channel} of case {case} and {model}: give one "
-                               f"3D (or 2D) image per channel ({wanted})")
+    channel = channel_of_image_file(file, file_ending)
+    raise PredictionInputError(f"{file} is {what}, but it is channel {channel:04d} of case {case} and {model}: give "
+                               f"one 3D (or 2D) image per channel ({wanted})")
 
 
 def check_input_images(list_of_lists: List[List[str]], file_ending: str, channel_names: Dict[str, str],
@@ -96,9 +92,8 @@ def check_input_images(list_of_lists: List[List[str]], file_ending: str, channel
     problems = []
     for files in list_of_lists:
         case = case_id_from_image_file(files[0], file_ending)
-        indices = sorted(int(m.group(1)) for f in files
-                         if (m := _CHANNEL.search(os.path.basename(f)[:-len(file_ending)])))
-        if indices != list(range(expected)):
+        indices = [channel_of_image_file(f, file_ending) for f in files]
+        if None in indices or sorted(indices) != list(range(expected)):
             problems.append(f"case {case} has the file(s) {', '.join(os.path.basename(f) for f in files)}, but "
                             f"{model}: give each case exactly {wanted}")
             continue
