@@ -6,6 +6,7 @@ import shutil
 import pickle
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -350,6 +351,34 @@ def test_continue_prediction_repredicts_half_written_outputs(model_env, rules_pr
         np.testing.assert_allclose(probabilities(out / f"{case}.npz"), probabilities(rules_prediction / f"{case}.npz"),
                                    atol=1e-3)
         assert {f: stamp(out / f) for f in before} == before  # the complete case was not predicted again
+
+
+_IDLE_EXPORT_POOL = """
+import multiprocessing, time
+from nnunet_cin.inference.predict import _sigterm_ends_run
+if __name__ == "__main__":
+    with _sigterm_ends_run():
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            pool.apply(abs, (-1,))  # the worker is up, now idle: it waits for work holding the pool's queue lock
+            print("ready", flush=True)
+            time.sleep(120)
+"""
+
+
+def test_sigterm_while_the_export_worker_is_idle_ends_the_run(tmp_path):
+    """SIGTERM when nnU-Net's export pool has nothing to do (CI once hung here for 600 s): the run ends at once with
+    128 + SIGTERM and no traceback."""
+    script = tmp_path / "idle_pool.py"
+    script.write_text(_IDLE_EXPORT_POOL)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in proc.stderr.read()
 
 
 def _descendants(pid):

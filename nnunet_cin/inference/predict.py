@@ -445,10 +445,12 @@ def _device(name: str) -> torch.device:
 
 
 def _exit_on_sigterm(signum, frame):
-    # nnU-Net's daemonic workers first: left for Python's exit, they would print a traceback each when the Manager
-    # that holds their queues shuts down during the unwinding
+    # nnU-Net's daemonic preprocessing workers first: left for Python's exit, they would print a traceback each when
+    # the Manager that holds their queues shuts down during the unwinding. Not the export pool's workers: an idle one
+    # waits for work holding the pool's queue lock, and killed with it, Pool.terminate (the unwinding's) would wait
+    # for that lock forever; Pool.terminate ends them itself.
     for child in multiprocessing.active_children():
-        if child.daemon:
+        if child.daemon and "PoolWorker" not in child.name:
             child.terminate()
     raise SystemExit(128 + signum)
 
