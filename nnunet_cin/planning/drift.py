@@ -8,12 +8,12 @@ preprocessing replaces a configuration's whole folder, so only the folders this 
 disagree; `check_preprocessed_data` finds them before anything is written and says what to re-run.
 """
 import os
-import pickle
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 
 from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.preprocessing.preprocessor import stored_modalities
 
 MAX_LISTED = 20
 
@@ -28,13 +28,9 @@ def case_disagreements(data_folder: str, rules: ModalityRules,
     preprocessed data folder whose stored modality or conditioning index differs from the rules'. Cases that are no
     longer in the dataset are left out."""
     out = {}
-    for name in sorted(os.listdir(data_folder)):
-        case = name[:-len(".pkl")]
-        if not name.endswith(".pkl") or case not in case_modality:
+    for case, stored in stored_modalities(data_folder).items():
+        if case not in case_modality:
             continue
-        with open(join(data_folder, name), "rb") as f:
-            properties = pickle.load(f)
-        stored = (properties.get("modality"), properties.get("modality_index"))
         now = (case_modality[case], rules.index_of_name(case_modality[case]))
         if stored != now:
             out[case] = (stored, now)

@@ -9,10 +9,11 @@ properties (properties["modality"], properties["modality_index"]), i.e. in the p
 Training: the modality of a case comes from the dataset.json rules (nnunet_cin.modalities). Inference on new images:
 the same class, with `modality=` given explicitly, or resolved from the case id of the image file names.
 """
-from typing import List, Optional, Tuple, Union
+import os
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import load_json
+from batchgenerators.utilities.file_and_folder_operations import join, load_json, load_pickle
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -20,6 +21,17 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_cin.plans import CINPlans
 from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_image_file,
                                    case_id_from_preprocessed_file)
+
+
+def stored_modalities(data_folder: str) -> Dict[str, Tuple[Optional[str], Optional[int]]]:
+    """{case: (modality, conditioning index)} as the preprocessing stored them in the properties (CASE.pkl) of the
+    cases of a preprocessed data folder; (None, None) for cases preprocessed without one (plain nnU-Net)."""
+    out = {}
+    for name in sorted(os.listdir(data_folder)):
+        if name.endswith(".pkl"):
+            properties = load_pickle(join(data_folder, name))
+            out[case_id_from_preprocessed_file(name)] = (properties.get("modality"), properties.get("modality_index"))
+    return out
 
 
 def modality_managers(plans_manager: PlansManager, configuration_manager: ConfigurationManager, modality: str,

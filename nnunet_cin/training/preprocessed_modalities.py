@@ -12,11 +12,12 @@ import os
 import re
 from typing import Dict, Optional
 
-from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
+from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.preprocessing.preprocessor import stored_modalities
 
 SHOWN = 20  # cases listed in the message
 
@@ -32,13 +33,7 @@ def preprocessed_folder(plans: dict, configuration: str) -> Optional[str]:
 
 def preprocessed_modalities(folder: str) -> Dict[str, str]:
     """{case: modality} of the cases in `folder` whose properties record one."""
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".pkl"):
-            modality = load_pickle(join(folder, name)).get("modality")
-            if modality is not None:
-                out[name[:-len(".pkl")]] = modality
-    return out
+    return {case: modality for case, (modality, _) in stored_modalities(folder).items() if modality is not None}
 
 
 def refuse_rule_drift(plans: dict, configuration: str, dataset_json: dict) -> None:
