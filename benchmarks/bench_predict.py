@@ -66,7 +66,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import nnunet_cin.trainers
-    from nnunet_cin.training.conditioning import plain_architecture, plans_for_trainer
+    from nnunet_cin.networks.unet import plain_architecture
+    from nnunet_cin.plans import CINPlans
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
     from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_predict_"))
@@ -89,7 +91,7 @@ def main(argv=None):
     modalities = cin_plans["cin"]["modalities"]
 
     # the conditional model, as nnUNetTrainerCIN writes it
-    cin_model_plans = plans_for_trainer(cin_plans, CONFIG, modalities, True, "nnUNetTrainerCIN")
+    cin_model_plans = nnUNetTrainerCIN.plans_for_training(CINPlans(cin_plans).with_modalities(modalities), CONFIG, None)
     cin_folder = root / "results" / DATASET / f"nnUNetTrainerCIN__nnUNetPlansCIN__{CONFIG}"
     write_model(cin_folder, "nnUNetTrainerCIN", cin_model_plans, dataset_json, modalities)
     # its plain counterpart: same plans, plain network, nnU-Net's preprocessor

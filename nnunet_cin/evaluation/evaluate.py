@@ -296,16 +296,6 @@ def _nnunet_means(per_case: List[dict], labels: Sequence[LabelOrRegion]) -> Tupl
 # folders
 
 
-def case_modalities(case_ids: Sequence[str], dataset_json: dict, modality: Optional[str] = None) -> Dict[str, str]:
-    """{case id: modality name}: `modality` for every case if given (checked against the dataset's modalities),
-    else the dataset's rules. Every unresolvable case is reported in one ModalityError."""
-    rules = ModalityRules.from_dataset_json(dataset_json)
-    if modality is not None:
-        rules.index_of_name(modality)  # raises, naming the valid modalities
-        return {c: modality for c in case_ids}
-    return rules.resolve(case_ids)
-
-
 class _InProcess:
     """A pool for -np 1: the same starmap, without starting a worker process (each imports torch: seconds)."""
 
@@ -366,8 +356,8 @@ def evaluate_folder(folder_ref: str, folder_pred: str, dataset_json: dict, modal
             raise FileNotFoundError(f"{len(missing_pred)} reference case(s) have no prediction in {folder_pred} "
                                     f"(use --chill to evaluate what is there): {', '.join(missing_pred)}")
     # resolve every case's modality before any computation: a bad case stops the run at once
-    modality_of = case_modalities([case_id_from_label_file(f, file_ending) for f in pred_files], dataset_json,
-                                  modality)
+    modality_of = ModalityRules.from_dataset_json(dataset_json).resolve(
+        [case_id_from_label_file(f, file_ending) for f in pred_files], modality)
 
     lm = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
     labels = lm.foreground_regions if lm.has_regions else lm.foreground_labels
