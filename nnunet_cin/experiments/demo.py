@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from nnunet_cin.experiments.nnunet_runs import CONTINUE, DONE, VALIDATE, prepare_continue, training_state
+from nnunet_cin.modalities import case_id_from_image_file, case_id_from_label_file
 
 DATASET_ID = 990
 DATASET_NAME = "DemoHeart"
@@ -137,7 +138,7 @@ def run_demo(output: Path, device: str, quick: bool = False, cases_per_modality:
         for f in images:
             if not (inputs / f.name).exists():
                 shutil.copy2(f, inputs / f.name)
-        if all((predictions / (f.name[:-len("_0000.nii.gz")] + ".nii.gz")).is_file() for f in images):
+        if all((predictions / f"{case_id_from_image_file(f.name, '.nii.gz')}.nii.gz").is_file() for f in images):
             print(f"    {modality}: already predicted")
             continue
         _run(["nnUNetv2_predict_cin", "-i", str(inputs), "-o", str(predictions), "-d", str(DATASET_ID), "-c",
@@ -154,7 +155,8 @@ def run_demo(output: Path, device: str, quick: bool = False, cases_per_modality:
 
     _stage(6, total, "overlays")
     for modality in MODALITIES:
-        case = sorted((raw / "labelsTs").glob(f"{modality.lower()}_*.nii.gz"))[0].name[:-len(".nii.gz")]
+        case = case_id_from_label_file(sorted((raw / "labelsTs").glob(f"{modality.lower()}_*.nii.gz"))[0].name,
+                                       ".nii.gz")
         png = output / f"overlay_{modality}.png"
         if _newer_than(png, [predictions / f"{case}.nii.gz"]):
             print(f"    {png} (already there)")
