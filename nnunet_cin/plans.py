@@ -11,7 +11,8 @@
         "intensity_properties": {"CT": {"0": {mean, std, percentile_00_5, ...}}, ...},   foreground statistics per modality
         "signatures": {"version": 1, ..., "modalities": {"CT": {center, spread, ...}, ...}},  what each modality's
                                                              images look like (nnunet_cin.planning.signature)
-        "added_modalities": {"T2": {dataset, cases, labelled, ...}},   only in models extended by nnunet-cin add-modality
+        "added_modalities": {"T2": {dataset, cases, labelled, ...}},   only in models that nnunet-cin add-modality
+                                                             extended
     }
 
 Plans made by plain `nnUNetv2_plan_and_preprocess` have no "cin" entry; a trainer of ours that trains from them
@@ -132,7 +133,8 @@ class CINPlans:
         entry["use_mask_for_norm"][name] = bool(use_mask)
         entry["intensity_properties"][name] = deepcopy(intensity_properties)
         if normalization_key is not None:
-            entry["modality_normalization"] = dict(entry.get("modality_normalization") or {}, **{name: normalization_key})
+            entry["modality_normalization"] = dict(entry.get("modality_normalization") or {},
+                                                   **{name: normalization_key})
         if signature is not None and entry.get("signatures"):
             entry["signatures"]["modalities"][name] = deepcopy(signature)
         if provenance is not None:

@@ -60,7 +60,7 @@ def _analyze_case(reader, files: dict, label_values: set, num_samples: int, seed
         if seg.shape[1:] != images.shape[1:]:
             raise AddModalityError(f"label {files['label']} has shape {seg.shape[1:]}, its image "
                                    f"{tuple(images.shape[1:])}: pair the right files")
-        unknown = sorted(set(np.unique(seg).tolist()) - label_values)
+        unknown = sorted({int(v) if float(v).is_integer() else float(v) for v in np.unique(seg)} - label_values)
         if unknown:
             raise AddModalityError(f"label {files['label']} holds value(s) {unknown} that are not labels of the "
                                    f"model ({sorted(label_values)})")

@@ -23,14 +23,14 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, maybe_mkdir_p, save_json
 
 from nnunet_cin.add_modality.analysis import (ModalityAnalysis, analyze_new_modality, extended_dataset_json,
                                               extended_plans, initial_rows)
-from nnunet_cin.add_modality.inputs import CLOSEST, MEAN, AddModalityError, Request, check_request
+from nnunet_cin.add_modality.inputs import CLOSEST, AddModalityError, Request, check_request
 from nnunet_cin.add_modality.rows import MEAN as MEAN_ROW
 from nnunet_cin.add_modality.rows import cin_tensor_names, extended_state_dict, unchanged_except_new_rows
 from nnunet_cin.add_modality.trainer import Adaptation, adaptation_trainer
@@ -111,16 +111,14 @@ def _train_fold(request: Request, plans: dict, dataset_json: dict, adaptation: A
     return trainer
 
 
-def export_fold(request: Request, fold, weights: dict, cin_keys, plans: dict, record: dict, folder: str) -> None:
-    """fold_X/checkpoint_final.pth of the extended model: the model's checkpoint with `weights` and the extended plans,
-    after checking that `weights` is the model's weights plus one row per CIN tensor (`cin_keys`); else nothing is
-    written."""
-    original = torch.load(request.checkpoint(fold), map_location="cpu", weights_only=False)
-    problems = unchanged_except_new_rows(original["network_weights"], weights, cin_keys)
+def export_fold(original: dict, weights: dict, problems: list, plans: dict, record: dict, folder: str) -> None:
+    """fold_X/checkpoint_final.pth of the extended model: the model's checkpoint `original` with `weights` and the
+    extended plans; nothing is written when `problems` lists tensors that differ from the model's outside the new
+    rows."""
     if problems:
-        raise RuntimeError(f"fold {fold}: the trained network differs from the model outside the new rows "
-                           f"({len(problems)} tensors, e.g. {problems[:3]}): this is a bug of add-modality; nothing "
-                           f"was exported")
+        raise RuntimeError(f"{record['model_checkpoint']}: the trained network differs from the model outside the new "
+                           f"rows ({len(problems)} tensors, e.g. {problems[:3]}): this is a bug of add-modality; "
+                           f"nothing was exported")
     checkpoint = dict(original)
     checkpoint["network_weights"] = weights
     checkpoint["init_args"] = dict(original.get("init_args") or {}, plans=plans)
@@ -184,18 +182,20 @@ def add_modality(request: Request, epochs: int = DEFAULT_EPOCHS, iterations_per_
                           "labelled": request.labelled, "init": init, "init_reason": why, "epochs": epochs,
                           "iterations_per_epoch": iterations_per_epoch, "seed": seed,
                           "normalization": analysis.scheme, "statistics_from": analysis.statistics_from}
+                original = torch.load(request.checkpoint(fold), map_location="cpu", weights_only=False)
                 if epochs > 0:
                     trainer = _train_fold(request, private_plans, private_dataset_json, adaptation, device,
                                           trainer_base)
                     weights = trainer.exported_weights()
-                    cin_keys = cin_tensor_names(trainer.network)
+                    problems = trainer.changed_outside_new_rows(original["network_weights"], weights)
                     record["trained_parameters"] = int(trainer.trained_parameters)
                     _keep_logs(trainer.output_folder, folder)
                 else:  # the initial rows, untrained
-                    weights, cin_keys = _untrained_weights(request, plans, fold, init_index)
+                    weights, cin_keys = _untrained_weights(request, plans, original, init_index)
+                    problems = unchanged_except_new_rows(original["network_weights"], weights, cin_keys)
                     record["trained_parameters"] = 0
                 record["seconds"] = round(time.time() - fold_started, 1)
-                export_fold(request, fold, weights, cin_keys, plans, record, folder)
+                export_fold(original, weights, problems, plans, record, folder)
                 print(f"  fold {fold}: {join(request.output, f'fold_{fold}', 'checkpoint_final.pth')} "
                       f"({record['seconds']} s)")
         save_json(plans, join(partial, "plans.json"), sort_keys=False)
@@ -223,7 +223,7 @@ def _keep_logs(trainer_folder: str, folder: str) -> None:
             shutil.move(join(trainer_folder, name), join(folder, name))
 
 
-def _untrained_weights(request: Request, plans: dict, fold, init_index) -> tuple:
+def _untrained_weights(request: Request, plans: dict, original: dict, init_index) -> tuple:
     """--epochs 0: (the model's weights with the initial rows appended, the CIN tensors' keys) of the extended
     network."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -234,8 +234,7 @@ def _untrained_weights(request: Request, plans: dict, fold, init_index) -> tuple
     network = request.trainer_class.build_network_architecture(
         pm, cm, determine_num_input_channels(pm, cm, request.model_dataset_json),
         pm.get_label_manager(request.model_dataset_json).num_segmentation_heads, True)
-    weights = torch.load(request.checkpoint(fold), map_location="cpu", weights_only=False)["network_weights"]
-    return extended_state_dict(weights, network, init_index), cin_tensor_names(network)
+    return extended_state_dict(original["network_weights"], network, init_index), cin_tensor_names(network)
 
 
 # ------------------------------------------------------------------------------------------- command line (cli.py)

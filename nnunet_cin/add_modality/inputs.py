@@ -179,10 +179,10 @@ def _check_extended_rules(model_dataset_json: dict, model_folder: str, new: str,
     for case, modality in expected.items():
         try:
             got = rules.modality_of(case)
-        except ModalityError as e:
-            got = f"no modality ({str(e).split(':')[0]})"
+        except ModalityError:
+            got = "several patterns match, or none"
         if got != modality:
-            wrong.append(f"  {case}: {modality}, by the extended rules {got}")
+            wrong.append(f"  {case}: {modality}; by the extended rules: {got}")
     if wrong:
         raise AddModalityError(f'with "{new}": {pattern!r} added to the model\'s "modality_patterns", these cases '
                                f'change modality:\n' + "\n".join(wrong[:20]) + "\nMake the pattern exclusive, or "

@@ -54,8 +54,8 @@ def extended_state_dict(weights: Mapping[str, torch.Tensor], network: nn.Module,
     cin = cin_tensor_names(network)
     missing = sorted(set(target) - set(weights))
     if missing:
-        raise ValueError(f"the checkpoint has no tensor {missing[0]} of the network ({len(missing)} missing): it is not "
-                         f"from this architecture")
+        raise ValueError(f"the checkpoint has no tensor {missing[0]} of the network ({len(missing)} missing): it is "
+                         f"not from this architecture")
     out = {}
     for key, want in target.items():
         value = weights[key]

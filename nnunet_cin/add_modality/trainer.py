@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
-from nnunet_cin.add_modality.rows import attach_new_rows, detach_new_rows, extended_state_dict
+from nnunet_cin.add_modality.rows import (attach_new_rows, cin_tensor_names, detach_new_rows, extended_state_dict,
+                                          unchanged_except_new_rows)
 from nnunet_cin.training.checkpoints import unwrap
 from nnunet_cin.training.reporting import merge_validation_outputs
 
@@ -83,6 +84,12 @@ class NewRowsAdaptation:
         weights = torch.load(self.adaptation.checkpoint, map_location="cpu", weights_only=False)["network_weights"]
         network.load_state_dict(extended_state_dict(weights, network, self.adaptation.init))
         return attach_new_rows(network, self.adaptation.num_old)
+
+    def changed_outside_new_rows(self, original: Dict[str, torch.Tensor],
+                                 weights: Dict[str, torch.Tensor]) -> List[str]:
+        """The tensors of `weights` (exported_weights) that are not the model's `original` plus one CIN row: none, or
+        add-modality has a bug (nothing is exported then)."""
+        return unchanged_except_new_rows(original, weights, cin_tensor_names(unwrap(self.network)))
 
     def exported_weights(self) -> Dict[str, torch.Tensor]:
         """The trained network's state dict in the model's layout (M + 1 rows per CIN tensor), on the CPU."""
