@@ -33,7 +33,7 @@ from nnunet_cin.add_modality.analysis import (ModalityAnalysis, analyze_new_moda
 from nnunet_cin.add_modality.inputs import CLOSEST, AddModalityError, Request, check_request
 from nnunet_cin.add_modality.rows import MEAN as MEAN_ROW
 from nnunet_cin.add_modality.rows import cin_tensor_names, extended_state_dict, unchanged_except_new_rows
-from nnunet_cin.add_modality.trainer import Adaptation, adaptation_trainer
+from nnunet_cin.add_modality.trainer import NEW_ROWS_LR_FACTOR, Adaptation, adaptation_trainer
 
 WORK = ".work"
 PARTIAL = ".partial"
@@ -136,8 +136,9 @@ def add_modality(request: Request, epochs: int = DEFAULT_EPOCHS, iterations_per_
                  val_iterations_per_epoch: int = DEFAULT_VAL_ITERATIONS, device: torch.device = torch.device("cpu"),
                  seed: Optional[int] = None, initial_lr: Optional[float] = None, trainer_base: Optional[type] = None,
                  analysis: Optional[ModalityAnalysis] = None) -> str:
-    """Write the extended model folder request.output (see the module docstring); returns it. `trainer_base`
-    (benchmarks): another adaptation mixin than the default (nnunet_cin.add_modality.trainer)."""
+    """Write the extended model folder request.output (see the module docstring); returns it. `initial_lr` None:
+    NEW_ROWS_LR_FACTOR x the model trainer's (nnunet_cin.add_modality.trainer). `trainer_base` (benchmarks): another
+    adaptation mixin than the default."""
     from nnunet_cin.training.seeding import SEED_ENV
 
     started = time.time()
@@ -263,7 +264,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the new rows start: the rows of the model's modality closest to the new cases "
                              "by signature (default), the mean of the model's rows, or a modality's rows")
     parser.add_argument("--lr", type=float, default=None,
-                        help="initial learning rate. Default: the model trainer's (nnU-Net: 1e-2)")
+                        help=f"initial learning rate of the new rows. Default: {NEW_ROWS_LR_FACTOR:g}x the model "
+                             f"trainer's (nnU-Net's SGD: 0.1): few parameters, a short run")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the adaptation (as nnUNet_cin_seed). Default: $nnUNet_cin_seed, else unseeded")
     parser.add_argument("-device", default="cuda", choices=("cpu", "cuda", "mps"),
