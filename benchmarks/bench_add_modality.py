@@ -15,11 +15,13 @@ nnunet_cin.evaluation.evaluate.evaluate_folder; a case's value is its mean Dice 
   (d) the closest existing row, no training (add-modality --epochs 0), and the mean row
   (e) unlabelled adaptation of the new rows (add-modality --unlabeled) on the k cases' images
 
-(a), (b) and (e) train the same number of iterations. The adaptation's own final validation (nnU-Net's, on the
-training cases) is skipped here. Statistics as in `nnunet-cin compare`: the unit is the test case; a case's value is
-averaged over the seeds first; Student-t 95% intervals over the cases; paired differences with a bootstrap interval
-and a Wilcoxon test (nnunet_cin.evaluation.statistics); the spread between seeds is shown as the range of the
-per-seed means. Resumable: each run's evaluation is kept in ROOT/evaluations/<run>.json and not redone.
+(a), (b) and (e) train the same number of iterations (--epochs x --iterations; a run with another budget than the
+default is kept apart: `--arms a d --epochs 40` gives (a) the iterations of (c)). The adaptation's own final
+validation (nnU-Net's, on the training cases) is skipped here. Statistics as in `nnunet-cin compare`: the unit is the
+test case; a case's value is averaged over the seeds first; Student-t 95% intervals over the cases; paired differences
+with a bootstrap interval and a Wilcoxon test (nnunet_cin.evaluation.statistics); the spread between seeds is shown as
+the range of the per-seed means. Resumable: each run's evaluation is kept in ROOT/evaluations/<run>.json and not
+redone.
 Prints a Markdown table and writes ROOT/table.md and ROOT/results.json.
 """
 import argparse
@@ -58,6 +60,7 @@ class {name}(nnUNetTrainerCIN):
     def perform_actual_validation(self, save_probabilities: bool = False):
         pass
 '''
+DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25  # of the adaptation arms (a), (b), (e)
 STRUCTURES = ["MYO", "LA", "LV", "RA", "RV", "AA", "PA"]
 ARMS = {"a": "(a) new rows only (add-modality)", "b": "(b) fine-tune whole network",
         "c": "(c) from scratch on the k cases", "d": "(d) closest row, no training", "d_mean": "(d') mean row, no "
@@ -76,8 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--features", type=int, nargs="+", default=[16, 32, 64], help="features per stage (a small net)")
     p.add_argument("--base-epochs", type=int, default=40)
     p.add_argument("--base-iterations", type=int, default=25)
-    p.add_argument("--epochs", type=int, default=8, help="adaptation epochs of (a), (b), (e)")
-    p.add_argument("--iterations", type=int, default=25, help="adaptation iterations per epoch")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="adaptation epochs of (a), (b), (e)")
+    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="adaptation iterations per epoch")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate of (a) and (e). Default: "
                                                            "add-modality's; (b) and (c) train with nnU-Net's 1e-2")
     p.add_argument("--arms", nargs="+", default=["a", "b", "c", "d", "e"], help="arms to run (a b c d e)")
@@ -203,6 +206,8 @@ def run_arm(args, root: Path, model: Path, arm: str, k: int, seed: int, trainers
     from nnunet_cin.add_modality.inputs import check_request
 
     name = (f"{arm}_k{k}_s{seed}" if k else arm) + (f"_lr{args.lr:g}" if args.lr and arm in ("a", "e") else "")
+    if arm in ("a", "b", "e") and (args.epochs, args.iterations) != (DEFAULT_EPOCHS, DEFAULT_ITERATIONS):
+        name += f"_{args.epochs}x{args.iterations}"  # another budget: its own runs, not the default's
     record_file = root / "evaluations" / f"{name}.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
@@ -280,7 +285,9 @@ def report(args, records: list, base: dict, root: Path) -> str:
     def runs(arm, k):
         return [r for r in records if r["arm"] == arm and r["k"] == k]
 
-    lines = ["| T2 mean Dice, 95% CI over test cases | " + " | ".join(f"k = {k}" for k in args.ks) + " |",
+    lines = [f"Training iterations: (a), (b), (e) {args.epochs} x {args.iterations}; (c) {args.base_epochs} x "
+             f"{args.base_iterations} (the base model's); test cases: {args.test_cases} per modality", "",
+             "| T2 mean Dice, 95% CI over test cases | " + " | ".join(f"k = {k}" for k in args.ks) + " |",
              "|---|" + "---:|" * len(args.ks)]
     for arm in [a for a in ("a", "b", "c", "e") if runs(a, args.ks[0])]:
         lines.append(f"| {ARMS[arm]} | " + " | ".join(cell(*averaged_over_seeds(runs(arm, k))) for k in args.ks)
