@@ -49,6 +49,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checkpoints.add_arguments(p)
     p.set_defaults(func=checkpoints.run)
 
+    from nnunet_cin.add_modality import command as add_modality
+    p = sub.add_parser("add-modality", help="a trained conditional model gains a modality from a few labelled cases "
+                                            "(or unlabelled images): new CIN rows, everything else frozen, the "
+                                            "model's modalities predict exactly as before",
+                       description=add_modality.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_modality.add_arguments(p)
+    p.set_defaults(func=add_modality.run)
+
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -11,13 +11,16 @@
         "intensity_properties": {"CT": {"0": {mean, std, percentile_00_5, ...}}, ...},   foreground statistics per modality
         "signatures": {"version": 1, ..., "modalities": {"CT": {center, spread, ...}, ...}},  what each modality's
                                                              images look like (nnunet_cin.planning.signature)
+        "added_modalities": {"T2": {dataset, cases, labelled, ...}},   only in models that nnunet-cin add-modality
+                                                             extended
     }
 
 Plans made by plain `nnUNetv2_plan_and_preprocess` have no "cin" entry; a trainer of ours that trains from them
 records only "modalities" (one normalization for every modality, nnU-Net's). Plans made before the modality signatures
 existed have no "signatures": `signatures` is None. A model's modalities travel in its plans.json and in every
 checkpoint (checkpoint["init_args"]["plans"]; see `checkpoint_modalities`). Like nnU-Net's PlansManager, this class
-reads a plans dict; `with_modalities` returns a new plans dict, the caller's is never modified.
+reads a plans dict; `with_modalities` and `with_added_modality` return a new plans dict, the caller's is never
+modified.
 """
 from copy import deepcopy
 from typing import Dict, List, Optional, Sequence
@@ -105,6 +108,38 @@ class CINPlans:
         if signatures is not None:
             entry["signatures"] = signatures
         return entry
+
+    def with_added_modality(self, name: str, scheme: str, use_mask: bool, intensity_properties: Dict[str, dict],
+                            rules: dict, signature: Optional[dict] = None, normalization_key: Optional[str] = None,
+                            provenance: Optional[dict] = None) -> dict:
+        """A copy of the plans that serves one more modality, `name`, appended to the conditioning order: the existing
+        modalities keep their index and every entry. `name` gets its normalization `scheme` (nnU-Net's class name),
+        `use_mask` and `intensity_properties` ({channel: statistics}); `signature` (one modality's entry of
+        nnunet_cin.planning.signature.build_signatures) joins the others (plans without signatures keep none);
+        `rules` are the dataset.json modality keys of the extended model; `normalization_key` the scheme as
+        dataset.json's "modality_normalization" names it, if it does; `provenance` is recorded under
+        plans["cin"]["added_modalities"][name] (nnunet-cin add-modality: where the modality came from)."""
+        if not self.per_modality_normalization:
+            raise CINPlansError(f"plans {self.plans.get('plans_name')!r} carry no per-modality normalization "
+                                f"(plans['cin']): a modality can only be added to plans made by "
+                                f"nnUNetv2_plan_and_preprocess_cin")
+        if name in (self.modalities or []):
+            raise CINPlansError(f'the plans already serve modality "{name}" ({self.modalities})')
+        plans = deepcopy(self.plans)
+        entry = plans[KEY]
+        entry["modalities"] = self.modalities + [name]
+        entry["rules"] = deepcopy(rules)
+        entry["normalization_schemes"][name] = scheme
+        entry["use_mask_for_norm"][name] = bool(use_mask)
+        entry["intensity_properties"][name] = deepcopy(intensity_properties)
+        if normalization_key is not None:
+            entry["modality_normalization"] = dict(entry.get("modality_normalization") or {},
+                                                   **{name: normalization_key})
+        if signature is not None and entry.get("signatures"):
+            entry["signatures"]["modalities"][name] = deepcopy(signature)
+        if provenance is not None:
+            entry["added_modalities"] = dict(entry.get("added_modalities") or {}, **{name: deepcopy(provenance)})
+        return plans
 
     def with_modalities(self, modalities: Sequence[str]) -> dict:
         """A copy of the plans that records `modalities` as the conditioning order."""
