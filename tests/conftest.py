@@ -44,6 +44,25 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def planned_hearts(tmp_path_factory):
+    """Dataset999_SyntheticHeart: 4 CT + 4 MR generated hearts of 24^3, planned and preprocessed once per session by
+    nnU-Net's own nnUNetv2_plan_and_preprocess (2d, 3d_fullres), plus "nnUNetPlansTiny": its plans with a narrower
+    U-Net (same preprocessed data), fast on CPU. Shared by the trainer tests: they read it, and only
+    splits_final.json gets written (by the first trainer that needs it; the same seeded split every time).
+    Returns nnunet_helpers.plan_synthetic_dataset's folders; results: unused (each module has its own)."""
+    import json
+
+    from nnunet_helpers import narrower_plans, plan_synthetic_dataset
+
+    paths = plan_synthetic_dataset(tmp_path_factory.mktemp("hearts"), 999, {"CT": 4, "MR": 4}, (24, 24, 24),
+                                   configurations=("2d", "3d_fullres"))
+    folder = paths.preprocessed / paths.folder_name
+    plans = narrower_plans(json.loads((folder / "nnUNetPlans.json").read_text()), "nnUNetPlansTiny")
+    (folder / "nnUNetPlansTiny.json").write_text(json.dumps(plans, indent=2))
+    return paths
+
+
 def pytest_configure(config):
     # CI runs every test; a developer can leave the slowest end-to-end ones out: python -m pytest -m "not slow" tests
     config.addinivalue_line("markers", "slow: a slow end-to-end test (real nnU-Net commands); deselect with "

@@ -1,0 +1,224 @@
+"""What the tests share when they drive nnU-Net: its commands in subprocesses and the environment they run in, tiny
+planned datasets, training logs read back, and the short schedules of users' trainers.
+
+Users' trainers live in their own folder on nnUNet_extTrainer, next to ours, as README tells users to do: a test
+writes a small module there (`write_user_trainers`) whose classes combine a trainer of ours (or nnU-Net's) with the
+mixins below, e.g.
+
+    class nnUNetTrainerCINTest(ShortRun, nnUNetTrainerCIN):
+        epochs, iterations = 2, 3
+
+nnU-Net imports that module itself (in the subprocess of nnUNetv2_train, or in-process through its trainer lookup);
+`nnunet_environment` puts this folder on PYTHONPATH so that it finds this module.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+import nnunet_cin.trainers
+from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
+
+BIN = Path(sys.executable).parent  # this environment's console scripts (nnUNetv2_*, nnunet-cin)
+OUR_TRAINERS = nnunet_cin.trainers.__path__[0]
+TESTS = Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------------------------------------------ commands
+@dataclass
+class Ran:
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def out(self) -> str:
+        """stdout and stderr together (nnU-Net prints to both)."""
+        return self.stdout + self.stderr
+
+
+def run(command: Sequence, env: Mapping[str, str], extra_env: Optional[Mapping[str, str]] = None, *,
+        ok: bool = True, timeout: float = 900) -> Ran:
+    """Run `command` in a subprocess: its first element a console script of this environment ("nnUNetv2_train",
+    "nnunet-cin"), or a path (sys.executable for `python -m ...`). ok=True: it must succeed (the assertion shows the
+    command and the end of its output)."""
+    program = str(command[0])
+    if os.sep not in program and (BIN / program).exists():
+        program = str(BIN / program)
+    argv = [program, *map(str, command[1:])]
+    result = subprocess.run(argv, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
+    ran = Ran(" ".join(argv), result.returncode, result.stdout, result.stderr)
+    if ok:
+        assert ran.returncode == 0, f"{ran.command} failed ({ran.returncode}):\n{ran.stdout[-3000:]}\n" \
+                                    f"{ran.stderr[-5000:]}"
+    return ran
+
+
+def nnunet_environment(paths, ext_trainers: Iterable = (), **overrides: str) -> dict:
+    """os.environ for nnU-Net's commands: the folders of `paths` (.raw, .preprocessed, .results), CPU settings for a
+    shared 2-core machine (no torch.compile, augmentation in the main process, one export worker), nnUNet_extTrainer
+    = the users' trainer folders, then ours; this folder on PYTHONPATH (users' trainer modules import the mixins
+    of this module). `overrides`: further variables."""
+    env = dict(os.environ, nnUNet_raw=str(paths.raw), nnUNet_preprocessed=str(paths.preprocessed),
+               nnUNet_results=str(paths.results), nnUNet_compile="false", nnUNet_n_proc_DA="0",
+               nnUNet_def_n_proc="1", OMP_WAIT_POLICY="PASSIVE",
+               nnUNet_extTrainer=os.pathsep.join([*map(str, ext_trainers), OUR_TRAINERS]),
+               PYTHONPATH=os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.update(overrides)
+    return env
+
+
+def nnunet_folders(root: Path) -> SimpleNamespace:
+    """root/raw, root/preprocessed, root/results (created)."""
+    paths = SimpleNamespace(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results")
+    for p in vars(paths).values():
+        p.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------------ datasets
+def plan_synthetic_dataset(root: Path, dataset_id: int, cases_per_modality: Mapping[str, int], shape=(24, 24, 24), *,
+                           name: str = "SyntheticHeart", planner_command: str = "nnUNetv2_plan_and_preprocess",
+                           configurations: Sequence[str] = ("3d_fullres",), test_cases_per_modality: int = 0,
+                           seed: int = 0, **env_overrides: str) -> SimpleNamespace:
+    """Generated CT/MR cases (nnunet_cin.dataset_conversion.synthetic) in root/raw, planned and preprocessed by
+    `planner_command` (nnU-Net's, or nnUNetv2_plan_and_preprocess_cin). Returns the folders (nnunet_folders) with
+    dataset_id and folder_name."""
+    paths = nnunet_folders(root)
+    folder = write_nnunet_dataset(paths.raw, dataset_id, name, cases_per_modality=cases_per_modality, shape=shape,
+                                  test_cases_per_modality=test_cases_per_modality, seed=seed)
+    # nnU-Net's planner sets torch's thread count from nnUNet_n_proc_DA: 0 is not allowed there
+    run([planner_command, "-d", dataset_id, "-c", *configurations, "-np", 1, "-npfp", 1],
+        nnunet_environment(paths, nnUNet_n_proc_DA="1", **env_overrides))
+    paths.dataset_id, paths.folder_name = dataset_id, folder.name
+    return paths
+
+
+def narrower_plans(plans: dict, plans_name: str, features_per_stage=(4, 8, 16),
+                   configuration: str = "3d_fullres") -> dict:
+    """A copy of `plans` named `plans_name`, with a narrower U-Net (a user's plans edit: same data_identifier, so the
+    same preprocessed data) that trains fast on CPU."""
+    import copy
+
+    plans = copy.deepcopy(plans)
+    plans["plans_name"] = plans_name
+    plans["configurations"][configuration]["architecture"]["arch_kwargs"]["features_per_stage"] = \
+        list(features_per_stage)
+    return plans
+
+
+# -------------------------------------------------------------------------------------------------- training logs
+def training_logs(fold: Path) -> List[Path]:
+    """nnU-Net's training_log_*.txt of a fold folder, oldest first (one per run)."""
+    return sorted(fold.glob("training_log_*.txt"), key=lambda f: f.stat().st_mtime)
+
+
+def epochs_in(log_text: str) -> List[int]:
+    """The epochs a training log says it trained ("...: Epoch N" lines)."""
+    return [int(line.split("Epoch ")[1]) for line in log_text.splitlines()
+            if ": Epoch " in line and line.split("Epoch ")[1].strip().isdigit()]
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ------------------------------------------------------------------------------------------ users' short trainers
+def write_user_trainers(folder: Path, source: str, module: str = "user_trainers") -> Path:
+    """A user's trainer module `module`.py in `folder` (created); returns the folder, for nnUNet_extTrainer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    return folder
+
+
+class ShortRun:
+    """A short schedule for any nnU-Net trainer, set after nnU-Net's __init__ as nnU-Net's own variants do:
+    `epochs` epochs ($TEST_EPOCHS overrides it) of `iterations` training and `val_iterations` validation batches.
+    mirroring = False: no mirroring, in training nor at test time (nnU-Net's nnUNetTrainerNoMirroring);
+    final_validation = False (or $TEST_SKIP_FINAL_VALIDATION=1): no final validation;
+    nnunet_save_every: nnU-Net's own checkpoint_latest.pth interval (`save_every`; nnU-Net's: 50)."""
+    epochs, iterations, val_iterations = 1, 2, 1
+    mirroring = True
+    final_validation = True
+    nnunet_save_every: Optional[int] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("TEST_EPOCHS", self.epochs))
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.iterations, self.val_iterations
+        if self.nnunet_save_every is not None:
+            self.save_every = self.nnunet_save_every
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.mirroring:
+            mirror_axes, self.inference_allowed_mirroring_axes = None, None
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.final_validation and os.environ.get("TEST_SKIP_FINAL_VALIDATION") != "1":
+            super().perform_actual_validation(save_probabilities)
+
+
+class StopsAfterEpoch:
+    """$TEST_STOP_AFTER_EPOCH=N: the training process is killed (SIGKILL, as a crash or a cluster's scheduler would
+    stop it: no clean-up) right after epoch N has ended, its checkpoints written."""
+
+    def on_epoch_end(self):
+        super().on_epoch_end()  # (counts the epoch)
+        stop = os.environ.get("TEST_STOP_AFTER_EPOCH")
+        if stop is not None and self.current_epoch == int(stop) + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class EveryModalityValidated:
+    """For trainers of ours: every validation batch holds one case of each modality in turn (the first validation case
+    of each), so that every epoch has a pseudo-Dice for every modality (equal-share sampling leaves a modality out of
+    a small batch now and then)."""
+
+    def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
+        loader = super().modality_data_loader(dataset, patch_size, final_patch_size, transforms, training)
+        if not training:
+            loader.__class__ = _every_modality_loader(type(loader))
+        return loader
+
+
+def _every_modality_loader(base: type) -> type:
+    class EveryModalityLoader(base):
+        def get_indices(self):
+            firsts = [self.cases_of[m][0] for m in self.cycle]
+            return [firsts[i % len(firsts)] for i in range(self.batch_size)]
+
+    return EveryModalityLoader
+
+
+# -------------------------------------------------------------------------------------------------------- misc
+def randomise_cin_rows(network: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
+    """Give every CIN row of `network` its own values (weight around 1, bias around 0), so that what the network
+    computes depends on the modality it is conditioned on."""
+    from nnunet_cin.cin import cin_layers
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in cin_layers(network):
+            layer.weight.copy_(1 + scale * torch.randn(layer.weight.shape, generator=g))
+            layer.bias.copy_(scale * torch.randn(layer.bias.shape, generator=g))
+
+
+def softmax_of_mean_logits(*probabilities: np.ndarray) -> np.ndarray:
+    """nnU-Net's fold ensemble (the mean of the folds' logits, then softmax), computed from the folds' softmax
+    probabilities: log p = logits - logsumexp(logits), and a per-voxel constant cancels in the softmax."""
+    logs = np.mean([np.log(np.maximum(p.astype(np.float64), 1e-300)) for p in probabilities], 0)
+    e = np.exp(logs - logs.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True)
