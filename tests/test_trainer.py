@@ -1,17 +1,15 @@
-"""nnUNetTrainerCIN and its baselines through nnU-Net's real entry points (`nnUNetv2_plan_and_preprocess`,
-`nnUNetv2_train`, nnU-Net's trainer lookup and pretrained-weights loader), on tiny generated CT + MR data.
+"""nnUNetTrainerCIN and its baselines through nnU-Net's real entry points (`nnUNetv2_train`, nnU-Net's trainer lookup,
+its final validation and pretrained-weights loader), on tiny generated CT + MR data.
 
-The data is planned once per module with plain nnU-Net plans (the trainer converts the architecture), plus a copy of
-the plans with a narrower U-Net ("nnUNetPlansTiny", same preprocessed data) to keep CPU runs short. The short-run
-trainers are users' subclasses in their own folder on nnUNet_extTrainer, next to ours, as the README tells users to
-do.
+The data is conftest's `planned_hearts` (plain nnU-Net plans: the trainer converts the architecture; "nnUNetPlansTiny"
+has a narrower U-Net, same preprocessed data). The short-run trainers are users' subclasses in their own folder on
+nnUNet_extTrainer, next to ours, as the README tells users to do (mixins: nnunet_helpers).
 """
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,41 +18,24 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
-import nnunet_cin.trainers
-from nnunet_cin.cin import cin_layers
+from nnunet_cin.cin import cin_layers, condition
 from nnunet_cin.plans import checkpoint_modalities
-from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
+from nnunet_helpers import (epochs_in, load_checkpoint, nnunet_environment, randomise_cin_rows, run,
+                            write_user_trainers)
 
 DATASET_ID, DATASET = 999, "Dataset999_SyntheticHeart"
 PLANS = "nnUNetPlansTiny"
-OURS = nnunet_cin.trainers.__path__[0]
 # what nnU-Net 2.8.1's nnUNetTrainer.save_checkpoint writes
 NNUNET_CHECKPOINT_KEYS = {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema",
                           "current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
-BIN = Path(sys.executable).parent
 
 USER_TRAINERS = '''
-import os
-
-import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN  # ours: imported absolutely
+from nnunet_helpers import EveryModalityValidated, ShortRun
 
 
-class nnUNetTrainerCINTest(nnUNetTrainerCIN):
-    """A user's variant: a few iterations per epoch."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = int(os.environ.get("CIN_TEST_EPOCHS", "1"))
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        if os.environ.get("CIN_TEST_SKIP_VAL") != "1":
-            super().perform_actual_validation(save_probabilities)
+class nnUNetTrainerCINTest(ShortRun, EveryModalityValidated, nnUNetTrainerCIN):
+    """A user's variant: epochs of 2 iterations; every validation batch holds a CT and an MR case."""
 '''
 
 
@@ -63,35 +44,16 @@ def modality_of(case: str) -> int:
     return {"ct_": 0, "mr_": 1}[case[:3]]
 
 
-def run(command, env, extra=None):
-    result = subprocess.run([str(c) for c in command], env={**env, **(extra or {})}, capture_output=True, text=True,
-                            timeout=900)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{out[-6000:]}"
-    return out
-
-
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory):
+def planned(planned_hearts, tmp_path_factory):
+    """conftest's planned data, this module's results folder and users' trainer folder, and the environment of
+    nnU-Net's commands."""
     root = tmp_path_factory.mktemp("trainer")
-    paths = {n: root / n for n in ("raw", "preprocessed", "results", "user_trainers")}
-    for p in paths.values():
-        p.mkdir()
-    (paths["user_trainers"] / "nnUNetTrainerCINTest.py").write_text(USER_TRAINERS)
-    env = {**os.environ, "nnUNet_raw": str(paths["raw"]), "nnUNet_preprocessed": str(paths["preprocessed"]),
-           "nnUNet_results": str(paths["results"]), "nnUNet_compile": "false", "nnUNet_def_n_proc": "1",
-           "nnUNet_n_proc_DA": "0", "OMP_WAIT_POLICY": "PASSIVE",  # nnU-Net -device cpu runs 2 threads: no spinning
-           "nnUNet_extTrainer": os.pathsep.join([str(paths["user_trainers"]), OURS])}
-    write_nnunet_dataset(paths["raw"], DATASET_ID, cases_per_modality={"CT": 4, "MR": 4}, shape=(24, 24, 24))
-    # planning needs nnUNet_n_proc_DA >= 1 (nnU-Net sets torch's thread count from it)
-    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "3d_fullres", "-np", "1", "-npfp", "1"],
-        env, {"nnUNet_n_proc_DA": "1"})
-    folder = paths["preprocessed"] / DATASET
-    plans = load_json(folder / "nnUNetPlans.json")
-    plans["plans_name"] = PLANS  # same data_identifier: same preprocessed data
-    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 16]
-    (folder / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
-    return paths, env
+    paths = SimpleNamespace(raw=planned_hearts.raw, preprocessed=planned_hearts.preprocessed, results=root / "results",
+                            user_trainers=write_user_trainers(root / "user_trainers", USER_TRAINERS))
+    paths.results.mkdir()
+    paths.env = nnunet_environment(paths, [paths.user_trainers])
+    return paths
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,8 +62,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def local(planned, nnunet_env):
     """In-process nnU-Net: conftest's fresh folders, with the module's preprocessed dataset linked in."""
-    paths, _ = planned
-    (nnunet_env.preprocessed / DATASET).symlink_to(paths["preprocessed"] / DATASET)
+    (nnunet_env.preprocessed / DATASET).symlink_to(planned.preprocessed / DATASET)
     return nnunet_env
 
 
@@ -118,13 +79,11 @@ def make_trainer(trainer_name="nnUNetTrainerCIN", configuration="3d_fullres", fo
 @pytest.fixture(scope="module")
 def trained(planned):
     """nnUNetv2_train for 1 epoch (final validation skipped), then `--c` to epoch 2 with the final validation."""
-    paths, env = planned
-    train = [BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
-             "-device", "cpu"]
-    first = run(train, env, {"CIN_TEST_EPOCHS": "1", "CIN_TEST_SKIP_VAL": "1"})
-    fold = paths["results"] / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_0"
-    after_first = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    resumed = run(train + ["--c"], env, {"CIN_TEST_EPOCHS": "2"})
+    train = ["nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS, "-device", "cpu"]
+    first = run(train, planned.env, {"TEST_EPOCHS": "1", "TEST_SKIP_FINAL_VALIDATION": "1"}).out
+    fold = planned.results / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_0"
+    after_first = load_checkpoint(fold / "checkpoint_final.pth")
+    resumed = run(train + ["--c"], planned.env, {"TEST_EPOCHS": "2"}).out
     return fold, first, after_first, resumed
 
 
@@ -139,12 +98,15 @@ def test_train_end_to_end(trained, planned):
 
     # --c continued from epoch 1 (no new epoch 0) and finished epoch 2 with the same modalities
     assert "Epoch 1" in resumed and "Epoch 0" not in resumed
-    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    final = load_checkpoint(fold / "checkpoint_final.pth")
     assert checkpoint_modalities(final) == ["CT", "MR"] and final["current_epoch"] == 2
+    # the per-modality pseudo-Dice, one per epoch: every validation batch held a CT and an MR case
+    # (EveryModalityValidated), so each is a number; --c kept epoch 0's (its value:
+    # test_pseudo_dice_per_modality_from_hand_made_counts)
     for m in ("CT", "MR"):
-        assert len(final["logging"][f"mean_fg_dice/{m}"]) == 2  # the per-modality pseudo-Dice, one per epoch
-    assert final["logging"]["mean_fg_dice/CT"][0] == after_first["logging"]["mean_fg_dice/CT"][0] or \
-        np.isnan(after_first["logging"]["mean_fg_dice/CT"][0])
+        curve, before = final["logging"][f"mean_fg_dice/{m}"], after_first["logging"][f"mean_fg_dice/{m}"]
+        assert len(curve) == 2 and np.all(np.isfinite(curve)), (m, curve)
+        assert curve[0] == before[0]
     # the CIN layers were trained per modality: the rows differ after two epochs of mixed batches
     cin_weights = [v for k, v in final["network_weights"].items() if k.endswith(".norm.weight") and v.dim() == 2]
     assert cin_weights and all(w.shape[0] == 2 for w in cin_weights)
@@ -160,8 +122,7 @@ def test_train_end_to_end(trained, planned):
     assert plt.imread(fold / "progress_per_modality.png").shape[:2] == (1800, 3000)
     summary = load_json(fold / "validation" / "summary.json")
     assert set(summary["foreground_mean_per_modality"]) == {"CT", "MR"}
-    paths, _ = planned
-    splits = load_json(paths["preprocessed"] / DATASET / "splits_final.json")
+    splits = load_json(planned.preprocessed / DATASET / "splits_final.json")
     for m, name in ((0, "CT"), (1, "MR")):  # mean over the modality's cases per label, then over labels
         per_case = [c["metrics"] for c in summary["metric_per_case"]
                     if modality_of(Path(c["prediction_file"]).name) == m]
@@ -180,10 +141,9 @@ def test_train_end_to_end(trained, planned):
 
 def test_val_only(trained, planned):
     fold = trained[0]
-    _, env = planned
     (fold / "validation" / "summary.json").unlink()
-    out = run([BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
-               "-device", "cpu", "--val"], env)
+    out = run(["nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
+               "-device", "cpu", "--val"], planned.env).out
     assert "Validation Dice per modality" in out
     summary = load_json(fold / "validation" / "summary.json")
     assert set(summary["per_modality"]["modalities"]) == {"CT", "MR"}
@@ -197,15 +157,13 @@ def test_nnunets_own_predict_command(trained, planned, tmp_path):
 
     from nnunet_cin.training.baselines import nnUNetTrainerJoint
 
-    paths, env = planned
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    image = sorted((paths["raw"] / DATASET / "imagesTr").iterdir())[0]
+    image = sorted((planned.raw / DATASET / "imagesTr").iterdir())[0]
     (inputs / image.name).symlink_to(image)
-    command = [BIN / "nnUNetv2_predict", "-i", inputs, "-d", DATASET_ID, "-c", "3d_fullres", "-f", 0, "-p", PLANS,
+    command = ["nnUNetv2_predict", "-i", inputs, "-d", DATASET_ID, "-c", "3d_fullres", "-f", 0, "-p", PLANS,
                "-device", "cpu", "--disable_tta", "-npp", 0, "-nps", 0]
-    result = subprocess.run([str(c) for c in command + ["-o", tmp_path / "cin", "-tr", "nnUNetTrainerCINTest"]],
-                            env=env, capture_output=True, text=True, timeout=900)
+    result = run(command + ["-o", tmp_path / "cin", "-tr", "nnUNetTrainerCINTest"], planned.env, ok=False)
     assert result.returncode != 0
     assert "nnUNetv2_predict_cin" in result.stderr.splitlines()[-1] and "NoneType" not in result.stderr
     assert not any((tmp_path / "cin").iterdir())  # (nnU-Net creates the output folder first)
@@ -213,19 +171,19 @@ def test_nnunets_own_predict_command(trained, planned, tmp_path):
     # the Joint baseline's model folder, as nnUNetv2_train writes it (its plans, nnU-Net's checkpoint layout)
     fold = trained[0]
     plans = load_json(fold.parent / "plans.json")
-    folder = paths["results"] / DATASET / f"nnUNetTrainerJoint__{PLANS}__3d_fullres"
+    folder = planned.results / DATASET / f"nnUNetTrainerJoint__{PLANS}__3d_fullres"
     (folder / "fold_0").mkdir(parents=True)
     (folder / "dataset.json").write_text((fold.parent / "dataset.json").read_text())
-    joint_plans = nnUNetTrainerJoint.plans_for_training(load_json(paths["preprocessed"] / DATASET / f"{PLANS}.json"),
+    joint_plans = nnUNetTrainerJoint.plans_for_training(load_json(planned.preprocessed / DATASET / f"{PLANS}.json"),
                                                         "3d_fullres", load_json(fold.parent / "dataset.json"))
     (folder / "plans.json").write_text(json.dumps(joint_plans))
     pm = PlansManager(joint_plans)
     net = nnUNetTrainerJoint.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 8, False)
-    source = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    source = load_checkpoint(fold / "checkpoint_final.pth")
     torch.save({**source, "trainer_name": "nnUNetTrainerJoint", "network_weights": net.state_dict(),
                 "init_args": {**source["init_args"], "plans": joint_plans}}, folder / "fold_0" / "checkpoint_final.pth")
     assert plans["configurations"]["3d_fullres"]["preprocessor_name"] == "DefaultPreprocessor"  # nnU-Net's plans
-    run(command + ["-o", tmp_path / "joint", "-tr", "nnUNetTrainerJoint"], env)
+    run(command + ["-o", tmp_path / "joint", "-tr", "nnUNetTrainerJoint"], planned.env)
     assert (tmp_path / "joint" / (image.name[:-len("_0000.nii.gz")] + ".nii.gz")).is_file()
 
 
@@ -236,7 +194,6 @@ def test_pretrained_plain_to_conditional(planned, local):
 
     from nnunet_cin.training.checkpoints import convert_checkpoint
 
-    paths, env = planned
     plain = make_trainer("nnUNetTrainer")
     with torch.no_grad():
         for p in plain.network.parameters():
@@ -267,10 +224,11 @@ def test_pretrained_plain_to_conditional(planned, local):
             torch.testing.assert_close(state[key], value)
     assert n_cin > 0
 
-    out = run([BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 1, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
-               "-device", "cpu", "-pretrained_weights", converted], env, {"CIN_TEST_SKIP_VAL": "1"})
+    out = run(["nnUNetv2_train", DATASET_ID, "3d_fullres", 1, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
+               "-device", "cpu", "-pretrained_weights", converted], planned.env,
+              {"TEST_SKIP_FINAL_VALIDATION": "1"}).out
     assert "Loading pretrained weights" in out
-    assert (paths["results"] / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_1" /
+    assert (planned.results / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_1" /
             "checkpoint_final.pth").is_file()
 
 
@@ -375,23 +333,111 @@ def test_network_gets_each_samples_modality(local, configuration):
     assert not ok
 
 
-def test_final_validation_conditions_each_case(local):
-    """nnU-Net's perform_actual_validation loads each case through self.dataset_class and then predicts it: while it
-    does, the network is conditioned on that case's modality."""
+def validation_fold(splits) -> int:
+    """A fold whose validation cases include both modalities."""
+    return next(i for i, s in enumerate(splits) if {modality_of(c) for c in s["val"]} == {0, 1})
+
+
+def test_final_validation_predicts_each_case_under_its_modality(local, tmp_path):
+    """nnU-Net's own final validation (perform_actual_validation; our trainer conditions it by wrapping the dataset's
+    load_case): each validation case's exported probabilities and segmentation are those of nnU-Net's plain
+    nnUNetPredictor run inside `condition(network, the case's modality)`; under the other modality they differ."""
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
     trainer = make_trainer("nnUNetTrainerCIN")
-    keys = sorted(trainer.dataset_class.get_identifiers(trainer.preprocessed_dataset_folder))
-    with trainer._conditioned_case_loading():
-        dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys)
-        for k in keys:
-            data = torch.from_numpy(dataset.load_case(k)[0][:][None, :, :24, :24, :24].copy())
-            data = torch.nn.functional.pad(data, [0, 24 - data.shape[-1], 0, 24 - data.shape[-2],
-                                                  0, 24 - data.shape[-3]])
-            spy = ContextSpy(trainer.network)
-            with torch.no_grad():
-                trainer.network(data)
-            spy.remove()
-            assert spy.calls and all(c == [modality_of(k)] for c in spy.calls), k
+    trainer.do_split()  # (creates splits_final.json when missing)
+    splits = load_json(Path(trainer.preprocessed_dataset_folder_base) / "splits_final.json")
+    fold = validation_fold(splits)
+    trainer = make_trainer("nnUNetTrainerCIN", fold=fold)
+    randomise_cin_rows(trainer.network, seed=0)  # so that the modalities' outputs differ
+    trainer.inference_allowed_mirroring_axes = None  # (no test-time mirroring: faster; the same for both)
+    trainer.perform_actual_validation(save_probabilities=True)
+    exported = Path(trainer.output_folder) / "validation"
+    trainer.set_deep_supervision_enabled(False)  # (as perform_actual_validation predicts; it turns it back on)
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=True, device=torch.device("cpu"), verbose=False,
+                                allow_tqdm=False)
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, type(trainer).__name__, None)
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, splits[fold]["val"])
+    for case in splits[fold]["val"]:
+        data, _, _, properties = dataset.load_case(case)
+        data = torch.from_numpy(data[:])
+        own, other = modality_of(case), 1 - modality_of(case)
+        for index, name in ((own, "own"), (other, "other")):
+            with torch.no_grad(), condition(trainer.network, index):
+                logits = predictor.predict_sliding_window_return_logits(data).cpu()
+            export_prediction_from_logits(logits, properties, trainer.configuration_manager, trainer.plans_manager,
+                                          trainer.dataset_json, str(tmp_path / f"{case}_{name}"), True)
+        validated = np.load(exported / f"{case}.npz")["probabilities"]
+        np.testing.assert_allclose(validated, np.load(tmp_path / f"{case}_own.npz")["probabilities"], atol=1e-6)
+        assert np.abs(validated - np.load(tmp_path / f"{case}_other.npz")["probabilities"]).max() > 0.05, case
+        segmentation = read_segmentation(exported / f"{case}.nii.gz")
+        np.testing.assert_array_equal(segmentation, read_segmentation(tmp_path / f"{case}_own.nii.gz"))
+        assert not np.array_equal(segmentation, read_segmentation(tmp_path / f"{case}_other.nii.gz")), case
     assert all(layer.context_modality is None for layer in cin_layers(trainer.network))
+
+
+def read_segmentation(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+class OracleNetwork(torch.nn.Module):
+    """Stands in for the network in validation: it predicts the label map written into the input's channel 0 (one-hot
+    logits), so that a test decides each sample's predicted segmentation."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return 10 * torch.nn.functional.one_hot(x[:, 0].round().long(), self.num_classes).movedim(-1, 1).float()
+
+
+def labels(*runs) -> torch.Tensor:
+    """A 1 x 1 x 4 x 4 label map from (first voxel, last voxel + 1, label) runs over its 16 voxels; background
+    elsewhere."""
+    flat = torch.zeros(16)
+    for first, end, label in runs:
+        flat[first:end] = label
+    return flat.reshape(1, 1, 4, 4)
+
+
+def test_pseudo_dice_per_modality_from_hand_made_counts(local):
+    """The per-modality pseudo-Dice of an epoch (validation_step per modality part, then on_validation_epoch_end) from
+    predictions and targets made by hand: the counts summed per modality over the epoch's batches, 2tp / (2tp + fp +
+    fn) per foreground class, a class absent from targets and predictions left out, then the mean over classes."""
+    trainer = make_trainer("nnUNetTrainerCIN")
+    trainer.network = OracleNetwork(trainer.label_manager.num_segmentation_heads)
+    trainer.enable_deep_supervision = False  # (the oracle gives one output)
+    trainer.loss = trainer._build_loss()
+    # (case, target runs, predicted runs) over 16 voxels; the counts per foreground class:
+    batches = [[("ct_0000", [(0, 8, 1), (8, 12, 2)], [(4, 12, 1)]),  # class 1: tp 4, fp 4, fn 4; class 2: fn 4
+                ("mr_0000", [(0, 2, 1), (8, 12, 3)], [(0, 8, 1), (8, 12, 3)]),  # class 1: tp 2, fp 6; class 3: tp 4
+                ("ct_0001", [(0, 8, 1)], [(0, 8, 1)])],  # class 1: tp 8
+               [("ct_0002", [(0, 4, 2)], [(0, 2, 2), (2, 4, 4)]),  # class 2: tp 2, fn 2; class 4: fp 2
+                ("ct_0003", [], [])]]  # (a batch without MR)
+    outputs = []
+    with torch.no_grad():
+        for batch in batches:
+            outputs.append(trainer.validation_step({
+                "data": torch.stack([labels(*predicted) for _, _, predicted in batch]),
+                "target": torch.stack([labels(*target) for _, target, _ in batch]),
+                "keys": [case for case, _, _ in batch]}))
+    trainer.on_validation_epoch_end(outputs)
+
+    logged = {key: trainer.logger.get_value(key, step=-1) for key in
+              ("mean_fg_dice/CT", "mean_fg_dice/MR", "mean_fg_dice")}
+    # CT: class 1 tp 12, fp 4, fn 4 -> 24/32; class 2 tp 2, fn 6 -> 4/10; class 4 fp 2 -> 0
+    assert logged["mean_fg_dice/CT"] == pytest.approx((24 / 32 + 4 / 10 + 0) / 3)
+    # MR: class 1 tp 2, fp 6 -> 4/10; class 3 tp 4 -> 1
+    assert logged["mean_fg_dice/MR"] == pytest.approx((4 / 10 + 1) / 2)
+    # nnU-Net's own pseudo-Dice over all cases: class 1 tp 14, fp 10, fn 4 -> 28/42; class 2 4/10; class 3 1; class 4 0
+    assert logged["mean_fg_dice"] == pytest.approx((28 / 42 + 4 / 10 + 1 + 0) / 4)
 
 
 # ------------------------------------------------------------------------------------------------- baselines
@@ -455,8 +501,7 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
     """nnU-Net's own lookup finds our trainers, their short schedules and a user's subclass in another folder."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    paths, env = planned
-    monkeypatch.setenv("nnUNet_extTrainer", env["nnUNet_extTrainer"])
+    monkeypatch.setenv("nnUNet_extTrainer", planned.env["nnUNet_extTrainer"])
     expected = {"nnUNetTrainerCIN": None, "nnUNetTrainerCIN_1epoch": 1, "nnUNetTrainerCIN_250epochs": 250,
                 "nnUNetTrainerJoint_5epochs": 5, "nnUNetTrainerJointAlternate_20epochs": 20,
                 "nnUNetTrainerSingleModality_CT": None, "nnUNetTrainerSingleModality_MR_50epochs": 50,
@@ -634,10 +679,9 @@ RESUME_TRAINER = '''
 import json
 import os
 
-import torch
-
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 from nnunet_cin.training.sampling import ModalityDataLoader
+from nnunet_helpers import ShortRun, StopsAfterEpoch
 
 
 class RecordingLoader(ModalityDataLoader):
@@ -648,29 +692,17 @@ class RecordingLoader(ModalityDataLoader):
         return keys
 
 
-class nnUNetTrainerCINResumeTest(nnUNetTrainerCIN):
+class nnUNetTrainerCINResumeTest(StopsAfterEpoch, ShortRun, nnUNetTrainerCIN):
     """3 epochs of 3 iterations, one modality per batch in turn (every training batch's number and cases go to
-    $CIN_TEST_BATCH_LOG); with CIN_TEST_KILL_AFTER_EPOCH=E the process dies (no clean-up) once epoch E has ended."""
+    $CIN_TEST_BATCH_LOG); no final validation."""
     modality_sampling = "alternate"
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 3, 3, 1
+    epochs, iterations, val_iterations, final_validation = 3, 3, 1, False
 
     def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
         loader = super().modality_data_loader(dataset, patch_size, final_patch_size, transforms, training)
         if training:
             loader.__class__ = RecordingLoader
         return loader
-
-    def on_epoch_end(self):
-        super().on_epoch_end()
-        if os.environ.get("CIN_TEST_KILL_AFTER_EPOCH") == str(self.current_epoch - 1):
-            os._exit(17)
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        pass
 '''
 
 
@@ -682,25 +714,22 @@ def test_interrupted_run_continues_where_it_stopped(planned, tmp_path):
     """A short run (3 epochs; nnU-Net writes checkpoint_latest.pth only every 50) killed after epoch 1 continues
     with --c at epoch 2: epochs 0-1 are not trained again, and the alternate sampler's cycle goes on where it
     stopped."""
-    paths, env = planned
-    (paths["user_trainers"] / "nnUNetTrainerCINResumeTest.py").write_text(RESUME_TRAINER)
-    env = {**env, "nnUNet_cin_seed": "5"}
-    train = [BIN / "nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINResumeTest", "-p", PLANS,
+    write_user_trainers(planned.user_trainers, RESUME_TRAINER, "nnUNetTrainerCINResumeTest")
+    env = {**planned.env, "nnUNet_cin_seed": "5"}
+    train = ["nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINResumeTest", "-p", PLANS,
              "-device", "cpu"]
-    fold = paths["results"] / DATASET / f"nnUNetTrainerCINResumeTest__{PLANS}__3d_fullres" / "fold_0"
+    fold = planned.results / DATASET / f"nnUNetTrainerCINResumeTest__{PLANS}__3d_fullres" / "fold_0"
     log_killed, log_continued = tmp_path / "killed.jsonl", tmp_path / "continued.jsonl"
 
-    killed = subprocess.run([str(c) for c in train], env={**env, "CIN_TEST_KILL_AFTER_EPOCH": "1",
-                                                          "CIN_TEST_BATCH_LOG": str(log_killed)},
-                            capture_output=True, text=True, timeout=900)
-    assert killed.returncode == 17, killed.stdout[-3000:] + killed.stderr[-3000:]
+    killed = run(train, env, {"TEST_STOP_AFTER_EPOCH": "1", "CIN_TEST_BATCH_LOG": str(log_killed)}, ok=False)
+    assert killed.returncode == -9, killed.out[-6000:]  # SIGKILL
     assert not (fold / "checkpoint_final.pth").exists()
-    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    latest = load_checkpoint(fold / "checkpoint_latest.pth")
     assert latest["current_epoch"] == 2  # written after epoch 1 (and 0) by our schedule
 
-    continued = run(train + ["--c"], env, {"CIN_TEST_BATCH_LOG": str(log_continued)})
-    assert "Epoch 2" in continued and "Epoch 0" not in continued and "Epoch 1" not in continued
-    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    continued = run(train + ["--c"], env, {"CIN_TEST_BATCH_LOG": str(log_continued)}).out
+    assert epochs_in(continued) == [2]
+    final = load_checkpoint(fold / "checkpoint_final.pth")
     assert final["current_epoch"] == 3
     starts = final["logging"]["epoch_start_timestamps"]
     assert len(starts) == 3 and starts[:2] == latest["logging"]["epoch_start_timestamps"][:2]  # kept, not retrained
