@@ -9,8 +9,9 @@ import SimpleITK as sitk
 import torch
 
 # The demo's own trainer name, from a folder the test puts first on nnUNet_extTrainer (nnU-Net takes the first class
-# of that name it finds): the demo's quick schedule, with checkpoint_latest.pth after every epoch, killed (SIGKILL, as
-# a crash or Ctrl-C would stop it) right after epoch N when TEST_STOP_AFTER_EPOCH=N.
+# of that name it finds): the demo's quick schedule with our checkpoint schedule (nnunet_cin.training.resume; nnU-Net's
+# save_every would write checkpoint_latest.pth only at epoch 50), killed (SIGKILL, as a crash or Ctrl-C would stop it)
+# right after epoch N when TEST_STOP_AFTER_EPOCH=N.
 STOPPABLE_DEMO_TRAINER = '''
 import os
 import signal
@@ -19,10 +20,6 @@ from nnunet_cin.training.demo_trainers import nnUNetTrainerCINDemoQuick as DemoQ
 
 
 class nnUNetTrainerCINDemoQuick(DemoQuick):
-    def on_train_start(self):
-        super().on_train_start()
-        self.save_every = 1
-
     def on_epoch_end(self):
         super().on_epoch_end()
         stop = os.environ.get("TEST_STOP_AFTER_EPOCH")
