@@ -87,3 +87,21 @@ def test_channels_and_dimensions(tmp_path):
     # all in one message
     raises(lambda: check_input_images([[str(four)], [str(tmp_path / "junk_0000.nii.gz")], [rgb]], ".nii.gz",
                                       ONE_CHANNEL), "3 input problems", "4D image", "cannot be read", "3 values")
+
+
+def test_truncated_and_corrupt_inputs_are_named_in_one_message(tmp_path):
+    """SimpleITK reads a cut-off .nii.gz without a word (zeros where the data is missing): every input file is read
+    completely first. All bad files in one message; the complete one is not named."""
+    from damaged_files import corrupt_gzip, overstate_slices, truncate_half
+    rng = np.random.default_rng(0)
+    files = {name: image(tmp_path / f"{name}_0000.nii.gz", rng.normal(size=(40, 50, 60)).astype(np.float32))
+             for name in ("ok", "cut", "flipped", "overstated")}
+    truncate_half(files["cut"])
+    corrupt_gzip(files["flipped"])
+    overstate_slices(files["overstated"])
+    assert sitk.GetArrayFromImage(sitk.ReadImage(files["cut"])).shape == (40, 50, 60)  # what the check is for
+    msg = raises(lambda: check_input_images([[f] for f in files.values()], ".nii.gz", ONE_CHANNEL),
+                 "3 input problems", f"{files['cut']} is truncated", f"{files['flipped']} is a corrupt gzip file",
+                 f"{files['overstated']} holds", "replace it with a complete copy")
+    assert files["ok"] not in msg
+    check_input_images([[files["ok"]]], ".nii.gz", ONE_CHANNEL)

@@ -2,8 +2,12 @@
 
 - the output: not the input folder nor inside it (the input is never written to; a second run would take the first
   run's predictions for new cases), not an existing file, somewhere this process can create files;
-- the inputs: readable image headers, no image of more than 3 dimensions that nnU-Net would read as channels, and per
-  case exactly the model's channels (dataset.json "channel_names": one file CASE_XXXX per channel).
+- the inputs: readable image headers, no image of more than 3 dimensions that nnU-Net would read as channels, per
+  case exactly the model's channels (dataset.json "channel_names": one file CASE_XXXX per channel), and every file
+  complete (nnunet_cin.io_checks: SimpleITK reads a truncated or corrupt .nii.gz without a word, zeros where the data
+  is missing, and the prediction of a black slab looks like any other). The completeness check reads each file once
+  more (one decompression); a file found complete is not read again by this process while its size and modification
+  time are unchanged (the command checks before loading the model, the predictor again when it runs).
 Every problem found is listed in one PredictionInputError, naming the file and what to do.
 """
 import os
@@ -13,6 +17,7 @@ from typing import Dict, List, Sequence, Union
 import SimpleITK as sitk
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
+from nnunet_cin.io_checks import check_files_complete
 from nnunet_cin.modalities import case_id_from_image_file, channel_of_image_file
 
 
@@ -56,6 +61,25 @@ def check_output_folder(output_folder: str, input_folders: Sequence[str]) -> Non
                                    f"folder you can write to") from None
 
 
+def file_key(file: str) -> tuple:
+    """What identifies a file's content for this process's checks: its path, size, modification time and inode."""
+    st = os.stat(file)
+    return os.path.realpath(file), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+_complete = set()  # file_key of the input files this process has read completely
+
+
+def incomplete_files(files: List[str], num_workers: int = 4) -> Dict[str, str]:
+    """{file: what is wrong} for the files that do not hold what their header promises (nnunet_cin.io_checks), each
+    read completely unless this process has already found it complete."""
+    keys = {f: file_key(f) for f in files}
+    todo = [f for f in files if keys[f] not in _complete]
+    bad = check_files_complete(todo, num_workers)
+    _complete.update(keys[f] for f in todo if f not in bad)
+    return bad
+
+
 def _image_size(file: str):
     """(size, components per voxel) from the image header; PredictionInputError if it cannot be read."""
     reader = sitk.ImageFileReader()
@@ -84,12 +108,12 @@ def _channels_in_file(file: str, file_ending: str, case: str, model: str, wanted
 
 def check_input_images(list_of_lists: List[List[str]], file_ending: str, channel_names: Dict[str, str],
                        dataset_json_file: str = "the model's dataset.json") -> None:
-    """Every case has one file per channel of the model (CASE_0000 ... CASE_{N-1}), each one 2D or 3D image; every
-    problem in one PredictionInputError."""
+    """Every case has one file per channel of the model (CASE_0000 ... CASE_{N-1}), each one complete 2D or 3D
+    image; every problem in one PredictionInputError."""
     expected = len(channel_names)
     wanted = ", ".join(f"CASE_{i:04d}{file_ending}" for i in range(expected))
     model = f"the model takes {expected} channel(s) (\"channel_names\" {dict(channel_names)} in {dataset_json_file})"
-    problems = []
+    problems, readable = [], []
     for files in list_of_lists:
         case = case_id_from_image_file(files[0], file_ending)
         indices = [channel_of_image_file(f, file_ending) for f in files]
@@ -100,8 +124,12 @@ def check_input_images(list_of_lists: List[List[str]], file_ending: str, channel
         for f in files:
             try:
                 _channels_in_file(f, file_ending, case, model, wanted)
+                readable.append(f)
             except PredictionInputError as e:
                 problems.append(str(e))
+    problems += [f"{f} {reason}: the image would be read with zeros where its data is missing; replace it with a "
+                 f"complete copy (copy or convert it again from its source)"
+                 for f, reason in incomplete_files(readable).items()]
     if problems:
         head = f"{len(problems)} input problems:\n" if len(problems) > 1 else ""
         raise PredictionInputError(head + "\n".join(f"- {p}" if len(problems) > 1 else p for p in problems))
