@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -181,12 +182,19 @@ def test_evaluate_the_predictions(model, rules_prediction, tmp_path):
     assert (tmp_path / "eval.csv").is_file()
 
 
-def test_modality_flag_reaches_preprocessing_and_network(model_env, rules_prediction, tmp_path):
+def test_modality_flag_reaches_preprocessing_and_network(model_env, rules_prediction, tmp_path, capsys):
     m = model_env
     predict_cli(m, m["inputs"]["MR"], tmp_path / "mr_as_mr", "-m", "MR", "--save_probabilities", "-npp", "0",
                 "-nps", "0")
-    predict_cli(m, m["inputs"]["MR"], tmp_path / "mr_as_ct", "--modality", "CT", "--save_probabilities", "-npp", "0",
-                "-nps", "0")
+    capsys.readouterr()
+    # an MR case predicted as CT on purpose: only with the modality check off (test_a_case_given_the_wrong_modality..)
+    predict_cli(m, m["inputs"]["MR"], tmp_path / "mr_as_ct", "--modality", "CT", "--skip-modality-check",
+                "--save_probabilities", "-npp", "0", "-nps", "0")
+    err = capsys.readouterr().err
+    assert err.count("The modality check is off") == 1
+    assert "-m CT contradicts the model's dataset.json rules for 1 case(s)" in err and "mr_0100 (rules: MR)" in err
+    assert json.loads((tmp_path / "mr_as_ct" / "modalities.json").read_text()) == {
+        "mr_0100": {"modality": "CT", "decided_by": "-m", "checked": False}}
     # -m MR on an MR case = what the rules give (sequential path vs nnU-Net's multiprocessing path)
     np.testing.assert_array_equal(read(tmp_path / "mr_as_mr" / "mr_0100.nii.gz")[1],
                                   read(rules_prediction / "mr_0100.nii.gz")[1])
@@ -199,6 +207,167 @@ def test_modality_flag_reaches_preprocessing_and_network(model_env, rules_predic
     assert json.loads((tmp_path / "mr_as_ct" / "predict_from_raw_data_args.json").read_text())["modality"] == "CT"
     props = pickle.load(open(tmp_path / "mr_as_ct" / "mr_0100.pkl", "rb"))
     assert props["modality"] == "CT"
+    # as before the check existed: CINPreprocessor's CT normalization, the network conditioned on CT
+    predictor = _predictor(m)
+    np.testing.assert_array_equal(read(tmp_path / "mr_as_ct" / "mr_0100.nii.gz")[1],
+                                  _segmentation_by_hand(predictor, m["inputs"]["MR"] / "mr_0100_0000.nii.gz", "CT"))
+
+
+def _predictor(model, folder=None):
+    from nnunet_cin.inference.predict import nnUNetPredictorCIN
+    predictor = nnUNetPredictorCIN(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder or model["folder"]), (0,))
+    return predictor
+
+
+def _segmentation_by_hand(predictor, image_file, modality):
+    """Reference: CINPreprocessor with `modality`, the network inside condition(network, index), nnU-Net's export."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunet_cin import condition
+    from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
+    data, _, p = CINPreprocessor(verbose=False).run_case([str(image_file)], None, predictor.plans_manager,
+                                                         predictor.configuration_manager, predictor.dataset_json,
+                                                         modality=modality)
+    with condition(predictor.network, predictor.modalities.index(modality)):
+        logits = super(type(predictor), predictor).predict_sliding_window_return_logits(torch.from_numpy(data))
+    return convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, p)
+
+
+# --- the modality check: never trust the modality blindly -----------------------------------------------------------
+
+def test_a_case_given_the_wrong_modality_is_refused_and_nothing_is_written(model_env, tmp_path, capsys):
+    """The issue's reproduction: CT cases predicted with -m MR ran with exit code 0 and a mean Dice of 0.19."""
+    from nnunet_cin.inference.modality_check import ModalityCheckError
+    from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
+    m = model_env
+    out = tmp_path / "out"
+    err = _fails(capsys, ["-i", str(m["inputs"]["CT"]), "-o", str(out), "-m", "MR", *BASE],
+                 "1 of 1 input case(s) do not look like the modality they were given",
+                 "ct_0100: given MR (by -m), looks like CT (margin", "nothing was predicted or written",
+                 "--skip-modality-check")
+    assert "Traceback" not in err and not out.exists()
+    # given by the model's rules: a CT image named like an MR case, next to a right one; only the wrong one listed
+    mixed = tmp_path / "mixed"
+    shutil.copytree(m["inputs"]["all"], mixed)
+    shutil.copy(mixed / "ct_0100_0000.nii.gz", mixed / "mr_0101_0000.nii.gz")
+    err = _fails(capsys, ["-i", str(mixed), "-o", str(out), *BASE], "1 of 3 input case(s)",
+                 "mr_0101: given MR (by the model's dataset.json rules), looks like CT")
+    assert "ct_0100: given" not in err and "mr_0100: given" not in err and not out.exists()
+    _fails(capsys, ["-i", str(m["inputs"]["CT"]), "-o", str(out), "-m", str(m["folder"]), "-f", "0", "-device", "cpu",
+                    "--modality", "MR"], "ct_0100: given MR (by --modality), looks like CT",
+           entry=predict_from_modelfolder_entry_point)
+    assert not out.exists()
+    # the Python predictor checks too
+    predictor = _predictor(m)
+    predictor.modality = "MR"
+    with pytest.raises(ModalityCheckError, match=r"ct_0100: given MR.*looks like CT"):
+        predictor.predict_from_files(str(m["inputs"]["CT"]), str(out), num_processes_preprocessing=1,
+                                     num_processes_segmentation_export=1)
+    with pytest.raises(ModalityCheckError, match=r"ct_0100: given MR.*looks like CT"):
+        predictor.predict_from_files_sequential(str(m["inputs"]["CT"]), str(out))
+    assert not out.exists()
+
+
+def test_auto_recognises_mixed_cases_with_neutral_names(model_env, rules_prediction, tmp_path, capsys):
+    """-m auto on a CT and an MR case named case_000 / case_001 (no rule matches): the outputs of the correct -m runs
+    (the model's rules gave them in rules_prediction), and each decision printed and recorded in modalities.json."""
+    m = model_env
+    neutral = tmp_path / "neutral"
+    neutral.mkdir()
+    shutil.copy(m["inputs"]["CT"] / "ct_0100_0000.nii.gz", neutral / "case_000_0000.nii.gz")
+    shutil.copy(m["inputs"]["MR"] / "mr_0100_0000.nii.gz", neutral / "case_001_0000.nii.gz")
+    # a CT no longer in HU (rescaled to [0, 1]) looks like neither: named, nothing predicted
+    bad = tmp_path / "with_rescaled"
+    shutil.copytree(neutral, bad)
+    ct = sitk.ReadImage(str(neutral / "case_000_0000.nii.gz"), sitk.sitkFloat32)
+    sitk.WriteImage(sitk.RescaleIntensity(ct, 0.0, 1.0), str(bad / "case_002_0000.nii.gz"))
+    err = _fails(capsys, ["-i", str(bad), "-o", str(tmp_path / "bad_out"), "-m", "auto", *BASE],
+                 "-m auto: 1 of 3 case(s) match no modality clearly", "case_002: looks like none",
+                 "Predict these cases with -m NAME")
+    assert "case_000:" not in err and not (tmp_path / "bad_out").exists()
+
+    out = tmp_path / "auto"
+    predict_cli(m, neutral, out, "-m", "auto", "--save_probabilities", "-npp", "0", "-nps", "0")
+    printed = capsys.readouterr().out
+    for case, modality, reference in (("case_000", "CT", "ct_0100"), ("case_001", "MR", "mr_0100")):
+        np.testing.assert_array_equal(read(out / f"{case}.nii.gz")[1], read(rules_prediction / f"{reference}.nii.gz")[1])
+        np.testing.assert_allclose(probabilities(out / f"{case}.npz"), probabilities(rules_prediction /
+                                                                                    f"{reference}.npz"), atol=1e-3)
+        assert pickle.load(open(out / f"{case}.pkl", "rb"))["modality"] == modality
+        assert re.search(rf"{case}\s+{modality}\s+auto\s+looks like {modality}", printed), printed
+    record = json.loads((out / "modalities.json").read_text())
+    assert list(record) == ["case_000", "case_001"]
+    for case, modality, other in (("case_000", "CT", "MR"), ("case_001", "MR", "CT")):
+        r = record[case]
+        assert (r["modality"], r["decided_by"], r["checked"], r["verdict"], r["looks_like"], r["runner_up"]) == (
+            modality, "auto", True, "match", modality, other)
+        assert r["margin"] >= 9
+    assert json.loads((out / "predict_from_raw_data_args.json").read_text())["modality"] == "auto"
+
+
+def _model_copy(model, tmp_path, edit_plans=None, edit_dataset_json=None):
+    """The trained model folder (one fold) as another user would have it: plans.json / dataset.json edited."""
+    folder = tmp_path / "model"
+    (folder / "fold_0").mkdir(parents=True)
+    shutil.copy(model["folder"] / "fold_0" / "checkpoint_final.pth", folder / "fold_0")
+    for name, edit in (("plans.json", edit_plans), ("dataset.json", edit_dataset_json)):
+        content = json.loads((model["folder"] / name).read_text())
+        if edit is not None:
+            edit(content)
+        (folder / name).write_text(json.dumps(content))
+    return folder
+
+
+def test_plans_without_signatures_say_so_once_and_predict_unchecked(model_env, tmp_path, capsys):
+    """A model planned before the signatures existed: one notice, no check (a CT case predicted as MR, as -m says),
+    and -m auto refused with the reason."""
+    from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
+    m = model_env
+    old = _model_copy(m, tmp_path, edit_plans=lambda plans: plans["cin"].pop("signatures"))
+    base = ["-i", str(m["inputs"]["CT"]), "-m", str(old), "-f", "0", "-device", "cpu", "--disable_tta",
+            "--disable_progress_bar", "-npp", "0", "-nps", "0"]
+    predict_from_modelfolder_entry_point([*base, "-o", str(tmp_path / "out"), "--modality", "MR"])
+    err = capsys.readouterr().err
+    assert err.count("The modality check is skipped: the model's plans hold no modality signatures") == 1, err
+    assert json.loads((tmp_path / "out" / "modalities.json").read_text()) == {
+        "ct_0100": {"modality": "MR", "decided_by": "-m", "checked": False}}
+    _fails(capsys, [*base, "-o", str(tmp_path / "out_auto"), "--modality", "auto"],
+           "--modality auto cannot recognise the cases: the model's plans hold no modality signatures",
+           "Pass --modality NAME", entry=predict_from_modelfolder_entry_point)
+    assert not (tmp_path / "out_auto").exists()
+
+
+def test_rules_that_differ_from_the_plans_are_named(model_env, tmp_path, capsys):
+    """The model folder's dataset.json rules decide new cases' modalities; when they are not the rules the plans (and
+    the training data) were made with, prediction says so, and which rules it uses."""
+    def widen(dataset_json):
+        dataset_json["modality_patterns"]["CT"] = "^(ct|scan)_"
+    m = model_env
+    predictor = _predictor(m, _model_copy(m, tmp_path, edit_dataset_json=widen))
+    lists = [[str(m["inputs"]["all"] / f"{c}_0000.nii.gz")] for c in ("ct_0100", "mr_0100")]
+    assert predictor.modalities_of_cases(lists) == {"ct_0100": "CT", "mr_0100": "MR"}
+    err = capsys.readouterr().err
+    assert "differ from the ones its plans were made with" in err
+    assert "\"modality_patterns\" {'CT': '^(ct|scan)_', 'MR': '^mr_'} (plans: {'CT': '^ct_', 'MR': '^mr_'})" in err
+    assert "New cases get their modality from the dataset.json rules" in err
+    # the model's own folder: rules as planned, no notice
+    _predictor(m).modalities_of_cases(lists)
+    assert "differ from the ones its plans" not in capsys.readouterr().err
+
+
+def test_arrays_are_checked_and_recognised_too(model_env, rules_prediction):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunet_cin.inference.modality_check import ModalityCheckError
+    predictor = _predictor(model_env)
+    img, props = SimpleITKIO().read_images([str(model_env["inputs"]["MR"] / "mr_0100_0000.nii.gz")])
+    with pytest.raises(ModalityCheckError, match=r"image 0: given CT \(by predictor.modality\), looks like MR"):
+        predictor.predict_single_npy_array(img, dict(props, modality="CT"))
+    predictor.modality = "auto"
+    np.testing.assert_array_equal(predictor.predict_single_npy_array(img, props),
+                                  read(rules_prediction / "mr_0100.nii.gz")[1])
+    predictor.modality, predictor.check_modalities = None, False
+    predictor.predict_single_npy_array(img, dict(props, modality="CT"))  # the check off: predicted as given
 
 
 def test_every_patch_and_mirror_is_conditioned_like_nnunets_predictor_inside_condition(model_env):
@@ -558,6 +727,19 @@ def test_a_wrong_number_of_channels(model_never_loaded, inputs_copy, tmp_path, c
     _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE],
            "case mr_0100 has the file(s) mr_0100_0000.nii.gz, mr_0100_0001.nii.gz", "takes 1 channel(s)",
            "channel_names", "give each case exactly CASE_0000.nii.gz")
+    assert _tree(tmp_path) == before
+
+
+def test_truncated_input_images(model_never_loaded, inputs_copy, tmp_path, capsys):
+    """A cut-off .nii.gz reads without a word in SimpleITK (zeros where its data is missing): refused, every bad file
+    named, before the model is loaded, nothing written."""
+    from damaged_files import overstate_slices
+    truncate_half(inputs_copy / "ct_0100_0000.nii.gz")
+    overstate_slices(inputs_copy / "mr_0100_0000.nii.gz")
+    before = _tree(tmp_path)
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE], "2 input problems",
+           f"{inputs_copy / 'ct_0100_0000.nii.gz'} is truncated", f"{inputs_copy / 'mr_0100_0000.nii.gz'} holds",
+           "replace it with a complete copy")
     assert _tree(tmp_path) == before
 
 

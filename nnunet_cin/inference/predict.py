@@ -4,10 +4,13 @@
     nnUNetv2_predict_cin_from_modelfolder -i INPUT -o OUTPUT -m MODEL_FOLDER [--modality CT] [...]
 
 How a case's modality reaches the network:
-1. `nnUNetPredictorCIN.modalities_of_cases` resolves every input case BEFORE anything is written: `-m NAME`
+1. `nnUNetPredictorCIN.decide_modalities` resolves every input case BEFORE anything is written: `-m NAME`
    (`predictor.modality`) for all cases, else the rules of the model's dataset.json (nnunet_cin.modalities). An
    unresolvable case, or a modality the model was not trained on, is a ModalityError listing the cases and the
-   valid names.
+   valid names. Then every case's image is compared with the modality signatures of the model's plans
+   (nnunet_cin.inference.modality_check): a case that clearly looks like another modality than it was given stops
+   the run (`--skip-modality-check`, `predictor.check_modalities = False`: no check); `-m auto` gives each case the
+   modality it looks like. The decisions are printed and recorded in the output folder's modalities.json.
 2. Preprocessing: the plans' preprocessor (CINPreprocessor for nnUNetPlansCIN: the modality's normalization) runs
    inside nnU-Net's own data iterators; `ModalityConfigurationManager.preprocessor_class` hands them a
    `ModalityPreprocessor` (nnunet_cin.inference.preprocessing) that knows the resolved modality of each case and
@@ -43,10 +46,13 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_cin.cin import cin_layers, condition
 from nnunet_cin.inference.checks import check_prediction_inputs_and_outputs
+from nnunet_cin.inference.modality_check import (AUTO, BY_FLAG, BY_RULES, CaseModality, ModalityCheck,
+                                                 array_features, features_of_cases, record_decisions,
+                                                 table, unclear)
 from nnunet_cin.inference.outputs import OutputPlansManager, StagingFolders, why_unfinished
 from nnunet_cin.inference.preprocessing import ModalityConfigurationManager
 from nnunet_cin.plans import CINPlans
-from nnunet_cin.modalities import ModalityError, ModalityRules, case_id_from_image_file
+from nnunet_cin.modalities import MODALITY_KEYS, ModalityError, ModalityRules, case_id_from_image_file
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -68,11 +74,15 @@ class nnUNetPredictorCIN(nnUNetPredictor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.modality: Optional[str] = None
+        self.check_modalities = True
+        self.modality_flag = "-m"  # how messages name the modality given (the from_modelfolder command: --modality)
         self.modalities: Optional[List[str]] = None
         self.rules: Optional[ModalityRules] = None
         self.conditioned = False
         self.current_modality: Optional[str] = None  # modality of the case being predicted
         self._staging: Optional[StagingFolders] = None  # where the current run writes unfinished outputs
+        self._run_decisions: Dict[str, CaseModality] = {}  # of the current run: recorded in modalities.json
+        self._told = set()  # messages printed (see `_tell`)
 
     # ------------------------------------------------------------------------------------------------ model loading
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
@@ -116,23 +126,69 @@ class nnUNetPredictorCIN(nnUNetPredictor):
     # ----------------------------------------------------------------------------------------------------- modality
     def _check_name(self, modality: str) -> str:
         if modality not in self.modalities:
+            if modality == AUTO:
+                raise ModalityError('"auto" is for all cases of a run (predictor.modality, -m): give the modality of '
+                                    'one image by its name')
             raise ModalityError(f'unknown modality "{modality}": this model was trained on {self.modalities}; use '
-                                f'one of these names')
+                                f'one of these names (or "{AUTO}" for all cases of a run: each recognised)')
         return modality
 
     def modalities_of_cases(self, list_of_lists: List[List[str]]) -> Dict[str, str]:
-        """{case id: modality name} of every input case (its image files: one list per case), resolved before
-        anything is written: `self.modality` for every case, else the model's dataset.json rules. One ModalityError
-        lists every case that cannot be resolved (or whose modality the model was not trained on) and the valid
-        names. The one place where a prediction run's cases get their modality: a check that needs every input
-        before anything is written belongs here."""
+        """{case id: modality name} of every input case (its image files: one list per case), resolved and checked
+        before anything is written; see `decide_modalities`."""
+        return {case: d.modality for case, d in self.decide_modalities(list_of_lists).items()}
+
+    def decide_modalities(self, list_of_lists: List[List[str]]) -> Dict[str, CaseModality]:
+        """{case id: CaseModality} of every input case: `self.modality` for every case, else the model's dataset.json
+        rules; `self.modality = "auto"`: each case as the modality its image looks like. Then (unless
+        `self.check_modalities` is False) every case's image is compared with the modality signatures of the model's
+        plans (nnunet_cin.inference.modality_check). One ModalityError lists every case that cannot be resolved, whose
+        modality the model was not trained on, or that clearly looks like another modality than it was given. The one
+        place where a prediction run's cases get their modality; prints the decision of every case."""
         if self.modalities is None:
             raise RuntimeError("initialize the predictor first (initialize_from_trained_model_folder)")
-        if self.modality is not None:
+        auto = self.modality == AUTO
+        if self.modality is not None and not auto:
             self._check_name(self.modality)
-        case_ids = [case_id_from_image_file(files[0], self.dataset_json['file_ending']) for files in list_of_lists]
-        hint = (f"\nThis model's modalities: {self.modalities}. Pass -m NAME (Python: predictor.modality = NAME) to "
-                f"set the modality of every input case.")
+        file_ending = self.dataset_json['file_ending']
+        cases = {case_id_from_image_file(files[0], file_ending): files for files in list_of_lists}
+        check = ModalityCheck(CINPlans(self.plans_manager.plans).signatures, self.modalities)
+        if auto and not check.usable:
+            raise ModalityError(f"{self.modality_flag} auto cannot recognise the cases: {check.why_unusable}. Pass "
+                                f"{self.modality_flag} NAME, or name the files after the model's rules")
+        given = {} if auto else self._given_modalities(list(cases))
+        if not (auto or self.check_modalities):
+            decisions = given
+            self._tell("The modality check is off (--skip-modality-check / predictor.check_modalities = False): no "
+                       "case is compared with the modality signatures of the model's plans.", warning=True)
+        elif not check.usable:
+            decisions = given
+            self._tell(f"The modality check is skipped: {check.why_unusable}.", warning=True)
+        else:
+            if check.unsigned:
+                self._tell(f"The model's plans hold no signature for {check.unsigned}: cases of "
+                           f"{'these modalities' if len(check.unsigned) > 1 else 'this modality'} are not checked"
+                           f"{' and cannot be recognised' if auto else ''}.", warning=True)
+            to_check = cases if auto else {c: f for c, f in cases.items() if given[c].modality in check.known}
+            features = features_of_cases(to_check, self.plans_manager.image_reader_writer_class)
+            decisions = (check.recognise(list(cases), features, self.modality_flag) if auto
+                         else check.check_given(given, features, self.modality_flag))
+        self._tell("Modality of each case (case, modality, decided by, modality check):\n" +
+                   "\n".join(table(decisions)))
+        doubtful = unclear(decisions)
+        if doubtful:
+            self._tell(f"{len(doubtful)} case(s) match no modality clearly and are predicted as given; check that "
+                       f"they are of the modality given:\n" +
+                       "\n".join(f"  - {c}: given {d.modality}, {d.describe()}" for c, d in doubtful.items()),
+                       warning=True)
+        return decisions
+
+    def _given_modalities(self, case_ids: List[str]) -> Dict[str, CaseModality]:
+        """Each case's modality by `self.modality` or the model's rules; errors for unresolvable cases and modalities
+        the model was not trained on; warnings when -m overrides the rules, or the rules are not the plans'."""
+        hint = (f"\nThis model's modalities: {self.modalities}. Pass {self.modality_flag} NAME (Python: "
+                f"predictor.modality = NAME) to set the modality of every input case, or {self.modality_flag} auto "
+                f"to have each recognised.")
         try:
             resolved = self.rules.resolve(case_ids, self.modality)
         except ModalityError as e:
@@ -141,19 +197,75 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         if untrained:
             raise ModalityError(f"{len(untrained)} case(s) are of a modality this model was not trained on: "
                                 + ", ".join(f'"{c}" ({m})' for c, m in untrained.items()) + hint)
-        return resolved
+        if self.modality is None:
+            self._tell_rules_drift()
+            return {c: CaseModality(m, BY_RULES) for c, m in resolved.items()}
+        overridden = {}
+        for c in case_ids:
+            try:
+                by_rules = self.rules.modality_of(c)
+            except ModalityError:
+                continue  # the rules say nothing about this case
+            if by_rules != self.modality:
+                overridden[c] = by_rules
+        if overridden:
+            self._tell(f"{self.modality_flag} {self.modality} contradicts the model's dataset.json rules for "
+                       f"{len(overridden)} case(s), predicted as {self.modality} nonetheless: "
+                       + ", ".join(f"{c} (rules: {m})" for c, m in overridden.items()), warning=True)
+        return {c: CaseModality(m, BY_FLAG) for c, m in resolved.items()}
 
-    def _modality_of_array(self, index: int, properties: dict) -> dict:
-        """A copy of an input array's properties naming its modality: properties["modality"], else self.modality."""
-        given, forced = properties.get("modality"), self.modality
-        if given is not None and forced is not None and given != forced:
-            raise ModalityError(f'image {index}: properties["modality"] is "{given}" but predictor.modality is '
-                                f'"{forced}"; set one of them')
-        modality = given if given is not None else forced
-        if modality is None:
-            raise ModalityError(f'image {index} has no modality: set predictor.modality = NAME or its '
-                                f'properties["modality"] (one of {self.modalities})')
-        return dict(properties, modality=self._check_name(modality))
+    def _tell_rules_drift(self):
+        """The rules of the model's dataset.json decide the modality of new cases; say so when they are not the rules
+        its plans (and so its training data) were made with."""
+        planned = CINPlans(self.plans_manager.plans).rules
+        current = self.rules.to_dict()
+        if planned is None or planned == current:
+            return
+        changed = [k for k in MODALITY_KEYS if planned.get(k) != current.get(k)]
+        self._tell(
+            f"The modality rules of the model's dataset.json ({self.rules.source}) differ from the ones its plans were "
+            f"made with: " + "; ".join(f'"{k}" {current.get(k)} (plans: {planned.get(k)})' for k in changed) +
+            ". New cases get their modality from the dataset.json rules (the model's current rules, the ones "
+            "nnU-Net copied into the model folder and users edit for new file names); the training data was "
+            "preprocessed with the plans' rules. If the change is a mistake, restore the plans' rules in that "
+            "dataset.json, or give the modality with -m.", warning=True)
+
+    def _tell(self, message: str, warning: bool = False):
+        """Print a message once per predictor (the command resolves the cases before and again inside nnU-Net's
+        run)."""
+        if message in self._told:
+            return
+        self._told.add(message)
+        print(("WARNING: " if warning else "") + message, file=sys.stderr if warning else sys.stdout, flush=True)
+
+    def _modalities_of_arrays(self, images: List[np.ndarray], properties: List[dict]) -> List[dict]:
+        """Copies of input arrays' properties naming their modality: properties["modality"], else self.modality
+        ("auto": recognised), each array checked against the modality signatures as files are (see
+        `decide_modalities`)."""
+        forced = self.modality
+        given, unnamed = {}, []
+        for i, p in enumerate(properties):
+            modality = p.get("modality")
+            if modality is not None and forced not in (None, AUTO) and modality != forced:
+                raise ModalityError(f'image {i}: properties["modality"] is "{modality}" but predictor.modality is '
+                                    f'"{forced}"; set one of them')
+            if modality is None and forced is None:
+                raise ModalityError(f'image {i} has no modality: set predictor.modality = NAME (or "auto") or its '
+                                    f'properties["modality"] (one of {self.modalities})')
+            if modality is None and forced == AUTO:
+                unnamed.append(f"image {i}")
+            else:
+                given[f"image {i}"] = CaseModality(self._check_name(modality or forced), BY_FLAG)
+        check = ModalityCheck(CINPlans(self.plans_manager.plans).signatures, self.modalities)
+        if unnamed and not check.usable:
+            raise ModalityError(f'predictor.modality = "auto" cannot recognise the images: {check.why_unusable}')
+        if check.usable and (self.check_modalities or unnamed):
+            features = {f"image {i}": array_features(image, p) for i, (image, p) in enumerate(zip(images, properties))}
+            checked = {c: d for c, d in given.items() if d.modality in check.known}
+            if self.check_modalities and checked:
+                check.check_given(checked, features, "predictor.modality")
+            given.update(check.recognise(unnamed, features, "predictor.modality") if unnamed else {})
+        return [dict(p, modality=given[f"image {i}"].modality) for i, p in enumerate(properties)]
 
     @contextmanager
     def _prediction_run(self, list_of_lists_or_source_folder: Union[str, List[List[str]]],
@@ -164,14 +276,15 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         outputs are staged."""
         lists = check_prediction_inputs_and_outputs(list_of_lists_or_source_folder,
                                                     output_folder_or_list_of_truncated_output_files, self.dataset_json)
-        case_modalities = self.modalities_of_cases(lists[part_id::num_parts])
+        self._run_decisions = self.decide_modalities(lists[part_id::num_parts])
         previous = self.configuration_manager.case_modalities
-        self.configuration_manager.case_modalities = case_modalities
+        self.configuration_manager.case_modalities = {c: d.modality for c, d in self._run_decisions.items()}
         try:
             with self._staged_outputs():
                 yield
         finally:
             self.configuration_manager.case_modalities = previous
+            self._run_decisions = {}
 
     @contextmanager
     def _staged_outputs(self):
@@ -282,7 +395,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                        part_id: int = 0, num_parts: int = 1, save_probabilities: bool = False):
         """nnU-Net's, which predict_from_files(_sequential) call right after writing the run's arguments
         (predict_from_raw_data_args.json, from their signature) and before predicting. Changes: the run's arguments
-        name the modality; with overwrite=False (--continue_prediction) a case counts as predicted when all its
+        name the modality, and modalities.json records the modality of each case of the run; with overwrite=False (--continue_prediction) a case counts as predicted when all its
         outputs read back completely (nnU-Net: when they exist); outputs are staged (see `_staged_outputs`)."""
         self._record_modality(output_folder_or_list_of_truncated_output_files)
         lists, outputs, prev_stage = super()._manage_input_and_output_lists(
@@ -315,7 +428,10 @@ class nnUNetPredictorCIN(nnUNetPredictor):
             return
         args_file = join(folder, 'predict_from_raw_data_args.json')
         if isfile(args_file):
-            save_json({**load_json(args_file), "modality": self.modality}, args_file)
+            save_json({**load_json(args_file), "modality": self.modality, "check_modalities": self.check_modalities},
+                      args_file)
+        if self._run_decisions:
+            record_decisions(folder, self._run_decisions)
 
     def get_data_iterator_from_raw_npy_data(self, image_or_list_of_images: Union[np.ndarray, List[np.ndarray]],
                                             segs_from_prev_stage_or_list_of_segs_from_prev_stage: Union[
@@ -325,7 +441,8 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                             num_processes: int = 3):
         """nnU-Net's; each image's modality: its properties["modality"], else `self.modality`."""
         props = properties_or_list_of_properties
-        props = [self._modality_of_array(i, p) for i, p in enumerate(props if isinstance(props, list) else [props])]
+        images = image_or_list_of_images if isinstance(image_or_list_of_images, list) else [image_or_list_of_images]
+        props = self._modalities_of_arrays(images, props if isinstance(props, list) else [props])
         return super().get_data_iterator_from_raw_npy_data(
             image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage, props, truncated_ofname,
             num_processes)
@@ -352,7 +469,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                  save_or_return_probabilities: bool = False):
         """nnU-Net's, for an image of modality image_properties["modality"], else `self.modality`; the outputs
         staged (see `_staged_outputs`)."""
-        properties = self._modality_of_array(0, image_properties)
+        [properties] = self._modalities_of_arrays([input_image], [image_properties])
         with self.conditioned_on(properties["modality"]), self._staged_outputs() as staging:
             if output_file_truncated is not None:
                 output_file_truncated = staging.stage(output_file_truncated)
@@ -498,8 +615,15 @@ def _sigterm_ends_run():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _add_modality_check_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument('--skip-modality-check', action='store_true',
+                        help="do not compare the input images with the modality signatures of the model's plans (by "
+                             "default a case whose image clearly looks like another modality than it was given stops "
+                             "the run before anything is written)")
+
+
 def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Optional[str], num_parts: int = 1,
-         part_id: int = 0):
+         part_id: int = 0, modality_flag: str = '-m'):
     """Load the model, resolve every case's modality, and only then create the output folder and predict."""
     if not 0 <= part_id < num_parts:
         parser.error(f"-part_id must be in 0..{num_parts - 1} (-num_parts {num_parts}), got {part_id}")
@@ -517,7 +641,9 @@ def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Opt
                                        allow_tqdm=not args.disable_progress_bar)
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
         predictor.modality = modality
-        # resolve now: an error stops the run before the output folder or any file is created
+        predictor.modality_flag = modality_flag
+        predictor.check_modalities = not args.skip_modality_check
+        # resolve and check now: an error stops the run before the output folder or any file is created
         predictor.modalities_of_cases(lists[part_id::num_parts])
     except (ModalityError, FileNotFoundError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -557,8 +683,10 @@ def predict_entry_point(argv: Optional[Sequence[str]] = None):
                         help='trainer class used for training. Default: nnUNetTrainerCIN')
     parser.add_argument('-c', type=str, required=True, help='configuration, e.g. 3d_fullres')
     parser.add_argument('-m', '--modality', type=str, default=None,
-                        help="modality of ALL input cases (e.g. CT); default: each case's modality from the model's "
-                             "dataset.json rules")
+                        help="modality of ALL input cases (e.g. CT), or 'auto': each case as the modality its image "
+                             "looks like (the modality signatures of the model's plans). Default: each case's "
+                             "modality from the model's dataset.json rules")
+    _add_modality_check_arguments(parser)
     _add_common_arguments(parser, _env_int('nnUNet_npp', 3), _env_int('nnUNet_nps', 3))
     parser.add_argument('-num_parts', type=int, required=False, default=1,
                         help='number of separate nnUNetv2_predict_cin calls sharing the inputs. Default: 1')
@@ -588,12 +716,14 @@ def predict_from_modelfolder_entry_point(argv: Optional[Sequence[str]] = None):
     parser.add_argument('-m', type=str, required=True,
                         help='trained model folder (with fold_X subfolders, dataset.json and plans.json)')
     parser.add_argument('--modality', type=str, default=None,
-                        help="modality of ALL input cases (e.g. CT); default: each case's modality from the model's "
-                             "dataset.json rules")
+                        help="modality of ALL input cases (e.g. CT), or 'auto': each case as the modality its image "
+                             "looks like (the modality signatures of the model's plans). Default: each case's "
+                             "modality from the model's dataset.json rules")
+    _add_modality_check_arguments(parser)
     _add_common_arguments(parser, 3, 3)
     args = parser.parse_args(argv)
     with _sigterm_ends_run():
-        _run(parser, args, args.m, args.modality)
+        _run(parser, args, args.m, args.modality, modality_flag='--modality')
 
 
 if __name__ == '__main__':
