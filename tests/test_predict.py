@@ -607,8 +607,12 @@ def test_sigterm_ends_the_workers_and_leaves_only_complete_outputs(model, rules_
 
     finished = sorted(f.name[:-len(".nii.gz")] for f in out.glob("*.nii.gz"))
     assert finished and len(finished) < 6
-    assert sorted(os.listdir(out)) == sorted(["dataset.json", "plans.json", "predict_from_raw_data_args.json"] +
+    assert sorted(os.listdir(out)) == sorted(["dataset.json", "plans.json", "predict_from_raw_data_args.json",
+                                              "modalities.json"] +
                                              [c + e for c in finished for e in (".nii.gz", ".npz", ".pkl")])
+    # the decisions are made for every case before the first is predicted, so they are all on record
+    assert {c: r["modality"] for c, r in json.loads((out / "modalities.json").read_text()).items()} == {
+        f"{m.lower()}_0{i}": m for i in range(101, 104) for m in ("CT", "MR")}
     for case in finished:
         _reads_back_like(out / f"{case}.nii.gz", rules_prediction / f"{case[:3]}0100.nii.gz")
     _run(cmd + ["--continue_prediction"], model["env"])
