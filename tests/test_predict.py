@@ -291,7 +291,8 @@ def test_auto_recognises_mixed_cases_with_neutral_names(model_env, rules_predict
     predict_cli(m, neutral, out, "-m", "auto", "--save_probabilities", "-npp", "0", "-nps", "0")
     printed = capsys.readouterr().out
     for case, modality, reference in (("case_000", "CT", "ct_0100"), ("case_001", "MR", "mr_0100")):
-        np.testing.assert_array_equal(read(out / f"{case}.nii.gz")[1], read(rules_prediction / f"{reference}.nii.gz")[1])
+        np.testing.assert_array_equal(read(out / f"{case}.nii.gz")[1],
+                                      read(rules_prediction / f"{reference}.nii.gz")[1])
         np.testing.assert_allclose(probabilities(out / f"{case}.npz"), probabilities(rules_prediction /
                                                                                     f"{reference}.npz"), atol=1e-3)
         assert pickle.load(open(out / f"{case}.pkl", "rb"))["modality"] == modality

@@ -158,8 +158,8 @@ class ModalityCheck:
                 f"nothing was predicted or written. Each image was compared with what every modality's training "
                 f"images looked like (the modality signatures in the model's plans); a clear match needs a margin of "
                 f"{self.min_margin:g}:\n  - " + "\n  - ".join(wrong) +
-                f"\nGive each case its modality ({flag} NAME for a folder of one modality, or {flag} auto: each case as the "
-                f"modality it looks like). If the images really are of the modality given (e.g. intensities that "
+                f"\nGive each case its modality ({flag} NAME for a folder of one modality, or {flag} auto: each case "
+                f"as the modality it looks like). If the images really are of the modality given (e.g. intensities that "
                 f"differ from the training images'), override the check: {OVERRIDE}.")
         return out
 

@@ -395,8 +395,9 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                        part_id: int = 0, num_parts: int = 1, save_probabilities: bool = False):
         """nnU-Net's, which predict_from_files(_sequential) call right after writing the run's arguments
         (predict_from_raw_data_args.json, from their signature) and before predicting. Changes: the run's arguments
-        name the modality, and modalities.json records the modality of each case of the run; with overwrite=False (--continue_prediction) a case counts as predicted when all its
-        outputs read back completely (nnU-Net: when they exist); outputs are staged (see `_staged_outputs`)."""
+        name the modality, and modalities.json records the modality of each case of the run; with overwrite=False
+        (--continue_prediction) a case counts as predicted when all its outputs read back completely (nnU-Net: when
+        they exist); outputs are staged (see `_staged_outputs`)."""
         self._record_modality(output_folder_or_list_of_truncated_output_files)
         lists, outputs, prev_stage = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
