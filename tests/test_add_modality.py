@@ -108,11 +108,12 @@ def added(env):
     return out
 
 
-def predict(model_folder, inputs, output, modality=None):
+def predict(model_folder, inputs, output, modality=None, *extra):
     from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
     predict_from_modelfolder_entry_point(["-i", str(inputs), "-o", str(output), "-m", str(model_folder), "-f", "0",
                                           "-device", "cpu", "--save_probabilities", "--disable_progress_bar",
-                                          "-npp", "0", "-nps", "0", *(["--modality", modality] if modality else [])])
+                                          "-npp", "0", "-nps", "0", *(["--modality", modality] if modality else []),
+                                          *extra])
 
 
 def _load(path):
@@ -243,9 +244,12 @@ def test_old_modalities_predict_bitwise_as_before(env, added, tmp_path):
     from nnunet_cin.cin import condition
     from nnunet_cin.inference.predict import nnUNetPredictorCIN
 
+    # every row on every case: CT and MR cases each predicted as both modalities (the modality check would refuse
+    # the mismatched ones)
     for modality in ("CT", "MR"):
-        predict(env["model"], env["base_raw"] / "imagesTs", tmp_path / f"old_{modality}", modality)
-        predict(added, env["base_raw"] / "imagesTs", tmp_path / f"new_{modality}", modality)
+        predict(env["model"], env["base_raw"] / "imagesTs", tmp_path / f"old_{modality}", modality,
+                "--skip-modality-check")
+        predict(added, env["base_raw"] / "imagesTs", tmp_path / f"new_{modality}", modality, "--skip-modality-check")
         for case in ("ct_0003", "mr_0003"):
             a = np.load(tmp_path / f"old_{modality}" / f"{case}.npz")["probabilities"]
             b = np.load(tmp_path / f"new_{modality}" / f"{case}.npz")["probabilities"]
