@@ -457,14 +457,15 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
 
     # the joint-training baseline: a plain network (no CIN), checkpoint with modalities -> per-modality
     # preprocessing, no conditioning. Its model folder: plans for a plain network, this model's weights where shared.
-    from nnunet_cin.training.conditioning import plans_for_trainer
+    from nnunet_cin.plans import CINPlans
+    from nnunet_cin.training.baselines import nnUNetTrainerJoint
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     joint = tmp_path / "nnUNetTrainerJoint__nnUNetPlansCIN__3d_fullres"
     (joint / "fold_0").mkdir(parents=True)
     shutil.copy(m["folder"] / "dataset.json", joint / "dataset.json")
-    plans = plans_for_trainer(json.loads((m["folder"] / "plans.json").read_text()), "3d_fullres", ["CT", "MR"],
-                              False, "nnUNetTrainerJoint")
+    plans = nnUNetTrainerJoint.plans_for_training(
+        CINPlans(json.loads((m["folder"] / "plans.json").read_text())).with_modalities(["CT", "MR"]), "3d_fullres", None)
     (joint / "plans.json").write_text(json.dumps(plans))
     pm = PlansManager(plans)
     net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, len(LABELS), False)

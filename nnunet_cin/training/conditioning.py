@@ -13,8 +13,6 @@ import numpy as np
 import torch
 
 from nnunet_cin.modalities import ModalityRules
-from nnunet_cin.networks.unet import plain_architecture  # noqa: F401  (kept importable from here for older callers)
-from nnunet_cin.plans import CINPlans
 
 
 class ModalityLookup:
@@ -56,14 +54,3 @@ def split_by_modality(batch: dict, modality: np.ndarray) -> List[Tuple[int, dict
                                'target': [x[t] for x in target] if isinstance(target, list) else target[t],
                                'keys': [batch['keys'][i] for i in idx]}))
     return parts
-
-
-def plans_for_trainer(plans: dict, configuration: str, modalities: Sequence[str], conditioned: bool,
-                      trainer_name: str = None) -> dict:
-    """Older form of `nnUNetTrainerCIN.plans_for_training` (kept for callers outside the package's training code):
-    the plans nnUNetTrainerCIN (conditioned) or nnUNetTrainerJoint (plain) trains for `modalities`."""
-    from nnunet_cin.training.baselines import nnUNetTrainerJoint
-    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
-
-    trainer = nnUNetTrainerCIN if conditioned else nnUNetTrainerJoint
-    return trainer.plans_for_training(CINPlans(plans).with_modalities(modalities), configuration, None)
