@@ -39,8 +39,9 @@ NORMALIZATION_KEY = "modality_normalization"  # dataset.json: {modality: nnU-Net
 
 def default_normalization(modality: str) -> str:
     """The normalization of a modality that dataset.json's "modality_normalization" does not name, as an nnU-Net
-    scheme name. For now the modality's name picks it the way nnU-Net's channel names do (CT -> CT, noNorm -> noNorm,
-    anything else -> zscore); `return "zscore"` would z-score every image whatever its modality."""
+    scheme name: the modality's name picks it the way nnU-Net's channel names do (CT -> CT, noNorm -> noNorm, anything
+    else -> zscore); `return "zscore"` would z-score every image whatever its modality. Kept per modality because the
+    README's powered comparison found it no worse than z-score for all and more reliable at a fixed budget."""
     return modality
 
 
