@@ -1,6 +1,6 @@
 """Which modality is each case? The dataset.json rules, validated, in one place.
 
-dataset.json is nnU-Net v2's, plus three keys (README: "Your dataset"):
+dataset.json is nnU-Net v2's, plus three keys (documentation/dataset_and_planning.md):
 
     "modalities":        ["CT", "MR"]                      ordered names; order = conditioning index
     "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}      modality -> regular expression (re.search on the case id)
