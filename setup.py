@@ -16,13 +16,13 @@ setup(
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
-        "console_scripts": [
-            "nnunet-cin=nnunet_cin.cli:main",
-            "nnUNetv2_plan_and_preprocess_cin=nnunet_cin.planning.plan_and_preprocess:main",
-            "nnUNetv2_predict_cin=nnunet_cin.inference.predict:predict_entry_point",
-            "nnUNetv2_predict_cin_from_modelfolder=nnunet_cin.inference.predict:predict_from_modelfolder_entry_point",
-            "nnUNetv2_evaluate_cin=nnunet_cin.evaluation.evaluate:main",
-            "nnUNetv2_convert_mmwhs=nnunet_cin.dataset_conversion.mmwhs:main",
+        "console_scripts": [  # nnunet_cin.commands: each command's module imported without dependencies' noise
+            "nnunet-cin=nnunet_cin.commands:nnunet_cin",
+            "nnUNetv2_plan_and_preprocess_cin=nnunet_cin.commands:plan_and_preprocess",
+            "nnUNetv2_predict_cin=nnunet_cin.commands:predict",
+            "nnUNetv2_predict_cin_from_modelfolder=nnunet_cin.commands:predict_from_modelfolder",
+            "nnUNetv2_evaluate_cin=nnunet_cin.commands:evaluate",
+            "nnUNetv2_convert_mmwhs=nnunet_cin.commands:convert_mmwhs",
         ]
     },
 )

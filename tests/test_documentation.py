@@ -48,3 +48,31 @@ def test_readme_is_a_front_door():
     assert "python -m pytest -q tests" in readme          # the command .ci/run runs
     for page in (ROOT / "documentation").glob("*.md"):
         assert f"documentation/{page.name}" in readme, f"README does not link {page.name}"
+
+
+def test_every_trainer_named_in_the_docs_is_a_literal_class():
+    """grep (and an IDE's go-to-definition) finds each trainer the pages name: a `class NAME(` line in our code, in
+    nnU-Net's, or in a page's own example. Folder names (TRAINER__PLANS__CONFIGURATION) and placeholders
+    (`nnUNetTrainerSingleModality_<M>`) are not classes."""
+    import nnunetv2
+
+    docs = "\n".join(p.read_text() for p in PAGES)
+    named = {n for n in re.findall(r"nnUNetTrainer\w*", docs) if "__" not in n and not n.endswith("_")}
+    sources = [docs] + [f.read_text() for folder in ("nnunet_cin", "trainers", "benchmarks")
+                        for f in (ROOT / folder).rglob("*.py")]
+    sources += [f.read_text() for f in Path(nnunetv2.__path__[0], "training", "nnUNetTrainer").rglob("*.py")]
+    defined = {m for s in sources for m in re.findall(r"^\s*class (nnUNetTrainer\w*)\(", s, flags=re.M)}
+    assert {"nnUNetTrainerCIN", "nnUNetTrainerSingleModality_MR_100epochs"} <= named
+    assert not named - defined, f"named in the docs, no literal class: {sorted(named - defined)}"
+
+
+def test_no_generated_or_looked_up_trainer_classes():
+    """Trainer classes are written out, not made at import or on attribute lookup (nnU-Net, grep and IDEs would not
+    see them): no globals() writes, no module __getattr__, no type(name, ...) in the trainer modules."""
+    found = []
+    for folder in ("trainers", "nnunet_cin/training", "benchmarks"):
+        for f in (ROOT / folder).rglob("*.py"):
+            for pattern in (r"globals\(\)\s*(\[|\.update)", r"^(def )?__getattr__\b", r"\btype\(\w+,\s*\("):
+                if re.search(pattern, f.read_text(), flags=re.M):
+                    found.append(f"{f.relative_to(ROOT)}: {pattern}")
+    assert not found, found

@@ -506,7 +506,7 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
                 "nnUNetTrainerJoint_5epochs": 5, "nnUNetTrainerJointAlternate_20epochs": 20,
                 "nnUNetTrainerSingleModality_CT": None, "nnUNetTrainerSingleModality_MR_50epochs": 50,
                 "nnUNetTrainerCINAllNorms": None, "nnUNetTrainerCINAllNorms_5epochs": 5,
-                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": None}
+                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": 1}
     for name, epochs in expected.items():
         cls = recursive_find_trainer_class_by_name(name)
         assert cls.__name__ == name and cls.schedule_epochs == epochs
@@ -696,7 +696,7 @@ class nnUNetTrainerCINResumeTest(StopsAfterEpoch, ShortRun, nnUNetTrainerCIN):
     """3 epochs of 3 iterations, one modality per batch in turn (every training batch's number and cases go to
     $CIN_TEST_BATCH_LOG); no final validation."""
     modality_sampling = "alternate"
-    epochs, iterations, val_iterations, final_validation = 3, 3, 1, False
+    schedule_epochs, schedule_iterations, schedule_val_iterations, final_validation = 3, 3, 1, False
 
     def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
         loader = super().modality_data_loader(dataset, patch_size, final_patch_size, transforms, training)

@@ -22,7 +22,10 @@ One conditional network for all modalities of a dataset. What changes against nn
   `--c` continues short runs too (nnunet_cin.training.resume); every checkpoint is written aside, then renamed;
   `--c` with a checkpoint that cannot be read names it and loads the next readable one
 - seeding: `seed` (class attribute) or $nnUNet_cin_seed seeds every random stream of the run; checkpoints record the
-  seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.seeding)
+  seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.mixins.Seeded,
+  nnunet_cin.training.seeding)
+- schedules: nnunet_cin.training.mixins.ShortSchedule; the `_1epoch` ... `_250epochs` variants are literal classes in
+  nnunet_cin.training.training_length
 Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
 nnunet_cin/nnunet_copies.py.
 
@@ -72,11 +75,9 @@ from nnunet_cin.training.preprocessed_modalities import refuse_rule_drift
 from nnunet_cin.training.resume import (LatestCheckpointSchedule, checkpoint_to_continue, default_every_epochs,
                                         read_checkpoint)
 from nnunet_cin.training.sampling import ModalityDataLoader
-from nnunet_cin.training.schedules import add_schedules
-from nnunet_cin.training.seeding import (DATA, INIT, RNG_STATE_KEY, SEED_ENV, TRAIN_LOADER, VAL_LOADER,
-                                         checkpoint_seed, derive_seed, rng_state, run_seed, seed_everything,
-                                         set_rng_state, worker_seeds)
-from nnunet_cin.training.seeding import describe as describe_seed
+from nnunet_cin.training.mixins import OMPThreads, Seeded, ShortSchedule
+from nnunet_cin.training.seeding import (RNG_STATE_KEY, SEED_ENV, TRAIN_LOADER, VAL_LOADER, checkpoint_seed,
+                                         rng_state, set_rng_state, worker_seeds)
 from nnunet_cin.training.splits import stratified_crossval_split
 
 _warned_plain_plans = set()
@@ -85,14 +86,13 @@ _NNUNET_PREDICT_COMMANDS = {nnunet_predict.predict_entry_point.__code__,
                             nnunet_predict.predict_entry_point_modelfolder.__code__}
 
 
-class nnUNetTrainerCIN(nnUNetTrainer):
+class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
     conditioned = True  # False: plain network, same data pipeline (baselines)
     single_modality: Optional[str] = None  # train (and validate) on this modality only
-    schedule_epochs: Optional[int] = None  # set by the _Xepochs variants
     modality_sampling = "mixed"
     modality_shares = "equal"
     cin_scope: Optional[str] = None  # "encoder" | "all" (every instance norm); None: the plans' cin_scope, else encoder
-    seed: Optional[int] = None  # the run seed; $nnUNet_cin_seed overrides it; None: unseeded (nnU-Net's)
+    # (schedule_epochs, schedule_iterations: ShortSchedule; seed: Seeded; nnunet_cin.training.mixins)
     latest_checkpoint_epochs: Optional[int] = None  # checkpoint_latest.pth at least this often; None: a tenth
     latest_checkpoint_minutes: Optional[float] = 5.0  # ... and once this much time has passed since the last one
 
@@ -103,36 +103,17 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         self.continuing = bool(plans.get("continue_training", False))  # --c (nnU-Net's __init__ pops the flag)
         super().__init__(type(self).plans_for_training(plans, configuration, dataset_json), configuration, fold,
                          dataset_json, device)
-        if self.schedule_epochs is not None:
-            self.num_epochs = self.schedule_epochs
         self.lookup = ModalityLookup(dataset_json, dataset_modalities)
         # the modalities this model serves; for conditioned models also the CIN row order
         self.modalities: List[str] = CINPlans(self.plans_manager.plans).modalities
         self.logger.local_logger = ModalityLogger(self.modalities)
-        self.seed = run_seed(type(self).seed)  # an instance attribute: nnU-Net's debug.json lists it
-        self.my_init_kwargs["seed"] = self.seed  # checkpoints record it in init_args, like the plans (modalities)
         # --c: restores the generators' states saved in the checkpoint (in on_train_start). A callable, so that
         # nnU-Net's debug.json (every non-callable attribute as text) does not list the states
         self._continue_random_streams: Optional[Callable[[], None]] = None
-        self.print_to_log_file(f"Random streams: {describe_seed(self.seed)}")
-        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if self.device.type == "cpu" and threads.isdigit() and int(threads) > 0:
-            # nnU-Net's nnUNetv2_train gives torch every core on the CPU, whatever OMP_NUM_THREADS says: trainings
-            # side by side (nnunet-cin compare -j) would each take them all
-            torch.set_num_threads(int(threads))
 
     # ----------------------------------------------------------------------------------------------------- seeding
-    def initialize(self):
-        if self.seed is not None and not self.was_initialized:
-            seed_everything(derive_seed(self.seed, INIT))  # the network's initial weights
-        super().initialize()
-
     def on_train_start(self):
-        if not self.was_initialized:
-            self.initialize()
-        if self.seed is not None:  # data loading and augmentation: every DDP rank its own stream
-            seed_everything(derive_seed(self.seed, DATA, self.local_rank, self.current_epoch))
-        super().on_train_start()  # builds the data loaders (and draws one batch from each)
+        super().on_train_start()  # Seeded: the network's and the data's streams; nnU-Net: the data loaders
         if self._continue_random_streams is not None:  # --c: continue the streams where the checkpoint left them
             self._continue_random_streams()
             self._continue_random_streams = None
@@ -431,8 +412,6 @@ class nnUNetTrainerCIN(nnUNetTrainer):
             current.close()
             self.dataset_class = base
 
-
-add_schedules(nnUNetTrainerCIN, globals())
 
 
 def _refuse_nnunet_predict_command(trainer: type, plans_manager: PlansManager):
