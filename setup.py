@@ -5,10 +5,10 @@ setup(
     version="0.1.0",
     description="Cross-modality nnU-Net: one model for CT and MRI via conditional instance normalization",
     python_requires=">=3.10",
-    # trainers/ and planners/ live at the top of the repository (nnU-Net's nnUNet_extTrainer points at a
-    # folder), but are installed inside the package so that a non-editable install carries them too.
-    packages=find_packages(include=["nnunet_cin", "nnunet_cin.*"]) + ["nnunet_cin.trainers", "nnunet_cin.planners"],
-    package_dir={"nnunet_cin": "nnunet_cin", "nnunet_cin.trainers": "trainers", "nnunet_cin.planners": "planners"},
+    # trainers/ lives at the top of the repository (nnU-Net's nnUNet_extTrainer points at a folder), but is
+    # installed inside the package so that a non-editable install carries it too.
+    packages=find_packages(include=["nnunet_cin", "nnunet_cin.*"]) + ["nnunet_cin.trainers"],
+    package_dir={"nnunet_cin": "nnunet_cin", "nnunet_cin.trainers": "trainers"},
     install_requires=[
         "nnunetv2==2.8.1",  # the version nnunet_cin/nnunet_copies.py records the copied originals of
         "torch==2.14.1",

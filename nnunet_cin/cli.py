@@ -47,13 +47,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     compare.add_arguments(p)
     p.set_defaults(func=compare.run)
 
-    from nnunet_cin.training import checkpoints
+    from nnunet_cin.training import convert_pretrained
     p = sub.add_parser("convert-pretrained", help="convert an nnU-Net checkpoint (plain or conditional) into the "
                                                   "layout of a trainer's network, for nnUNetv2_train "
-                                                  "-pretrained_weights", description=checkpoints.__doc__,
+                                                  "-pretrained_weights", description=convert_pretrained.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    checkpoints.add_arguments(p)
-    p.set_defaults(func=checkpoints.run)
+    convert_pretrained.add_arguments(p)
+    p.set_defaults(func=convert_pretrained.run)
 
     from nnunet_cin.add_modality import command as add_modality
     p = sub.add_parser("add-modality", help="a trained conditional model gains a modality from a few labelled cases "

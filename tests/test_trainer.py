@@ -192,7 +192,7 @@ def test_pretrained_plain_to_conditional(planned, local):
     convert_checkpoint makes it fit, and nnUNetv2_train -pretrained_weights then trains from it."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_cin.training.checkpoints import convert_checkpoint
+    from nnunet_cin.training.convert_pretrained import convert_checkpoint
 
     plain = make_trainer("nnUNetTrainer")
     with torch.no_grad():
@@ -237,8 +237,8 @@ def test_conditional_checkpoint_loads_directly(trained, local):
     loader, no conversion); for a plain baseline it converts (CIN rows averaged)."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_cin.training.checkpoints import add_arguments, convert_checkpoint
-    from nnunet_cin.training.checkpoints import run as run_convert
+    from nnunet_cin.training.convert_pretrained import add_arguments, convert_checkpoint
+    from nnunet_cin.training.convert_pretrained import run as run_convert
 
     checkpoint = trained[0] / "checkpoint_final.pth"
     source = torch.load(checkpoint, weights_only=False)["network_weights"]
