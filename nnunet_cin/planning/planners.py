@@ -20,8 +20,7 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     ResEncUNetPlanner, nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
-from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
-    channel_name_to_normalization_mapping, get_normalization_scheme)
+from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -31,6 +30,7 @@ from nnunet_cin.modalities import ModalityError, ModalityRules
 from nnunet_cin.networks.unet import conditional_architecture
 from nnunet_cin.plans import KEY as CIN_KEY
 from nnunet_cin.plans import CINPlans
+from nnunet_cin.preprocessing.normalization import SCHEME_NAMES
 
 CIN_PREPROCESSOR = "CINPreprocessor"
 CIN_SCOPE = "encoder"
@@ -50,7 +50,6 @@ def _scheme_classes(modalities: Sequence[str], dataset_json: Mapping, source: Op
     if requested is None:
         requested = {}
     where = f"dataset.json ({source})" if source else "dataset.json"
-    names = ", ".join(channel_name_to_normalization_mapping)
     if not isinstance(requested, Mapping):
         raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" must be an object {{modality: scheme}}, e.g. '
                             f'{{"CT": "zscore", "MR": "zscore"}}; got {requested!r}')
@@ -58,13 +57,23 @@ def _scheme_classes(modalities: Sequence[str], dataset_json: Mapping, source: Op
     if unknown:
         raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" names modality/modalities {unknown} that are not in '
                             f'"modalities" {list(modalities)}; rename the key(s) or remove them')
-    bad = {m: s for m, s in requested.items()
-           if not isinstance(s, str) or s.casefold() not in channel_name_to_normalization_mapping}
+    bad = {m: s for m, s in requested.items() if not isinstance(s, str) or s.casefold() not in SCHEME_NAMES}
     if bad:
         raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" has unknown normalization scheme(s) '
                             + ", ".join(f'"{m}": {s!r}' for m, s in bad.items())
-                            + f"; use one of nnU-Net's scheme names: {names} (case does not matter)")
-    return {m: get_normalization_scheme(requested.get(m, default_normalization(m))) for m in modalities}
+                            + f"; use one of: {', '.join(SCHEME_NAMES)} (case does not matter)")
+    return {m: SCHEME_NAMES.get(requested.get(m, default_normalization(m)).casefold(), ZScoreNormalization)
+            for m in modalities}
+
+
+def with_normalization(dataset_json: Mapping, override: Optional[Mapping[str, str]]) -> dict:
+    """A copy of dataset_json whose "modality_normalization" has `override`'s entries on top (the planning command's
+    --modality_normalization: one dataset planned with several normalizations, each under its own plans name)."""
+    out = dict(dataset_json)
+    if override:
+        current = out.get(NORMALIZATION_KEY)
+        out[NORMALIZATION_KEY] = {**(current if isinstance(current, Mapping) else {}), **override}
+    return out
 
 
 def normalization_schemes(modalities: Sequence[str], dataset_json: Mapping, source: Optional[str] = None) -> dict:
@@ -96,11 +105,13 @@ class CINPlannerMixin:
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: Optional[float] = None,
                  preprocessor_name: str = CIN_PREPROCESSOR, plans_name: Optional[str] = None,
                  overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False):
+                 suppress_transpose: bool = False, modality_normalization: Optional[Mapping[str, str]] = None):
+        """nnU-Net's arguments, plus `modality_normalization` ({modality: scheme name}) on top of dataset.json's."""
         if gpu_memory_target_in_gb is None:
             gpu_memory_target_in_gb = self.default_gpu_memory_target_in_gb
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
                          plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
+        self.dataset_json = with_normalization(self.dataset_json, modality_normalization)
         self._init_cin()
 
     def _init_cin(self):
