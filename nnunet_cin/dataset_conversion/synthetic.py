@@ -30,8 +30,8 @@ Two variants (`variant=`):
 - "thorax" (the realistic variant inside a chest): the heart of "realistic" surrounded by what a cardiac scan holds
   around it: epicardial fat in a shell around the heart, both lungs filling the rest of the chest, a chest wall of
   muscle and a spine. CT in Hounsfield units as scanners give them (fat about -100, lung about -850, air -1000,
-  muscle about +40, bone about +600, each +-30 HU per case), so the labelled heart spans only part of the intensity
-  range; MR-like: fat as bright as blood (bSSFP), lung nearly black, muscle and marrow in between. This is where
+  muscle about +40, bone about +600, each +-30 HU per case) and less partial volume than "realistic" (blur sd
+  0.3..0.6 voxel: a finer scan of the same heart), so the labelled heart spans only part of the intensity range; MR-like: fat as bright as blood (bSSFP), lung nearly black, muscle and marrow in between. This is where
   nnU-Net's CT normalization (clipped to the labelled foreground's 0.5-99.5 percentiles) loses the fat and lung
   contrast around the heart.
 
@@ -102,14 +102,14 @@ def thorax_intensities(modality: str) -> Dict[str, float]:
 
 
 def _thorax_regions(label: np.ndarray, body: np.ndarray, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    """Masks of the chest around the heart (label 0 only): an epicardial fat shell 0.06..0.14 (in units of half the
+    """Masks of the chest around the heart (label 0 only): an epicardial fat shell 0.1..0.18 (in units of half the
     field of view) around the heart, a chest wall and a spine at the back, the lungs filling the rest of the body."""
     shape = label.shape
     z, y, x = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij")
     heart = label > 0
     distance = distance_transform_edt(~heart, sampling=[2.0 / max(n - 1, 1) for n in shape])
     outside = body & ~heart
-    fat = outside & (distance <= rng.uniform(0.06, 0.14))
+    fat = outside & (distance <= rng.uniform(0.1, 0.18))
     wall = outside & ~fat & ((y / 0.82) ** 2 + (x / 0.85) ** 2 > 1)
     spine = outside & ~fat & (((y - 0.7) / 0.14) ** 2 + (x / 0.16) ** 2 <= 1)
     lung = outside & ~fat & ~wall & ~spine
@@ -215,8 +215,8 @@ def generate_case(modality: str, seed: int, shape=(32, 32, 32), spacing=None,
             image[mask] = means[name]
     for name in STRUCTURES:
         image[label == LABELS[name]] = means[name]
-    if realistic:  # partial volume at the borders
-        image = gaussian_filter(image, rng.uniform(0.4, 0.9))
+    if realistic:  # partial volume at the borders (thorax: a finer scan of the same heart, less of it)
+        image = gaussian_filter(image, rng.uniform(0.3, 0.6) if thorax else rng.uniform(0.4, 0.9))
     if modality == "CT":
         if thorax:  # a mild scanner drift; the chest holds values from air to bone, nothing is clipped
             image += np.where(body, 20.0 * _smooth_field(shape, rng), 0.0)
