@@ -15,7 +15,7 @@ from nnunetv2.preprocessing.normalization.default_normalization_schemes import C
 from nnunet_cin.dataset_conversion import synthetic
 from nnunet_cin.experiments.compare.arms import parse_normalization_arm, plan_arms
 from nnunet_cin.modalities import ModalityError
-from nnunet_cin.planning.planners import normalization_schemes
+from nnunet_cin.planning.planners import modality_normalization, normalization_schemes
 from nnunet_cin.preprocessing.normalization import CTClipZScoreNormalization, scheme_class
 
 # air outside the scan circle (padding), air, lung, fat, myocardium, blood, bone, metal
@@ -51,14 +51,12 @@ def ours_std():
     return np.clip(CHEST.astype(np.float64), -1024, 380).std()
 
 
-def test_ct_clip_zscore_with_the_nonzero_mask_normalizes_inside_only():
-    image = np.array([0, 0, -100, 100, 300, 2000], np.float32)
-    seg = np.array([-1, -1, 0, 1, 1, 0])
-    got = CTClipZScoreNormalization(True, FOREGROUND).run(image.copy(), seg)
-    inside = np.array([-100, 100, 300, 380], np.float64)
-    np.testing.assert_allclose(got[2:], (inside - inside.mean()) / inside.std(), rtol=1e-5)
-    assert got[0] == got[1] == 0  # left as they were (nnU-Net's use_mask_for_norm contract)
-    assert CTClipZScoreNormalization.leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true
+def test_ct_clip_zscore_never_uses_the_nonzero_mask():
+    # nnU-Net sets use_mask_for_norm only for schemes that leave the outside at zero; 0 HU is water, not outside
+    assert not CTClipZScoreNormalization.leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true
+    per = {m: {"median_relative_size_after_cropping": 0.5} for m in ("CT", "MR")}
+    schemes, use_mask = modality_normalization(["CT", "MR"], per, {"modality_normalization": {"CT": "CTClipZScore"}})
+    assert schemes["CT"] == "CTClipZScoreNormalization" and use_mask == {"CT": False, "MR": True}
 
 
 def test_dataset_json_names_the_scheme_and_unknown_names_list_it():

@@ -38,11 +38,13 @@ NORMALIZATION_KEY = "modality_normalization"  # dataset.json: {modality: nnU-Net
 
 
 def default_normalization(modality: str) -> str:
-    """The normalization of a modality that dataset.json's "modality_normalization" does not name, as an nnU-Net
-    scheme name: the modality's name picks it the way nnU-Net's channel names do (CT -> CT, noNorm -> noNorm, anything
-    else -> zscore); `return "zscore"` would z-score every image whatever its modality. Kept per modality because the
-    README's powered comparison found it no worse than z-score for all and more reliable at a fixed budget."""
-    return modality
+    """The normalization of a modality that dataset.json's "modality_normalization" does not name, as a scheme name:
+    a modality named CT gets CTClipZScore (nnunet_cin.preprocessing.normalization: HU clipped to [-1024, foreground
+    p99.5], then z-scored per image); any other name picks its scheme the way nnU-Net's channel names do (noNorm ->
+    noNorm, anything else -> zscore). Not nnU-Net's CT normalization: clipped to the labelled foreground's
+    percentiles, it made fat, lung and air one value around a contrast-filled heart and lost to plain nnU-Net's
+    z-score on such data (documentation/comparison.md, "Which normalization")."""
+    return "CTClipZScore" if modality.casefold() == "ct" else modality
 
 
 def _scheme_classes(modalities: Sequence[str], dataset_json: Mapping, source: Optional[str] = None) -> dict:

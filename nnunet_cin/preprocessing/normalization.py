@@ -24,17 +24,17 @@ class CTClipZScoreNormalization(ImageNormalization):
     the HU floor keeps its contrast (values below it are padding, not anatomy), the bright outliers above the
     foreground (bone, metal, calibration rods) are clipped as nnU-Net does, and the per-image z-score gives the
     network the same input scale as nnU-Net's ZScoreNormalization. It needs Hounsfield units: an image with a +1024
-    offset would lose everything above the foreground's upper percentile."""
-    leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true = True
+    offset would lose everything above the foreground's upper percentile. Like CTNormalization it never uses the
+    nonzero mask (0 HU is water, not outside)."""
+    leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true = False
 
     def run(self, image: np.ndarray, seg: np.ndarray = None) -> np.ndarray:
         assert self.intensityproperties is not None, "CTClipZScoreNormalization requires intensity properties"
         eps = 1e-8 if self.target_dtype != np.float16 else 1e-4
         image = image.astype(self.target_dtype, copy=False)
         np.clip(image, HU_FLOOR, max(HU_FLOOR, self.intensityproperties["percentile_99_5"]), out=image)
-        mask = seg >= 0 if (self.use_mask_for_norm and seg is not None) else slice(None)
-        mean, std = image[mask].mean(), image[mask].std()
-        image[mask] = (image[mask] - mean) / max(std, eps)
+        image -= image.mean()
+        image /= max(image.std(), eps)
         return image
 
 
