@@ -27,6 +27,8 @@ COPIES: Dict[str, str] = {
     "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor:DatasetFingerprintExtractor.run": "02e10bff6e8d2e81",
     # nnunet_cin.preprocessing.preprocessor.CINPreprocessor.run_case
     "nnunetv2.preprocessing.preprocessors.default_preprocessor:DefaultPreprocessor.run_case": "90e13fc210745c34",
+    # nnunet_cin.preprocessing.preprocessor.CINPreprocessor._normalize
+    "nnunetv2.preprocessing.preprocessors.default_preprocessor:DefaultPreprocessor._normalize": "4b5d52ba18f072bc",
     # nnunet_cin.preprocessing.preprocessor.CINPreprocessor.run_case_save
     "nnunetv2.preprocessing.preprocessors.default_preprocessor:DefaultPreprocessor.run_case_save": "2021027938e7f10f",
 }

@@ -295,7 +295,7 @@ def test_extended_model_folder_and_untouched_inputs(env, added):
     plans = json.loads((added / "plans.json").read_text())
     cin = plans["cin"]
     assert cin["modalities"] == ["CT", "MR", "T2"]
-    assert cin["normalization_schemes"] == {"CT": "CTNormalization", "MR": "ZScoreNormalization",
+    assert cin["normalization_schemes"] == {"CT": "CTClipZScoreNormalization", "MR": "ZScoreNormalization",
                                             "T2": "ZScoreNormalization"}
     assert set(cin["signatures"]["modalities"]) == {"CT", "MR", "T2"}
     assert cin["signatures"]["modalities"]["T2"]["n_cases"] == 2

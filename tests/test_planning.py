@@ -98,7 +98,7 @@ def test_two_modalities(nnunet_env, few_samples):
     assert conf["data_identifier"] == "nnUNetPlansCIN_3d_fullres" and conf["preprocessor_name"] == "CINPreprocessor"
     cin = plans["cin"]
     assert cin["modalities"] == ["CT", "MR"]
-    assert cin["normalization_schemes"] == {"CT": "CTNormalization", "MR": "ZScoreNormalization"}
+    assert cin["normalization_schemes"] == {"CT": "CTClipZScoreNormalization", "MR": "ZScoreNormalization"}
     assert cin["use_mask_for_norm"] == {"CT": False, "MR": False}
     assert cin["rules"] == {"modalities": ["CT", "MR"], "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}}
     pm = PlansManager(plans)
@@ -121,7 +121,7 @@ def test_two_modalities(nnunet_env, few_samples):
         max(cin["intensity_properties"][m]["0"]["max"] for m in ("CT", "MR")))
 
     # modality signatures: each case's features on the whole image as read, the signatures built from them with the
-    # absolute scale checked for CT (CTNormalization) only; held-out cases of the generator are recognised
+    # absolute scale checked for CT (CTClipZScoreNormalization, HU-based) only; held-out cases of the generator are recognised
     raw_features = {c: signature.case_features(read(raw / "imagesTr" / f"{c}_0000.nii.gz")[None].astype(np.float32),
                                                sitk.ReadImage(str(raw / "imagesTr" / f"{c}_0000.nii.gz")).GetSpacing())
                     for c in ct + mr}
@@ -197,7 +197,7 @@ def test_three_modalities_resenc_and_override(nnunet_env, few_samples):
     assert conf["data_identifier"] == "nnUNetResEncUNetMPlansCIN_3d_fullres"  # not nnU-Net's shared nnUNetPlans_*
     cin = plans["cin"]
     assert cin["modalities"] == ["CT", "MR", "T2"]
-    assert cin["normalization_schemes"] == {"CT": "CTNormalization", "MR": "ZScoreNormalization",
+    assert cin["normalization_schemes"] == {"CT": "CTClipZScoreNormalization", "MR": "ZScoreNormalization",
                                             "T2": "ZScoreNormalization"}
     fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
     assert {m: v["num_cases"] for m, v in fingerprint["cin"]["per_modality"].items()} == {"CT": 2, "MR": 3, "T2": 1}
@@ -214,7 +214,7 @@ def test_scheme_from_modality_name_as_nnunet_maps_channel_names():
     per = {m: {"median_relative_size_after_cropping": r} for m, r in
            (("CT", 0.5), ("noNorm", 1.0), ("T1", 0.5), ("MR", 0.9), ("rescale_to_0_1", 1.0))}
     schemes, mask = modality_normalization(list(per), per)
-    assert schemes == {"CT": "CTNormalization", "noNorm": "NoNormalization", "T1": "ZScoreNormalization",
+    assert schemes == {"CT": "CTClipZScoreNormalization", "noNorm": "NoNormalization", "T1": "ZScoreNormalization",
                        "MR": "ZScoreNormalization", "rescale_to_0_1": "RescaleTo01Normalization"}
     # nnU-Net: the nonzero mask when cropping shrinks the images below 3/4, for schemes that support it
     assert mask == {"CT": False, "noNorm": False, "T1": True, "MR": False, "rescale_to_0_1": False}
@@ -267,12 +267,12 @@ def test_planners_keep_the_defaults_of_their_nnunet_preset():
 
 def test_modality_normalization_key_names_each_scheme_and_is_checked():
     modalities = ["CT", "MR", "T2"]
-    assert normalization_schemes(modalities, {}) == {"CT": "CTNormalization", "MR": "ZScoreNormalization",
+    assert normalization_schemes(modalities, {}) == {"CT": "CTClipZScoreNormalization", "MR": "ZScoreNormalization",
                                                      "T2": "ZScoreNormalization"}  # default: the name picks it
     assert normalization_schemes(modalities, {"modality_normalization": {"CT": "zscore", "T2": "ct"}}) == \
         {"CT": "ZScoreNormalization", "MR": "ZScoreNormalization", "T2": "CTNormalization"}
     assert normalization_schemes(modalities, {"modality_normalization": {"MR": "noNorm", "T2": "rescale_to_0_1"}}) \
-        == {"CT": "CTNormalization", "MR": "NoNormalization", "T2": "RescaleTo01Normalization"}
+        == {"CT": "CTClipZScoreNormalization", "MR": "NoNormalization", "T2": "RescaleTo01Normalization"}
     for key, fragments in (({"PET": "zscore"}, ["D/dataset.json", '"modality_normalization"', "PET", "not in"]),
                            ({"MR": "zcore"}, ['"MR"', "'zcore'", "zscore", "rescale_to_0_1", "nonorm"]),
                            ({"MR": None}, ['"MR"', "None", "unknown normalization scheme"]),
@@ -323,7 +323,8 @@ def test_explicit_normalization_and_no_rule_drift(nnunet_env, few_samples):
     err = run_cli("-d", "996", "--no_pp", returncode=2).stderr
     assert "case mr_0001: preprocessed as MR (index 1), the modality rules now say CT (index 0)" in err, err
     assert "mr_0000" not in err and "ct_0000" not in err  # only the case that changed
-    assert "modality CT: preprocessed with ZScoreNormalization, dataset.json now asks for CTNormalization" in err
+    assert ("modality CT: preprocessed with ZScoreNormalization, dataset.json now asks for CTClipZScoreNormalization"
+            in err)
     assert "without --no_pp" in err and "-c 3d_fullres" in err and "Traceback" not in err
     assert tree_hash(pre) == before  # nothing written: plans, fingerprint, dataset.json, data
 
@@ -334,4 +335,4 @@ def test_explicit_normalization_and_no_rule_drift(nnunet_env, few_samples):
                                                             "mr_0001": "CT"}
     run_cli("-d", "996", "--no_pp")
     assert json.loads((pre / "nnUNetPlansCIN.json").read_text())["cin"]["normalization_schemes"]["CT"] == \
-        "CTNormalization"
+        "CTClipZScoreNormalization"

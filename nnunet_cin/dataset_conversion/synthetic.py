@@ -27,6 +27,13 @@ Two variants (`variant=`):
   about z (+-15 deg) drawn per case; per-case contrast (CT +-30 HU per region; MR-like x0.8..1.25 per region and a
   global gain x0.5..2), noise level (CT sd 10..40 HU; MR-like 2..8% of the brightest mean) and blur (Gaussian,
   sd 0.4..0.9 voxel: partial volume at the borders); MR-like bias field about x0.5..2.
+- "thorax" (the realistic variant inside a chest): the heart of "realistic" surrounded by what a cardiac scan holds
+  around it: epicardial fat in a shell around the heart, both lungs filling the rest of the chest, a chest wall of
+  muscle and a spine. CT in Hounsfield units as scanners give them (fat about -100, lung about -850, air -1000,
+  muscle about +40, bone about +600, each +-30 HU per case) and less partial volume than "realistic" (blur sd
+  0.3..0.6 voxel: a finer scan of the same heart), so the labelled heart spans only part of the intensity range; MR-like: fat as bright as blood (bSSFP), lung nearly black, muscle and marrow in between. This is where
+  nnU-Net's CT normalization (clipped to the labelled foreground's 0.5-99.5 percentiles) loses the fat and lung
+  contrast around the heart.
 
 Array shapes are numpy order (z, y, x); spacing, origin and direction are SimpleITK order (x, y, z).
 """
@@ -38,7 +45,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 LABELS = {"background": 0, "MYO": 1, "LA": 2, "LV": 3, "RA": 4, "RV": 5, "AA": 6, "PA": 7}
 MMWHS_LABEL_VALUES = {"MYO": 205, "LA": 420, "LV": 500, "RA": 550, "RV": 600, "AA": 820, "PA": 850}
@@ -55,8 +62,15 @@ MR_INTENSITIES = {"air": 8.0, "tissue": 220.0, "MYO": 90.0, "LA": 430.0, "LV": 5
 T2_INTENSITIES = {"air": 8.0, "tissue": 260.0, "MYO": 480.0, "LA": 90.0, "LV": 70.0, "RA": 110.0, "RV": 100.0,
                   "AA": 60.0, "PA": 120.0}
 FIXED_INTENSITIES = {"CT": CT_INTENSITIES, "MR": MR_INTENSITIES, "T2": T2_INTENSITIES}
+# The thorax variant's surroundings ("tissue" is then the chest wall's muscle). MR-like tables: bSSFP-like fat as
+# bright as blood, lung nearly as dark as air.
+THORAX_INTENSITIES = {
+    "CT": {"tissue": 40.0, "fat": -100.0, "lung": -850.0, "bone": 600.0},
+    "MR": {"tissue": 220.0, "fat": 470.0, "lung": 30.0, "bone": 260.0},
+    "T2": {"tissue": 260.0, "fat": 430.0, "lung": 25.0, "bone": 220.0},
+}
 
-VARIANTS = ("basic", "realistic")
+VARIANTS = ("basic", "realistic", "thorax")
 
 # Axis-aligned orientations: every permutation of the axes, every combination of flips.
 _DIRECTIONS = [tuple(np.array([[signs[c] * (perm[c] == r) for c in range(3)] for r in range(3)], float).ravel())
@@ -75,6 +89,31 @@ def modality_intensities(modality: str) -> Dict[str, float]:
     rng = np.random.default_rng(_name_code(modality))
     values = rng.permutation(np.linspace(60.0, 600.0, len(STRUCTURES) + 1))  # tissue and structures
     return {"air": 8.0, "tissue": float(values[0]), **{s: float(v) for s, v in zip(STRUCTURES, values[1:])}}
+
+
+def thorax_intensities(modality: str) -> Dict[str, float]:
+    """Mean intensity per region of the thorax variant: the structures as `modality_intensities`, the surroundings
+    from THORAX_INTENSITIES (other names: fat near the brightest structure, lung near air)."""
+    means = modality_intensities(modality)
+    if modality in THORAX_INTENSITIES:
+        return {**means, **THORAX_INTENSITIES[modality]}
+    brightest = max(means[s] for s in STRUCTURES)
+    return {**means, "fat": 0.85 * brightest, "lung": 0.05 * brightest, "bone": 0.9 * means["tissue"]}
+
+
+def _thorax_regions(label: np.ndarray, body: np.ndarray, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Masks of the chest around the heart (label 0 only): an epicardial fat shell 0.1..0.18 (in units of half the
+    field of view) around the heart, a chest wall and a spine at the back, the lungs filling the rest of the body."""
+    shape = label.shape
+    z, y, x = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij")
+    heart = label > 0
+    distance = distance_transform_edt(~heart, sampling=[2.0 / max(n - 1, 1) for n in shape])
+    outside = body & ~heart
+    fat = outside & (distance <= rng.uniform(0.1, 0.18))
+    wall = outside & ~fat & ((y / 0.82) ** 2 + (x / 0.85) ** 2 > 1)
+    spine = outside & ~fat & (((y - 0.7) / 0.14) ** 2 + (x / 0.16) ** 2 <= 1)
+    lung = outside & ~fat & ~wall & ~spine
+    return {"fat": fat, "tissue": wall, "bone": spine, "lung": lung}
 
 
 def _anatomy(shape: Sequence[int], rng: np.random.Generator, realistic: bool = False
@@ -158,7 +197,8 @@ def generate_case(modality: str, seed: int, shape=(32, 32, 32), spacing=None,
     (at least 8) per axis. See the module docstring for the variants."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown synthetic data variant {variant!r}: use one of {', '.join(VARIANTS)}")
-    realistic = variant == "realistic"
+    thorax = variant == "thorax"
+    realistic = variant in ("realistic", "thorax")
     shape = tuple(int(n) for n in shape)
     rng = np.random.default_rng([int(seed), _name_code(modality)])
     if realistic:  # one physical heart: the spacing sets the grid
@@ -166,17 +206,23 @@ def generate_case(modality: str, seed: int, shape=(32, 32, 32), spacing=None,
         shape = tuple(max(8, int(round(n / s))) for n, s in zip(shape, tuple(spacing)[::-1]))
     label, body = _anatomy(shape, rng, realistic)
 
-    means = modality_intensities(modality)
+    means = thorax_intensities(modality) if thorax else modality_intensities(modality)
     if realistic:
         means = _vary_contrast(means, modality, rng)
     image = np.where(body, means["tissue"], means["air"]).astype(np.float32)
+    if thorax:
+        for name, mask in _thorax_regions(label, body, rng).items():
+            image[mask] = means[name]
     for name in STRUCTURES:
         image[label == LABELS[name]] = means[name]
-    if realistic:  # partial volume at the borders
-        image = gaussian_filter(image, rng.uniform(0.4, 0.9))
+    if realistic:  # partial volume at the borders (thorax: a finer scan of the same heart, less of it)
+        image = gaussian_filter(image, rng.uniform(0.3, 0.6) if thorax else rng.uniform(0.4, 0.9))
     if modality == "CT":
-        image += np.where(body, 60.0 * _smooth_field(shape, rng), 0.0)  # tissue between -100 and +50 or so
-        image[label == 0] = np.clip(image[label == 0], -1000.0, 50.0)
+        if thorax:  # a mild scanner drift; the chest holds values from air to bone, nothing is clipped
+            image += np.where(body, 20.0 * _smooth_field(shape, rng), 0.0)
+        else:
+            image += np.where(body, 60.0 * _smooth_field(shape, rng), 0.0)  # tissue between -100 and +50 or so
+            image[label == 0] = np.clip(image[label == 0], -1000.0, 50.0)
         image += rng.normal(0.0, rng.uniform(10.0, 40.0) if realistic else 20.0, shape)
         image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
     else:  # multiplicative bias field, about x0.7..x1.5 (realistic: x0.5..x2)

@@ -28,14 +28,17 @@ class PlanError(ValueError):
     """A flag or dataset that cannot be planned; the message says what to change."""
 
 
-def check_dataset(raw_dataset_folder: str) -> Tuple[CheckedRules, Dict[str, str]]:
-    """Validate a raw dataset's modality rules against its training cases, and its "modality_normalization", reading
-    only. Returns the checked rules (with the {case: modality} map) and {modality: normalization scheme class}.
-    Raises ModalityError (naming the case or key) or PlanError."""
+def check_dataset(raw_dataset_folder: str, normalization_override: Optional[Dict[str, str]] = None
+                  ) -> Tuple[CheckedRules, Dict[str, str]]:
+    """Validate a raw dataset's modality rules against its training cases, and its "modality_normalization" (with
+    `normalization_override` on top: --modality_normalization), reading only. Returns the checked rules (with the
+    {case: modality} map) and {modality: normalization scheme class}. Raises ModalityError (naming the case or key)
+    or PlanError."""
     dataset_json_file = join(raw_dataset_folder, "dataset.json")
     if not isfile(dataset_json_file):
         raise PlanError(f"no dataset.json in {raw_dataset_folder}")
-    dataset_json = load_json(dataset_json_file)
+    from nnunet_cin.planning.planners import with_normalization
+    dataset_json = with_normalization(load_json(dataset_json_file), normalization_override)
     rules = ModalityRules.from_dataset_json(dataset_json, dataset_json_file)
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
     try:
@@ -91,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-overwrite_target_spacing', default=None, nargs='+',
                    help="[DANGER ZONE] custom target spacing for 3d_fullres (three numbers)")
     p.add_argument('-overwrite_plans_name', default=None, help="custom plans identifier")
+    p.add_argument('--modality_normalization', nargs='+', default=None, metavar='MODALITY=SCHEME',
+                   help="normalization per modality for these plans, on top of dataset.json's "
+                        "\"modality_normalization\" (e.g. CT=zscore, CT=CTClipZScore); with -overwrite_plans_name "
+                        "one dataset can be planned with several normalizations side by side")
     p.add_argument('-c', default=['2d', '3d_fullres', '3d_lowres'], nargs='+',
                    help="configurations to preprocess. Default: 2d 3d_fullres 3d_lowres")
     p.add_argument('-np', type=int, nargs='+', default=None,
@@ -124,6 +131,19 @@ def _check_args(args) -> Tuple[type, Optional[List[float]], List[int]]:
     return PLANNERS[args.pl], spacing, _num_processes(args.np, args.c)
 
 
+def parse_normalization(items: Optional[Sequence[str]]) -> Optional[Dict[str, str]]:
+    """--modality_normalization MODALITY=SCHEME ... as a dict (None when not given)."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        modality, sep, scheme = item.partition("=")
+        if not sep or not modality or not scheme:
+            raise PlanError(f"--modality_normalization {item}: expected MODALITY=SCHEME, e.g. CT=zscore")
+        out[modality] = scheme
+    return out
+
+
 def copy_gt_segmentations(raw_dataset_folder: str, preprocessed_dataset_folder: str) -> None:
     """As nnU-Net's preprocess_dataset: the reference segmentations next to the preprocessed data (newer only)."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
@@ -140,6 +160,7 @@ def copy_gt_segmentations(raw_dataset_folder: str, preprocessed_dataset_folder: 
 def plan_and_preprocess(args) -> Dict[int, str]:
     """Run everything for args.d; returns {dataset id: plans identifier}. Checks all datasets first."""
     planner_class, spacing, num_processes = _check_args(args)
+    override = parse_normalization(args.modality_normalization)
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     if nnUNet_raw is None or nnUNet_preprocessed is None:
@@ -157,7 +178,7 @@ def plan_and_preprocess(args) -> Dict[int, str]:
         except RuntimeError as e:
             raise PlanError(f"-d {d}: {e}") from None
         dataset_json_file = join(nnUNet_raw, names[d], "dataset.json")
-        checked[d], schemes = check_dataset(join(nnUNet_raw, names[d]))
+        checked[d], schemes = check_dataset(join(nnUNet_raw, names[d]), override)
         # image/label grids from the headers; with --verify_dataset_integrity every file read completely (io_checks)
         check_raw_dataset(join(nnUNet_raw, names[d]), completely=args.verify_dataset_integrity, num_workers=args.npfp)
         check_preprocessed_data(join(nnUNet_preprocessed, names[d]), plans_name, *checked[d], schemes,
@@ -178,7 +199,8 @@ def plan_and_preprocess(args) -> Dict[int, str]:
 
         print(f"{names[d]}: experiment planning ({planner_class.__name__})...")
         planner = planner_class(d, gpu_memory_target_in_gb=args.gpu_memory_target, plans_name=plans_name,
-                                overwrite_target_spacing=spacing, suppress_transpose=False, checked=checked[d])
+                                overwrite_target_spacing=spacing, suppress_transpose=False, checked=checked[d],
+                                modality_normalization=override)
         plans = planner.plan_experiment()
         identifiers[d] = planner.plans_identifier
 

@@ -20,8 +20,7 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     ResEncUNetPlanner, nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
-from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
-    channel_name_to_normalization_mapping, get_normalization_scheme)
+from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -30,6 +29,7 @@ from nnunet_cin.planning.signature import build_signatures, scale_matters
 from nnunet_cin.modalities import CheckedRules, ModalityError
 from nnunet_cin.networks.unet import conditional_architecture
 from nnunet_cin.plans import CINPlans
+from nnunet_cin.preprocessing.normalization import SCHEME_NAMES
 
 CIN_PREPROCESSOR = "CINPreprocessor"
 CIN_SCOPE = "encoder"
@@ -37,11 +37,13 @@ NORMALIZATION_KEY = "modality_normalization"  # dataset.json: {modality: nnU-Net
 
 
 def default_normalization(modality: str) -> str:
-    """The normalization of a modality that dataset.json's "modality_normalization" does not name, as an nnU-Net
-    scheme name: the modality's name picks it the way nnU-Net's channel names do (CT -> CT, noNorm -> noNorm, anything
-    else -> zscore); `return "zscore"` would z-score every image whatever its modality. Kept per modality because the
-    README's powered comparison found it no worse than z-score for all and more reliable at a fixed budget."""
-    return modality
+    """The normalization of a modality that dataset.json's "modality_normalization" does not name, as a scheme name:
+    a modality named CT gets CTClipZScore (nnunet_cin.preprocessing.normalization: HU clipped to [-1024, foreground
+    p99.5], then z-scored per image); any other name picks its scheme the way nnU-Net's channel names do (noNorm ->
+    noNorm, anything else -> zscore). Not nnU-Net's CT normalization: clipped to the labelled foreground's
+    percentiles, it made fat, lung and air one value around a contrast-filled heart and lost to plain nnU-Net's
+    z-score on such data (documentation/comparison.md, "Which normalization")."""
+    return "CTClipZScore" if modality.casefold() == "ct" else modality
 
 
 def _scheme_classes(modalities: Sequence[str], dataset_json: Mapping, source: Optional[str] = None) -> dict:
@@ -49,7 +51,6 @@ def _scheme_classes(modalities: Sequence[str], dataset_json: Mapping, source: Op
     if requested is None:
         requested = {}
     where = f"dataset.json ({source})" if source else "dataset.json"
-    names = ", ".join(channel_name_to_normalization_mapping)
     if not isinstance(requested, Mapping):
         raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" must be an object {{modality: scheme}}, e.g. '
                             f'{{"CT": "zscore", "MR": "zscore"}}; got {requested!r}')
@@ -57,13 +58,23 @@ def _scheme_classes(modalities: Sequence[str], dataset_json: Mapping, source: Op
     if unknown:
         raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" names modality/modalities {unknown} that are not in '
                             f'"modalities" {list(modalities)}; rename the key(s) or remove them')
-    bad = {m: s for m, s in requested.items()
-           if not isinstance(s, str) or s.casefold() not in channel_name_to_normalization_mapping}
+    bad = {m: s for m, s in requested.items() if not isinstance(s, str) or s.casefold() not in SCHEME_NAMES}
     if bad:
         raise ModalityError(f'{where}: "{NORMALIZATION_KEY}" has unknown normalization scheme(s) '
                             + ", ".join(f'"{m}": {s!r}' for m, s in bad.items())
-                            + f"; use one of nnU-Net's scheme names: {names} (case does not matter)")
-    return {m: get_normalization_scheme(requested.get(m, default_normalization(m))) for m in modalities}
+                            + f"; use one of: {', '.join(SCHEME_NAMES)} (case does not matter)")
+    return {m: SCHEME_NAMES.get(requested.get(m, default_normalization(m)).casefold(), ZScoreNormalization)
+            for m in modalities}
+
+
+def with_normalization(dataset_json: Mapping, override: Optional[Mapping[str, str]]) -> dict:
+    """A copy of dataset_json whose "modality_normalization" has `override`'s entries on top (the planning command's
+    --modality_normalization: one dataset planned with several normalizations, each under its own plans name)."""
+    out = dict(dataset_json)
+    if override:
+        current = out.get(NORMALIZATION_KEY)
+        out[NORMALIZATION_KEY] = {**(current if isinstance(current, Mapping) else {}), **override}
+    return out
 
 
 def normalization_schemes(modalities: Sequence[str], dataset_json: Mapping, source: Optional[str] = None) -> dict:
@@ -95,11 +106,15 @@ class CINPlannerMixin:
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: Optional[float] = None,
                  preprocessor_name: str = CIN_PREPROCESSOR, plans_name: Optional[str] = None,
                  overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False, checked: Optional[CheckedRules] = None):
+                 suppress_transpose: bool = False, checked: Optional[CheckedRules] = None,
+                 modality_normalization: Optional[Mapping[str, str]] = None):
+        """nnU-Net's arguments, plus the rules the planning command checked and `modality_normalization`
+        ({modality: scheme name}, --modality_normalization) on top of dataset.json's."""
         if gpu_memory_target_in_gb is None:
             gpu_memory_target_in_gb = self.default_gpu_memory_target_in_gb
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
                          plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
+        self.dataset_json = with_normalization(self.dataset_json, modality_normalization)
         self._init_cin(checked)
 
     def _init_cin(self, checked: Optional[CheckedRules] = None):

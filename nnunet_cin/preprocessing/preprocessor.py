@@ -19,6 +19,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnU
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_cin.plans import CINPlans
+from nnunet_cin.preprocessing.normalization import scheme_class
 from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_image_file,
                                    case_id_from_preprocessed_file)
 
@@ -71,6 +72,17 @@ class CINPreprocessor(DefaultPreprocessor):
         properties["modality"] = modality
         properties["modality_index"] = CINPlans(plans_manager.plans).modalities.index(modality)
         return super().run_case_npy(data, seg, properties, pm, cm, dataset_json)
+
+    # nnU-Net's _normalize body; the only change: the scheme class is looked up with scheme_class, which knows our
+    # schemes too (nnU-Net's lookup searches its own package only)
+    def _normalize(self, data: np.ndarray, seg: np.ndarray, configuration_manager: ConfigurationManager,
+                   foreground_intensity_properties_per_channel: dict) -> np.ndarray:
+        for c in range(data.shape[0]):
+            normalizer_class = scheme_class(configuration_manager.normalization_schemes[c])
+            normalizer = normalizer_class(use_mask_for_norm=configuration_manager.use_mask_for_norm[c],
+                                          intensityproperties=foreground_intensity_properties_per_channel[str(c)])
+            data[c] = normalizer.run(data[c], seg[0])
+        return data
 
     # nnU-Net's run_case body (read images and seg, then run_case_npy), plus the modality
     def run_case(self, image_files: List[str], seg_file: Union[str, None], plans_manager: PlansManager,

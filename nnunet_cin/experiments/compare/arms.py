@@ -2,7 +2,7 @@
 modality for the single-modality and fine-tuned rows), and the runs (model x seed x fold)."""
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 # Which plans a model trains on: the comparison's plans (-p, by default nnUNetPlansCIN from
 # nnUNetv2_plan_and_preprocess_cin: per-modality normalization), or nnU-Net's plain plans (--plain-plans, by default
@@ -17,6 +17,26 @@ class Method:
     trainer: Optional[str] = None  # base trainer name (before schedule/template); None: per-modality models
     plans: str = COMPARISON_PLANS
     conditioning: Optional[str] = None  # None (no modality input), "encoder" (the paper), "all" (every norm)
+    normalization: Optional[Tuple[Tuple[str, str], ...]] = None  # ((modality, scheme), ...) on top of the plans'
+
+
+def normalization_tag(normalization) -> str:
+    """A name part for a normalization choice: {"CT": "zscore"} -> "CT-zscore" (several joined by "_")."""
+    return "_".join(f"{m}-{s}" for m, s in dict(normalization).items())
+
+
+def plans_with_normalization(plans: str, normalization) -> str:
+    """The plans name of the comparison's plans made with another normalization (nnUNetPlansCIN_CT-zscore)."""
+    return f"{plans}_{normalization_tag(normalization)}" if normalization else plans
+
+
+def parse_normalization_arm(spec: str) -> Tuple[Tuple[str, str], ...]:
+    """--normalization CT=zscore[,MR=zscore] -> (("CT", "zscore"), ("MR", "zscore"))."""
+    pairs = parse_pairs([p for p in spec.split(",") if p], f"--normalization {spec}")
+    if not pairs or not all(re.fullmatch(r"[A-Za-z0-9_.]+", x) for kv in pairs.items() for x in kv):
+        raise ValueError(f"--normalization {spec}: expected MODALITY=SCHEME[,MODALITY=SCHEME], e.g. CT=zscore or "
+                         f"CT=CTClipZScore (letters, digits, _ and . only)")
+    return tuple(pairs.items())
 
 
 # Table rows, in table order. single/finetune have one model per modality (see plan_arms).
@@ -52,6 +72,7 @@ class Arm:
     modalities: List[str]  # the modalities whose validation cases fill the table from this model
     plans: str = COMPARISON_PLANS
     pretrained_from: Optional[str] = None  # name of the arm whose checkpoint_final.pth starts this one
+    normalization: Optional[Tuple[Tuple[str, str], ...]] = None  # the comparison's plans, planned with this instead
     results_subfolder: Optional[str] = None  # below the results root (fine-tuned models), else the root itself
 
 
@@ -114,7 +135,8 @@ def check_methods(methods: Sequence[str]):
 
 def plan_arms(modalities: Sequence[str], methods: Sequence[str] = DEFAULT_ARMS, schedule: Optional[str] = None,
               template: Optional[str] = None, finetune_from: Optional[Mapping[str, str]] = None,
-              custom: Optional[Mapping[str, str]] = None) -> ComparisonPlan:
+              custom: Optional[Mapping[str, str]] = None,
+              normalizations: Sequence[Tuple[Tuple[str, str], ...]] = ()) -> ComparisonPlan:
     """The models to train and which model fills which table cell.
 
     methods: keys of METHODS, in any order (the table keeps METHODS' order, custom arms last).
@@ -122,6 +144,8 @@ def plan_arms(modalities: Sequence[str], methods: Sequence[str] = DEFAULT_ARMS, 
         dataset (with two modalities: the other one).
     custom: {row name: full trainer name} for trainers serving every modality, on the comparison's plans
         (schedule/template not applied).
+    normalizations: one row each, "cin_<tag>": nnUNetTrainerCIN on the comparison's plans made with that
+        normalization (plans_with_normalization), so that normalization options are compared with everything else equal.
     """
     modalities = list(modalities)
     check_methods(methods)
@@ -165,6 +189,14 @@ def plan_arms(modalities: Sequence[str], methods: Sequence[str] = DEFAULT_ARMS, 
         else:
             arms[key] = Arm(key, name(method.trainer), modalities, method.plans)
             rows.append(Row(key, method.label, {m: key for m in modalities}))
+    for normalization in normalizations:
+        key = f"cin_{normalization_tag(normalization)}"
+        if key not in arms:
+            method = Method(key, "conditional (CIN), " + ", ".join(f"{m} {x}" for m, x in normalization),
+                            "nnUNetTrainerCIN", conditioning="encoder", normalization=tuple(normalization))
+            arms[key] = Arm(key, name(method.trainer), modalities, normalization=method.normalization)
+            rows.append(Row(key, method.label, {m: key for m in modalities}))
+            row_methods[key] = method
     for label, trainer in (custom or {}).items():
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", label) or label in arms or label in METHODS:
             raise ValueError(f"--arm {label}={trainer}: the name must be unique (not an arm's name) and use letters, "

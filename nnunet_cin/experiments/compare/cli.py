@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
 from nnunet_cin.experiments.compare.arms import (COMPARISON_PLANS, DEFAULT_ARMS, METHODS, PLAIN_PLANS,
-                                                 ComparisonPlan, check_methods, parse_pairs, plan_arms, plan_runs,
-                                                 reference_row, trainer_name)
+                                                 ComparisonPlan, check_methods, parse_normalization_arm, parse_pairs,
+                                                 plan_arms, plan_runs, reference_row, trainer_name)
 from nnunet_cin.experiments.compare.cases import MEAN, WHOLE_HEART, CaseTable
 from nnunet_cin.experiments.compare.prepare import (CIN_PLANS, NNUNET_PLANS, Split, check_trainers,
                                                     comparison_environment, default_device, ensure_plans,
@@ -101,7 +101,9 @@ def run_comparison(args) -> Path:
     from nnunet_cin.modalities import ModalityRules
 
     modalities = ModalityRules.from_dataset_json(dataset_json, source=str(dataset_json_file)).modalities
-    plan = plan_arms(modalities, list(args.arms or []), args.schedule, args.trainer_template, finetune_from, custom)
+    normalizations = [parse_normalization_arm(spec) for spec in args.normalization or []]
+    plan = plan_arms(modalities, list(args.arms or []), args.schedule, args.trainer_template, finetune_from, custom,
+                     normalizations)
     reference = reference_row(plan, args.reference)
     uses_plain = any(a.plans == PLAIN_PLANS for a in plan.arms.values())
     if uses_plain and args.plain_plans == args.p:
@@ -115,6 +117,8 @@ def run_comparison(args) -> Path:
         output.mkdir(parents=True, exist_ok=True)
     for plans in [args.p] + ([args.plain_plans] if uses_plain else []):
         ensure_plans(env, name, plans, args.c, args.np, output / "logs", args.verbose, args.dry_run)
+    for normalization in dict.fromkeys(a.normalization for a in plan.arms.values() if a.normalization):
+        ensure_plans(env, name, args.p, args.c, args.np, output / "logs", args.verbose, args.dry_run, normalization)
     folds = [int(f) if str(f).isdigit() else f for f in args.f]
     split = ensure_split(env, name, args.p, args.c, folds, dataset_json, args.dry_run)
     device = args.device or default_device()
@@ -180,6 +184,11 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help=f"what to compare, from {list(METHODS)} (default: {' '.join(DEFAULT_ARMS)})")
     parser.add_argument("--arm", action="append", default=None, metavar="NAME=TRAINER",
                         help="an extra row: a trainer (full name) trained on all modalities; repeatable")
+    parser.add_argument("--normalization", action="append", default=None, metavar="MODALITY=SCHEME[,...]",
+                        help="an extra row per use: nnUNetTrainerCIN on the comparison's plans made with this "
+                             "normalization (e.g. CT=CT for nnU-Net's CT normalization, CT=zscore, CT=CTClipZScore; "
+                             "planned under -p's name + _CT-zscore etc.); repeatable, to settle the normalization on "
+                             "your own data")
     parser.add_argument("--finetune-from", nargs="+", default=None, metavar="TARGET=SOURCE",
                         help="fine-tuning source per target modality, e.g. MR=CT (default: the other modality)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
@@ -200,9 +209,10 @@ def add_arguments(parser: argparse.ArgumentParser):
                              "training cases per modality under this (numeric) id")
     parser.add_argument("--shape", type=int, nargs=3, default=[32, 32, 32], help="--synthetic volume shape")
     parser.add_argument("--seed", type=int, default=0, help="--synthetic seed (of the data, not of the training)")
-    parser.add_argument("--synthetic-variant", default="basic", choices=("basic", "realistic"),
+    parser.add_argument("--synthetic-variant", default="basic", choices=("basic", "realistic", "thorax"),
                         help="--synthetic generator variant (default: %(default)s; realistic: one physical heart size "
-                             "for CT and MR, per-case contrast, noise and anatomy; README: Synthetic data)")
+                             "for CT and MR, per-case contrast, noise and anatomy; thorax: that heart inside a chest with "
+                             "fat, lungs, chest wall and spine; see the synthetic data documentation)")
     parser.add_argument("-j", "--jobs", type=int, default=1,
                         help="models trained at the same time (default: %(default)s); e.g. several small models on "
                              "one big GPU")

@@ -85,20 +85,27 @@ def load_dataset_json(name: str, env: Mapping[str, str]) -> Tuple[dict, Path]:
 
 
 def ensure_plans(env: dict, name: str, plans: str, configuration: str, num_processes: int, log_folder: Path,
-                 verbose: bool = False, dry_run: bool = False):
+                 verbose: bool = False, dry_run: bool = False, normalization=None):
     """Plans and preprocessed data for `plans`: planned with the command that writes them when missing
     (nnUNetPlansCIN: nnUNetv2_plan_and_preprocess_cin; nnUNetPlans: nnU-Net's own nnUNetv2_plan_and_preprocess, one
-    z-score for every image); other plans must exist."""
-    plans_file = Path(env["nnUNet_preprocessed"]) / name / f"{plans}.json"
+    z-score for every image; nnUNetPlansCIN with `normalization` ((modality, scheme), ...): ours with
+    --modality_normalization under its own plans name); other plans must exist."""
+    from nnunet_cin.experiments.compare.arms import plans_with_normalization
+    target = plans_with_normalization(plans, normalization)
+    plans_file = Path(env["nnUNet_preprocessed"]) / name / f"{target}.json"
     if plans_file.is_file():
         return
     commands = {CIN_PLANS: "nnUNetv2_plan_and_preprocess_cin", NNUNET_PLANS: "nnUNetv2_plan_and_preprocess"}
-    if plans not in commands:
-        raise FileNotFoundError(f"{plans_file} does not exist: plan and preprocess the dataset for plans {plans} "
+    if plans not in commands or (normalization and plans != CIN_PLANS):
+        raise FileNotFoundError(f"{plans_file} does not exist: plan and preprocess the dataset for plans {target} "
                                 f"first")
     dataset_id = name.split("_")[0][len("Dataset"):]
     command = [commands[plans], "-d", dataset_id, "-c", configuration, "-np", str(num_processes), "-npfp",
                str(num_processes)]
+    if normalization:
+        command += ["--modality_normalization", *(f"{m}={s}" for m, s in normalization),
+                    "-overwrite_plans_name", target]
+    plans = target
     log(f"planning and preprocessing: {' '.join(command)}")
     if not dry_run:
         plan_env = dict(env)

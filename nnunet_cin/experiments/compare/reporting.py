@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Sequence
 
 from nnunet_cin.evaluation.statistics import (ALPHA, BOOTSTRAP_RESAMPLES, CONFIDENCE, Interval, PairedComparison,
                                               compare_paired, mean_ci)
-from nnunet_cin.experiments.compare.arms import COMPARISON_PLANS, LEVERS, PLAIN_PLANS, ComparisonPlan
+from nnunet_cin.experiments.compare.arms import (COMPARISON_PLANS, LEVERS, PLAIN_PLANS, ComparisonPlan,
+                                                 plans_with_normalization)
 from nnunet_cin.experiments.compare.cases import MEAN, WHOLE_HEART, CaseTable
 
 STATISTICS_NOTE = (
@@ -194,7 +195,8 @@ def markdown(stats: Statistics, seeds: Sequence[Optional[int]], plans_names: Dic
     plan = stats.plan
     out = [*([f"# {title}", ""] if title else []), *notes, "", STATISTICS_NOTE, "",
            f"## Summary: mean Dice over structures and whole heart ({WHOLE_HEART}), per modality [95% CI]", ""]
-    plans_of = lambda row: plans_names.get(plan.methods[row.key].plans, "")
+    plans_of = lambda row: plans_with_normalization(plans_names.get(plan.methods[row.key].plans, ""),
+                                                    plan.methods[row.key].normalization)
     out += _cells_table(stats, [(m, c) for m in plan.modalities for c in (MEAN, WHOLE_HEART)],
                         [f"{m} {c}" for m in plan.modalities for c in (MEAN, WHOLE_HEART)],
                         leading=("method", "plans"), lead=lambda row: [row.label, f"`{plans_of(row)}`"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_cin.experiments.compare.arms import PLAIN_PLANS, Arm, ComparisonPlan, Run
+from nnunet_cin.experiments.compare.arms import PLAIN_PLANS, Arm, ComparisonPlan, Run, plans_with_normalization
 from nnunet_cin.experiments.compare.cases import WHOLE_HEART
 from nnunet_cin.experiments.compare.prepare import Split, log
 from nnunet_cin.experiments.nnunet_runs import (CONTINUE, DONE, FINAL, NEW, VALIDATE, prepare_continue, run_logged,
@@ -35,7 +35,7 @@ class Setup:
     plain_plans: str = "nnUNetPlans"  # nnU-Net's plain plans (--plain-plans)
 
     def plans_of(self, arm: Arm) -> str:
-        return self.plain_plans if arm.plans == PLAIN_PLANS else self.plans
+        return self.plain_plans if arm.plans == PLAIN_PLANS else plans_with_normalization(self.plans, arm.normalization)
 
     def results_root(self, arm: Arm, seed: Optional[int] = None) -> Path:
         """nnUNet_results of one model and seed: each seed's replicate has its own root ($nnUNet_results/seed_<s>, the
