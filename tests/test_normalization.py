@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
+from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization, ZScoreNormalization
 
 from nnunet_cin.dataset_conversion import synthetic
 from nnunet_cin.experiments.compare.arms import parse_normalization_arm, plan_arms
@@ -18,17 +18,35 @@ from nnunet_cin.modalities import ModalityError
 from nnunet_cin.planning.planners import modality_normalization, normalization_schemes
 from nnunet_cin.preprocessing.normalization import CTClipZScoreNormalization, scheme_class
 
-# air outside the scan circle (padding), air, lung, fat, myocardium, blood, bone, metal
-CHEST = np.array([-3024, -1000, -850, -100, 100, 300, 700, 3000], np.float32)
+# padding outside the scan circle, air, lung, fat, myocardium, blood, bone, saturated metal
+CHEST = np.array([-3024, -1000, -850, -100, 100, 300, 700, 4000], np.float32)
 FOREGROUND = {"mean": 250.0, "std": 90.0, "percentile_00_5": 60.0, "percentile_99_5": 380.0}
 
 
 def test_ct_clip_zscore_by_hand():
-    clipped = np.array([-1024, -1000, -850, -100, 100, 300, 380, 380], np.float64)  # [-1024 HU, foreground p99.5]
+    clipped = np.array([-1024, -1000, -850, -100, 100, 300, 700, 3071], np.float64)  # the HU range of a 12-bit CT
     expected = (clipped - clipped.mean()) / clipped.std()
     got = CTClipZScoreNormalization(False, FOREGROUND).run(CHEST.copy())
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert got.dtype == np.float32
+    # needs no statistics (unlabelled cases, add-modality --unlabeled)
+    np.testing.assert_allclose(CTClipZScoreNormalization(False, {}).run(CHEST.copy()), expected, rtol=1e-5)
+
+
+def test_ct_clip_zscore_is_nnunets_zscore_inside_the_hu_range_and_robust_to_padding():
+    rng = np.random.default_rng(0)
+    ct = rng.choice(CHEST[1:-1], size=(8, 16, 16)) + rng.normal(0, 5, (8, 16, 16)).astype(np.float32)  # in range
+    zscore = ZScoreNormalization(False, {}).run(ct.copy())
+    np.testing.assert_allclose(CTClipZScoreNormalization(False, {}).run(ct.copy()), zscore, atol=1e-5)
+    # the same scan padded outside its circle, as scanners store it: nnU-Net's z-score moves every tissue (its mean
+    # and sd now depend on the padding), ours keeps the tissues where they were relative to each other
+    padded = ct.copy()
+    padded[:, :4, :] = -3024
+    inside = (slice(None), slice(4, None), slice(None))
+    ours = CTClipZScoreNormalization(False, {}).run(padded.copy())[inside]
+    theirs = ZScoreNormalization(False, {}).run(padded.copy())[inside]
+    spread = lambda x: float(np.percentile(x, 95) - np.percentile(x, 5))
+    assert spread(ours) > 1.5 * spread(theirs)
 
 
 def test_ct_clip_zscore_keeps_the_contrast_nnunets_ct_normalization_clips_away():
@@ -36,19 +54,8 @@ def test_ct_clip_zscore_keeps_the_contrast_nnunets_ct_normalization_clips_away()
     nnunet = CTNormalization(False, FOREGROUND).run(CHEST.copy())
     # nnU-Net clips below at the foreground's 0.5th percentile: air, lung and fat become one value
     assert nnunet[1] == nnunet[2] == nnunet[3]
-    # ours keeps air < lung < fat < myocardium < blood; padding below the HU floor equals air at -1024
-    assert ours[1] < ours[2] < ours[3] < ours[4] < ours[5]
-    assert ours[0] < ours[1] and ours[0] == pytest.approx((-1024 - ours_mean()) / ours_std(), rel=1e-5)
-    # bright outliers above the foreground are clipped as nnU-Net does
-    assert ours[6] == ours[7] and nnunet[6] == nnunet[7]
-
-
-def ours_mean():
-    return np.clip(CHEST.astype(np.float64), -1024, 380).mean()
-
-
-def ours_std():
-    return np.clip(CHEST.astype(np.float64), -1024, 380).std()
+    # ours keeps padding = air < lung < fat < myocardium < blood < bone < metal
+    assert ours[0] < ours[1] < ours[2] < ours[3] < ours[4] < ours[5] < ours[6] < ours[7]
 
 
 def test_ct_clip_zscore_never_uses_the_nonzero_mask():
@@ -80,7 +87,7 @@ def _plan(*args, returncode=0):
 
 def test_one_dataset_planned_with_several_normalizations_side_by_side(nnunet_env, monkeypatch):
     """--modality_normalization with -overwrite_plans_name: a second plans file and its own preprocessed data, the
-    first plans untouched; each CT case preprocessed with CTClipZScore equals the formula applied to the raw image."""
+    first plans untouched; a CT case preprocessed with CT=zscore equals the formula applied to the raw image."""
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
     from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
@@ -95,23 +102,31 @@ def test_one_dataset_planned_with_several_normalizations_side_by_side(nnunet_env
     assert "--modality_normalization CT: expected MODALITY=SCHEME" in bad
     bad = _plan("-d", "993", "--modality_normalization", "PET=zscore", returncode=2).stderr
     assert "PET" in bad and "not in" in bad
-    _plan("-d", "993", "--modality_normalization", "CT=CTClipZScore", "-overwrite_plans_name", "ClipPlans")
-    plans = json.loads((pre / "ClipPlans.json").read_text())
-    assert plans["cin"]["normalization_schemes"] == {"CT": "CTClipZScoreNormalization", "MR": "ZScoreNormalization"}
-    assert plans["cin"]["modality_normalization"] == {"CT": "CTClipZScore"}
+    assert json.loads(default_plans)["cin"]["normalization_schemes"]["CT"] == "CTClipZScoreNormalization"  # default
+    _plan("-d", "993", "--modality_normalization", "CT=CT", "-overwrite_plans_name", "CTNormPlans")
+    plans = json.loads((pre / "CTNormPlans.json").read_text())
+    assert plans["cin"]["normalization_schemes"] == {"CT": "CTNormalization", "MR": "ZScoreNormalization"}
+    assert plans["cin"]["modality_normalization"] == {"CT": "CT"}
     assert (pre / "nnUNetPlansCIN.json").read_bytes() == default_plans
-    assert sorted(p.name for p in pre.glob("*_3d_fullres")) == ["ClipPlans_3d_fullres", "nnUNetPlansCIN_3d_fullres"]
+    assert sorted(p.name for p in pre.glob("*_3d_fullres")) == ["CTNormPlans_3d_fullres", "nnUNetPlansCIN_3d_fullres"]
 
-    pm = PlansManager(plans)
+    # each plans' CT normalization, applied by the preprocessor, against its formula on the raw image
     img = raw / "imagesTr" / "ct_0001_0000.nii.gz"
-    spacing = list(sitk.ReadImage(str(img)).GetSpacing())[::-1]
-    tf = plans["transpose_forward"]
-    cm = ConfigurationManager({**pm.get_configuration("3d_fullres").configuration, "spacing": [spacing[i] for i in tf]})
-    data, _, _ = CINPreprocessor(verbose=False).run_case([str(img)], None, pm, cm, json.loads(
-        (raw / "dataset.json").read_text()))
-    upper = plans["cin"]["intensity_properties"]["CT"]["0"]["percentile_99_5"]
-    x = np.clip(sitk.GetArrayFromImage(sitk.ReadImage(str(img))).astype(np.float64).transpose(tf), -1024, upper)
-    np.testing.assert_allclose(data[0], (x - x.mean()) / x.std(), atol=1e-4)
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    for p in (json.loads(default_plans), plans):
+        pm, tf = PlansManager(p), p["transpose_forward"]
+        spacing = list(sitk.ReadImage(str(img)).GetSpacing())[::-1]
+        cm = ConfigurationManager({**pm.get_configuration("3d_fullres").configuration,
+                                   "spacing": [spacing[i] for i in tf]})
+        data, _, _ = CINPreprocessor(verbose=False).run_case([str(img)], None, pm, cm, dataset_json)
+        x = sitk.GetArrayFromImage(sitk.ReadImage(str(img))).astype(np.float64).transpose(tf)
+        if p is plans:
+            stats = p["cin"]["intensity_properties"]["CT"]["0"]
+            expected = (np.clip(x, stats["percentile_00_5"], stats["percentile_99_5"]) - stats["mean"]) / stats["std"]
+        else:
+            x = np.clip(x, -1024, 3071)
+            expected = (x - x.mean()) / x.std()
+        np.testing.assert_allclose(data[0], expected, atol=1e-4)
 
 
 def test_compare_normalization_arms():

@@ -30,7 +30,7 @@ from nnunet_cin.planning.signature import build_signatures, case_features, match
 from nnunet_cin.plans import CINPlans
 
 FOREGROUND, WHOLE_IMAGE = "foreground", "whole image"
-NEEDS_FOREGROUND = ("CTNormalization", "CTClipZScoreNormalization")  # schemes that use foreground statistics
+NEEDS_FOREGROUND = ("CTNormalization",)  # nnU-Net's schemes that normalize with the foreground statistics
 
 
 @dataclass

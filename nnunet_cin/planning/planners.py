@@ -38,11 +38,11 @@ NORMALIZATION_KEY = "modality_normalization"  # dataset.json: {modality: nnU-Net
 
 def default_normalization(modality: str) -> str:
     """The normalization of a modality that dataset.json's "modality_normalization" does not name, as a scheme name:
-    a modality named CT gets CTClipZScore (nnunet_cin.preprocessing.normalization: HU clipped to [-1024, foreground
-    p99.5], then z-scored per image); any other name picks its scheme the way nnU-Net's channel names do (noNorm ->
-    noNorm, anything else -> zscore). Not nnU-Net's CT normalization: clipped to the labelled foreground's
-    percentiles, it made fat, lung and air one value around a contrast-filled heart and lost to plain nnU-Net's
-    z-score on such data (documentation/comparison.md, "Which normalization")."""
+    a modality named CT gets CTClipZScore (nnunet_cin.preprocessing.normalization: the HU range [-1024, 3071], then
+    a per-image z-score: plain nnU-Net's z-score, safe from scanner padding); any other name picks its scheme the way
+    nnU-Net's channel names do (noNorm -> noNorm, anything else -> zscore). Not nnU-Net's CT normalization: clipped to
+    the labelled foreground's percentiles, it made fat, lung and air one value around a contrast-filled heart and
+    lost to plain nnU-Net's z-score on such data (documentation/comparison.md, "Which normalization")."""
     return "CTClipZScore" if modality.casefold() == "ct" else modality
 
 

@@ -12,27 +12,27 @@ from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization impo
     channel_name_to_normalization_mapping
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-HU_FLOOR = -1024.0  # air in a proper HU image; padding outside the scan circle (-2048, -3024) lies below it
+HU_RANGE = (-1024.0, 3071.0)  # what a 12-bit CT in HU can hold: air at -1024; padding outside the scan circle
+# (-2048, -3024) lies below it, saturated metal above
 
 
 class CTClipZScoreNormalization(ImageNormalization):
-    """CT: clip to [-1024 HU, the 99.5th percentile of the modality's labelled foreground], then z-score per image.
+    """CT: clip to the Hounsfield range [-1024, 3071], then z-score each image by its own mean and standard deviation.
 
-    nnU-Net's CTNormalization clips below at the foreground's 0.5th percentile as well. For a structure of mostly
-    bright voxels (contrast-filled heart: myocardium ~100 HU, blood ~300 HU) that floor lies near the myocardium, so
-    fat, lung and air become one value and the structure's outer border loses its contrast. Here everything down to
-    the HU floor keeps its contrast (values below it are padding, not anatomy), the bright outliers above the
-    foreground (bone, metal, calibration rods) are clipped as nnU-Net does, and the per-image z-score gives the
-    network the same input scale as nnU-Net's ZScoreNormalization. It needs Hounsfield units: an image with a +1024
-    offset would lose everything above the foreground's upper percentile. Like CTNormalization it never uses the
-    nonzero mask (0 HU is water, not outside)."""
+    On a CT whose values lie in that range this is exactly nnU-Net's ZScoreNormalization, the recipe plain nnU-Net uses
+    for mixed CT + MR. What the clip adds: scanners pad the area outside the reconstruction circle with -2048 or
+    -3024, and such a plateau would dominate a plain z-score (its mean and standard deviation, differently per
+    scanner); saturated metal is cut at the 12-bit ceiling. Not nnU-Net's CTNormalization: that one clips to the
+    labelled foreground's 0.5-99.5 percentiles, and for a contrast-filled heart (myocardium ~100 HU, blood ~300 HU)
+    the floor lies above the fat, so fat, lung and air become one value and the heart's outer border loses its
+    contrast (documentation/comparison.md, "Which normalization"). Like CTNormalization it never uses the nonzero
+    mask (0 HU is water, not outside) and needs no statistics."""
     leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true = False
 
     def run(self, image: np.ndarray, seg: np.ndarray = None) -> np.ndarray:
-        assert self.intensityproperties is not None, "CTClipZScoreNormalization requires intensity properties"
         eps = 1e-8 if self.target_dtype != np.float16 else 1e-4
         image = image.astype(self.target_dtype, copy=False)
-        np.clip(image, HU_FLOOR, max(HU_FLOOR, self.intensityproperties["percentile_99_5"]), out=image)
+        np.clip(image, *HU_RANGE, out=image)
         image -= image.mean()
         image /= max(image.std(), eps)
         return image
