@@ -72,7 +72,7 @@ class CINPreprocessor(DefaultPreprocessor):
         properties["modality_index"] = CINPlans(plans_manager.plans).modalities.index(modality)
         return super().run_case_npy(data, seg, properties, pm, cm, dataset_json)
 
-    # nnU-Net's run_case body (read images and seg, then run_case_npy), plus the modality
+    # nnU-Net's DefaultPreprocessor.run_case body (read images and seg, then run_case_npy), plus the modality
     def run_case(self, image_files: List[str], seg_file: Union[str, None], plans_manager: PlansManager,
                  configuration_manager: ConfigurationManager, dataset_json: Union[dict, str],
                  modality: Optional[str] = None):
@@ -89,9 +89,9 @@ class CINPreprocessor(DefaultPreprocessor):
         return self.run_case_npy(data, seg, data_properties, plans_manager, configuration_manager, dataset_json,
                                  modality)
 
-    # nnU-Net's run_case_save body, with the modality of the case resolved from its identifier (the output file
-    # name, i.e. the key of nnU-Net's dataset dict) rather than from the image file names, which need not carry it
-    # in file-list datasets
+    # nnU-Net's DefaultPreprocessor.run_case_save body, with the modality of the case resolved from its identifier
+    # (the output file name, i.e. the key of nnU-Net's dataset dict) rather than from the image file names, which
+    # need not carry it in file-list datasets
     def run_case_save(self, output_filename_truncated: str, image_files: List[str], seg_file: str,
                       plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       dataset_json: Union[dict, str]):

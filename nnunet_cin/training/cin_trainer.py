@@ -23,8 +23,8 @@ One conditional network for all modalities of a dataset. What changes against nn
   `--c` with a checkpoint that cannot be read names it and loads the next readable one
 - seeding: `seed` (class attribute) or $nnUNet_cin_seed seeds every random stream of the run; checkpoints record the
   seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.seeding)
-Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
-nnunet_cin/nnunet_copies.py.
+Where nnU-Net 2.8.1 has no hook (nnUNetTrainer.get_dataloaders) its method body is copied, marked as such and
+registered in nnunet_cin/nnunet_copies.py.
 
 Options: class attributes of a subclass, or set in its __init__ after super().__init__ (like nnU-Net's
 hyperparameters); they take effect when the data loaders are built (on_train_start):
