@@ -5,8 +5,8 @@ looked like when it was copied: {"module:qualname" of the original: sha256 of it
 tests/test_nnunet_copies.py fails when an installed original differs from the one recorded here. Then: read the new
 original, carry its change into our copy (named in the comment above its entry), and record the new hash
 (`python -m nnunet_cin.nnunet_copies` prints the current ones).
-Adding a copy: mark it where it lives ("nnU-Net 2.8.1's X, copied: no hook for Y; the only change: Z") and add its
-original below.
+Adding a copy: mark it where it lives, in a comment or a docstring, naming the original by its qualified name
+("nnU-Net 2.8.1's Class.method, copied: no hook for Y; the only change: Z") and add the original below.
 """
 import hashlib
 import importlib
@@ -31,6 +31,10 @@ COPIES: Dict[str, str] = {
     "nnunetv2.preprocessing.preprocessors.default_preprocessor:DefaultPreprocessor._normalize": "4b5d52ba18f072bc",
     # nnunet_cin.preprocessing.preprocessor.CINPreprocessor.run_case_save
     "nnunetv2.preprocessing.preprocessors.default_preprocessor:DefaultPreprocessor.run_case_save": "2021027938e7f10f",
+    # nnunet_cin.evaluation.evaluate._nnunet_means (the means at its end)
+    "nnunetv2.evaluation.evaluate_predictions:compute_metrics_on_folder": "98d5718a5cc4bc97",
+    # nnunet_cin.planning.plan_and_preprocess.plan_and_preprocess (the configuration loop) and copy_gt_segmentations
+    "nnunetv2.experiment_planning.plan_and_preprocess_api:preprocess_dataset": "2b070460812ad453",
 }
 
 

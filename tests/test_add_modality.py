@@ -61,7 +61,7 @@ def base(tmp_path_factory):
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_compile="false", nnUNet_n_proc_DA="0",
                nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE",
-               nnUNet_cin_fingerprint_samples="1e5",
+               nnUNet_cin_fingerprint_samples="1e5", nnUNet_cin_seed="0",
                nnUNet_extTrainer=os.pathsep.join([str(root / "trainers"), nnunet_cin.trainers.__path__[0]]))
     for k in ("raw", "preprocessed", "results", "trainers"):
         (root / k).mkdir()

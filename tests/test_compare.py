@@ -436,9 +436,10 @@ def test_every_arm_names_a_trainer_nnunet_finds(nnunet_env):
 # end to end: real nnUNetv2_plan_and_preprocess(_cin) / nnUNetv2_train subprocesses on tiny data
 
 # The user's own short schedules, from their folder on nnUNet_extTrainer, for every trainer the tests use:
-# "{trainer}Tiny" one epoch of one iteration, "{trainer}Three" three. No test-time mirroring; checkpoint_latest.pth
-# after every epoch. TEST_STOP_AFTER_EPOCH=N kills the training (SIGKILL, as a crash or a scheduler would) right
-# after epoch N's checkpoint is written. Each run writes the seed it was given into its training log.
+# "{trainer}Tiny" one epoch of one iteration, "{trainer}Three" three. No test-time mirroring. checkpoint_latest.pth:
+# our trainers' own schedule (nnunet_cin.training.resume: a tenth of the schedule, here every epoch), nnU-Net's
+# save_every untouched. TEST_STOP_AFTER_EPOCH=N kills the training (SIGKILL, as a crash or a scheduler would) right
+# after epoch N's checkpoint is written.
 TEST_TRAINERS = '''
 import os
 import signal
@@ -459,19 +460,14 @@ class Short:
         self.num_epochs = self.epochs
         self.num_iterations_per_epoch = 1
         self.num_val_iterations_per_epoch = 1
-        self.save_every = 1
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
 
-    def on_train_start(self):
-        super().on_train_start()
-        self.print_to_log_file(f"test: nnUNet_cin_seed={os.environ.get('nnUNet_cin_seed')}")
-
     def on_epoch_end(self):
-        super().on_epoch_end()  # writes checkpoint_latest.pth (save_every = 1), then counts the epoch
+        super().on_epoch_end()  # our trainers' schedule writes checkpoint_latest.pth (every epoch of 3), then counts it
         stop = os.environ.get("TEST_STOP_AFTER_EPOCH")
         if stop is not None and self.current_epoch == int(stop) + 1:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -624,8 +620,7 @@ def test_compare_seeds_and_resume(test_trainers, tmp_path):
             final = torch.load(folder(s, t) / "checkpoint_final.pth", weights_only=False)
             assert final["current_epoch"] == 3
             assert len(final["logging"]["train_losses"]) == 3  # epochs 0-1 from the interrupted run, then 2
-            log = max(folder(s, t).glob("training_log_*.txt"), key=lambda f: f.stat().st_mtime).read_text()
-            assert f"test: nnUNet_cin_seed={s}" in log  # the seed reached the trainer
+            assert final["init_args"]["seed"] == s  # the seed the trainer ran with, as its checkpoint records it
     assert not (results / dataset).exists()  # nothing outside the seeds' roots
 
     md = (out / "comparison.md").read_text()

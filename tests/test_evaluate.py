@@ -224,6 +224,30 @@ def problem_lines(err):
     return [line.strip() for line in err.splitlines() if line.startswith("  ")]
 
 
+@pytest.mark.parametrize("origin", [0.0, -200.0])
+def test_a_half_millimetre_shift_is_a_mismatch_and_float32_round_off_is_not(tmp_path, origin):
+    """NRRD keeps double precision, so each file holds exactly the geometry given here. Round-off: what float32
+    headers do to coordinates of a few hundred mm (300 mm * 2^-24 = 1.8e-5 mm) and to direction cosines."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_cin.evaluation.evaluate import case_mismatches
+    spacing, o = (0.8, 0.8, 1.5), (origin, origin, origin)
+    write_image(tmp_path / "ref.nrrd", reference_case(), spacing, o)
+    cases = {"shift": dict(origin=(origin + 0.5, origin, origin)),
+             "shift_z": dict(origin=(origin, origin, origin - 0.5)),
+             "round_off": dict(origin=(origin + 2e-5, origin - 2e-5, origin + 1e-5),
+                               spacing_xyz=tuple(float(np.float32(v)) for v in spacing),
+                               direction=(1.0, 1e-7, -1e-7, -1e-7, 1.0, 1e-7, 1e-7, -1e-7, 1.0))}
+    found = {}
+    for name, change in cases.items():
+        write_image(tmp_path / f"{name}.nrrd", reference_case(), **{"spacing_xyz": spacing, "origin": o, **change})
+        found[name] = case_mismatches(str(tmp_path / "ref.nrrd"), str(tmp_path / f"{name}.nrrd"), SimpleITKIO(),
+                                      (0, 1, 2))
+    assert [kind for kind, _ in found["shift"]] == ["geometry"] and "origin" in found["shift"][0][1]
+    assert [kind for kind, _ in found["shift_z"]] == ["geometry"]
+    assert found["round_off"] == []
+
+
 @pytest.mark.parametrize("mismatch", list(MISMATCHES))
 def test_mismatched_prediction_stops_the_evaluation(tmp_path, capsys, mismatch):
     ref_dir, pred_dir, args = mismatch_folders(tmp_path, {"ct_002": mismatch})

@@ -29,18 +29,50 @@ def test_a_changed_original_is_noticed(monkeypatch):
     assert list(nnunet_copies.changed_originals()) == [target]
 
 
-def test_every_marked_copy_is_registered():
-    """A body copied from nnU-Net is marked where it lives ("..., copied" / "nnU-Net's ... body"); each marked copy
-    names an original registered in nnunet_copies (by its qualified name), so none escapes the check above."""
-    registered = {t.split(":")[1] for t in nnunet_copies.COPIES}
-    marker = re.compile(r"#.*(?:nnU-Net 2\.8\.1|nnU-Net's)[^\n]*(?:copied|body)", re.IGNORECASE)
-    unregistered = []
-    for path in sorted((REPO / "nnunet_cin").rglob("*.py")):
+# a copy is marked where it lives, in a comment or a docstring: "nnU-Net 2.8.1's X, copied", "nnU-Net's X body"
+MARKER = re.compile(r"(?:nnU-Net 2\.8\.1|nnU-Net's)[^\n]*?(?:copied|body)", re.IGNORECASE)
+
+
+def marked_copies(root: Path = REPO / "nnunet_cin"):
+    """[(file:line, the marker's line, the text around it)] of every copy marker in the package."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "nnunet_copies.py":  # the registry, whose docstring shows how to mark a copy
+            continue
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
-            if marker.search(line):
-                context = " ".join(lines[max(0, i - 2):i + 4])
-                if not any(name.split(".")[-1] in context for name in registered):
-                    unregistered.append(f"{path.relative_to(REPO)}:{i + 1}: {line.strip()}")
+            if MARKER.search(line):
+                found.append((f"{path.relative_to(root)}:{i + 1}", line.strip(), " ".join(lines[max(0, i - 2):i + 4])))
+    return found
+
+
+def names(target: str, context: str) -> bool:
+    """`context` names the original of `target` by its full qualified name ("Class.method", not "method" alone)."""
+    return re.search(r"(?<![\w.])" + re.escape(target.split(":")[1]) + r"(?!\w)", context) is not None
+
+
+def test_every_marked_copy_is_registered():
+    """Each marked copy names an original registered in nnunet_copies by its qualified name, so none escapes the
+    check above; and each registered original is named by a marked copy (the registry holds no stale entry)."""
+    markers = marked_copies()
+    unregistered = [f"{where}: {line}" for where, line, context in markers
+                    if not any(names(t, context) for t in nnunet_copies.COPIES)]
     assert not unregistered, "copies of nnU-Net code without an entry in nnunet_cin/nnunet_copies.py:\n" + \
         "\n".join(unregistered)
+    unmarked = [t for t in nnunet_copies.COPIES if not any(names(t, context) for _, _, context in markers)]
+    assert not unmarked, f"registered originals that no marked copy names: {unmarked}"
+
+
+def test_the_marker_check_reads_docstrings_and_whole_names(tmp_path):
+    """A marker in a docstring counts, and a copy is registered only under the full qualified name of its original:
+    a copy of "Planner.run" is not covered by a registered "DatasetFingerprintExtractor.run"."""
+    (tmp_path / "copies.py").write_text(
+        'def means():\n    """nnU-Net 2.8.1\'s means of compute_metrics_on_folder, copied: no hook."""\n\n\n'
+        "# nnU-Net's Planner.run body, with another loop\n"
+        "def run():\n    pass\n")
+    found = {line: context for _, line, context in marked_copies(tmp_path)}
+    assert len(found) == 2
+    docstring, comment = (found[k] for k in sorted(found, key=lambda k: k.startswith("#")))
+    assert names("nnunetv2.evaluation.evaluate_predictions:compute_metrics_on_folder", docstring)
+    assert not names("m:DatasetFingerprintExtractor.run", comment) and names("m:Planner.run", comment)
+    assert not names("m:DefaultPreprocessor.run_case", "nnU-Net's DefaultPreprocessor.run_case_save body")

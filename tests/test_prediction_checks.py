@@ -1,7 +1,10 @@
 """What nnUNetv2_predict_cin checks before loading a model (nnunet_cin.inference.checks); the end-to-end reproductions
 are in test_predict.py."""
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +54,59 @@ def test_output_folder_is_no_file_and_writable(tmp_path):
         locked.mkdir(mode=0o555)
         raises(lambda: check_output_folder(str(locked / "pred"), []), "cannot write in", "locked")
     assert sorted(os.listdir(tmp_path)) == sorted(["afile"] + (["locked"] if os.geteuid() != 0 else []))
+
+
+def _check_as_nobody(folder) -> str:
+    """check_output_folder(folder) in a forked child that has given up root (setuid to nobody, so no capability lets
+    it write anywhere): its error message, '' when it passes. A fork, not a new interpreter: nobody may not be able to
+    read the test environment's files."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                check_output_folder(str(folder), [])
+                message = ""
+            except PredictionInputError as e:
+                message = str(e)
+            os.write(write, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        message = f.read()
+    os.waitpid(pid, 0)
+    return message
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX users")
+def test_output_folder_without_write_permission(tmp_path):
+    """A folder the user may not write in (mode 0o555). Root writes anywhere, so as root (CI) the check runs in a
+    child process that has dropped to the user nobody, in a folder nobody may enter (pytest's tmp_path is root's,
+    0o700)."""
+    as_root = os.geteuid() == 0
+    base = Path(tempfile.mkdtemp(prefix="nnunet_cin_locked_")) if as_root else tmp_path
+    try:
+        base.chmod(0o755)
+        locked, open_ = base / "locked", base / "open"
+        locked.mkdir()
+        open_.mkdir()
+        locked.chmod(0o555)
+        open_.chmod(0o777)
+        if as_root:
+            assert _check_as_nobody(open_ / "pred") == ""  # the child can run the check: the denial is the mode's
+            message = _check_as_nobody(locked / "pred")
+        else:
+            message = raises(lambda: check_output_folder(str(locked / "pred"), []))
+        assert message == (f"-o {locked / 'pred'}: cannot write in {locked} (Permission denied); choose an output "
+                           f"folder you can write to")
+        assert os.listdir(locked) == [] and os.listdir(open_) == []
+    finally:
+        if as_root:
+            shutil.rmtree(base)
 
 
 def test_channels_and_dimensions(tmp_path):

@@ -68,6 +68,23 @@ def test_wilcoxon_hand_computed_and_against_scipy():
     assert wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d).pvalue)
 
 
+def test_wilcoxon_with_zeros_and_ties_hand_computed_and_against_scipy():
+    # zeros are dropped (Wilcoxon's method): [0.5, 0.5, -1, 2, 2, 2], |d| ranks 1.5, 1.5, 3, 5, 5, 5 (ties share their
+    # mean rank), W- = 3. With ties the signed-rank table does not apply; every one of the 2^6 sign patterns is
+    # counted: W+ <= 3 for {}, {1.5}, {1.5'}, {1.5, 1.5'}, {3}, and W- <= 3 for as many: p = 10/64
+    d = [0.0, 0.5, 0.5, -1.0, 2.0, 2.0, 2.0]
+    assert wilcoxon_p(d) == pytest.approx(10 / 64)
+    assert wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d, zero_method="wilcox").pvalue)
+    # 14 nonzero differences with ties: the normal approximation with the tie correction. |d|: six 1s (ranks 1-6,
+    # mean 3.5), four 2s (7-10, 8.5), four 3s (11-14, 12.5); W- = 2 * 3.5 + 8.5 = 15.5. Mean 14 * 15 / 4 = 52.5,
+    # variance 14 * 15 * 29 / 24 - ((6^3 - 6) + 2 * (4^3 - 4)) / 48 = 253.75 - 6.875 = 246.875:
+    # z = (15.5 - 52.5) / 15.7123 = -2.3549, p = 2 * Phi(-2.3549) = 0.018530
+    d = [0.0, 0.0] + [1.0] * 4 + [-1.0] * 2 + [2.0] * 3 + [-2.0] + [3.0] * 4
+    assert wilcoxon_p(d) == pytest.approx(0.018530, abs=1e-6)
+    assert wilcoxon_p(d) == pytest.approx(2 * stats.norm.cdf((15.5 - 52.5) / math.sqrt(246.875)))
+    assert wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d, zero_method="wilcox").pvalue)
+
+
 def test_verdict_rule():
     assert verdict(0.01, 0.05, 0.01) == BETTER
     assert verdict(-0.05, -0.01, 0.01) == WORSE
@@ -94,3 +111,23 @@ def test_compare_paired():
     assert compare_paired([], []).verdict == NO_DIFFERENCE
     with pytest.raises(ValueError, match="differ in length"):
         compare_paired([0.1, 0.2], [0.1])
+
+
+def test_compare_paired_uses_the_pairing():
+    """Cases that differ a lot in difficulty (reference Dice 0.5-0.95) and a method better on every one by 0.01-0.03:
+    the paired interval of the mean difference excludes 0; intervals that ignore the pairing (the difference of two
+    independent bootstraps, a two-sample t interval) are about ten times wider and include it."""
+    rng = np.random.default_rng(7)
+    reference = rng.uniform(0.5, 0.95, size=10)
+    differences = rng.uniform(0.01, 0.03, size=10)
+    result = compare_paired(reference + differences, reference)
+    assert result.difference == pytest.approx(differences.mean())
+    assert 0.01 <= result.low < differences.mean() < result.high <= 0.03
+    assert result.p == pytest.approx(2 / 2 ** 10) and result.verdict == BETTER
+    # unpaired: the same data, resampled per method independently
+    rng = np.random.default_rng(0)
+    draws = lambda x: x[rng.integers(0, len(x), size=(10000, len(x)))].mean(axis=1)  # noqa: E731
+    unpaired_low, unpaired_high = np.quantile(draws(reference + differences) - draws(reference), [0.025, 0.975])
+    assert unpaired_low < 0 < unpaired_high and unpaired_high - unpaired_low > 5 * (result.high - result.low)
+    t_interval = stats.ttest_ind(reference + differences, reference).confidence_interval()
+    assert t_interval.low < 0 < t_interval.high

@@ -80,10 +80,10 @@ def make_trainer(trainer_name="nnUNetTrainerCIN", configuration="3d_fullres", fo
 def trained(planned):
     """nnUNetv2_train for 1 epoch (final validation skipped), then `--c` to epoch 2 with the final validation."""
     train = ["nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS, "-device", "cpu"]
-    first = run(train, planned.env, {"TEST_EPOCHS": "1", "TEST_SKIP_FINAL_VALIDATION": "1"}).out
+    first = run(train, planned.env, {"TEST_EPOCHS": "1", "TEST_SKIP_FINAL_VALIDATION": "1", "nnUNet_cin_seed": "0"}).out
     fold = planned.results / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_0"
     after_first = load_checkpoint(fold / "checkpoint_final.pth")
-    resumed = run(train + ["--c"], planned.env, {"TEST_EPOCHS": "2"}).out
+    resumed = run(train + ["--c"], planned.env, {"TEST_EPOCHS": "2", "nnUNet_cin_seed": "0"}).out
     return fold, first, after_first, resumed
 
 
@@ -597,6 +597,26 @@ def test_same_seed_gives_bit_identical_weights(local, monkeypatch):
     assert "rng_state" in first["init_args"]  # for --c
 
 
+@pytest.mark.slow
+def test_same_seed_bit_identical_through_nnunetv2_train_with_default_threads(planned, tmp_path):
+    """What a user runs: two `nnUNetv2_train -device cpu` processes with the same nnUNet_cin_seed and nnU-Net's
+    default threads (OMP_NUM_THREADS unset: nnU-Net gives torch every core) end with identical weights and losses."""
+    env = {k: v for k, v in planned.env.items() if k != "OMP_NUM_THREADS"}
+    train = ["nnUNetv2_train", DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerCINTest", "-p", PLANS,
+             "-device", "cpu"]
+    final = []
+    for i in (1, 2):
+        results = tmp_path / f"results_{i}"
+        results.mkdir()
+        run(train, env, {"nnUNet_results": str(results), "nnUNet_cin_seed": "3", "TEST_EPOCHS": "2",
+                         "TEST_SKIP_FINAL_VALIDATION": "1"})
+        final.append(load_checkpoint(results / DATASET / f"nnUNetTrainerCINTest__{PLANS}__3d_fullres" / "fold_0" /
+                                     "checkpoint_final.pth"))
+    assert final[0]["init_args"]["seed"] == final[1]["init_args"]["seed"] == 3
+    assert final[0]["logging"]["train_losses"] == final[1]["logging"]["train_losses"]
+    assert same_weights(final[0]["network_weights"], final[1]["network_weights"])
+
+
 class Interrupted(Exception):
     pass
 
@@ -777,3 +797,62 @@ def test_c_with_a_truncated_checkpoint_falls_back_to_the_next_readable_one(local
     assert f"{fold / 'checkpoint_best.pth'} cannot be read" in str(e.value)
     with pytest.raises(UnreadableCheckpoint, match="checkpoint_final.pth cannot be read"):
         maybe_load_checkpoint(TinySeededRun.trainer(StopsWhenAsked), False, True)  # nnUNetv2_train --val
+
+
+# ------------------------------------------------------------------------------------ augmentation worker processes
+def test_augmentation_workers_are_seeded_and_keep_modalities_cycle_and_counts(local, monkeypatch):
+    """What every GPU user runs (the other tests set nnUNet_n_proc_DA=0): nnUNet_n_proc_DA=2, nnU-Net's
+    NonDetMultiThreadedAugmenter with worker processes. Their seeds are worker_seeds(run seed, rank, epoch, loader);
+    every batch that comes out of them keeps its case keys (the modalities), the alternate cycle holds for each global
+    batch number t = worker + k * 2 (the loader numbers its batches in the worker; recorded in the batch here), and a
+    validation batch's per-modality counts add up to nnU-Net's."""
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+
+    from nnunet_cin.training.sampling import ModalityDataLoader
+    from nnunet_cin.training.seeding import TRAIN_LOADER, VAL_LOADER, worker_seeds
+
+    class NumberedBatches(ModalityDataLoader):
+        def generate_train_batch(self):
+            t = self.batch_number()
+            return {**super().generate_train_batch(), "t": t}
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "2")
+    monkeypatch.setenv("nnUNet_cin_seed", "5")
+    trainer = make_trainer()
+    trainer.modality_sampling = "alternate"
+    build = trainer.modality_data_loader
+
+    def numbered(*args, **kwargs):
+        loader = build(*args, **kwargs)
+        loader.__class__ = NumberedBatches
+        return loader
+
+    trainer.modality_data_loader = numbered
+    train, val = trainer.get_dataloaders()  # each has served one batch already
+    try:
+        assert isinstance(train, NonDetMultiThreadedAugmenter) and isinstance(val, NonDetMultiThreadedAugmenter)
+        assert train.num_processes == 2 and len(train._processes) == 2 and all(p.is_alive() for p in train._processes)
+        assert train.seeds == worker_seeds(5, 0, 0, TRAIN_LOADER, 2)
+        assert val.seeds == worker_seeds(5, 0, 0, VAL_LOADER, 1)
+        assert len(set(train.seeds)) == 2 and train.seeds != worker_seeds(6, 0, 0, TRAIN_LOADER, 2)
+
+        batches = [next(train) for _ in range(12)]
+        numbers = [int(b["t"]) for b in batches]
+        assert len(set(numbers)) == 12 and {t % 2 for t in numbers} == {0, 1}  # both workers served
+        for b in batches:
+            assert len(b["keys"]) == trainer.batch_size == b["data"].shape[0]
+            assert {modality_of(k) for k in b["keys"]} == {int(b["t"]) % 2}  # batch t is modality t mod 2
+        # every worker's batches arrive in its own order, none skipped: t = w, w + 2, w + 4, ...
+        for w in (0, 1):
+            own = [t for t in numbers if t % 2 == w]
+            assert own == sorted(own) and own == list(range(own[0], own[0] + 2 * len(own), 2))
+
+        # validation batches are mixed (random per sample, seeded): the first that holds both modalities
+        batch = next(b for b in (next(val) for _ in range(20)) if {modality_of(k) for k in b["keys"]} == {0, 1})
+        out = trainer.validation_step(batch)
+        for k in ("tp_hard", "fp_hard", "fn_hard"):
+            assert out[k + "_per_modality"].shape == (2, *np.shape(out[k]))
+            np.testing.assert_array_equal(out[k + "_per_modality"].sum(0), out[k])
+    finally:
+        for augmenter in (train, val):
+            augmenter._finish()

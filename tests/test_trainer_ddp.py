@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+from nnunet_cin.training.seeding import rng_state, seed_everything
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 4  # per rank 2 + 2
@@ -46,7 +47,7 @@ class CPUDistributedCIN(nnUNetTrainerCIN):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.device, self.grad_scaler = torch.device("cpu"), None  # (nnU-Net chose cuda:<rank> and its scaler)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 2
-        self.training_batches, self.validation_outputs = [], None
+        self.training_batches, self.validation_outputs, self.states_saved = [], None, {}
 
     def initialize(self):
         assert self.is_ddp and not self.was_initialized
@@ -70,6 +71,15 @@ class CPUDistributedCIN(nnUNetTrainerCIN):
     def perform_actual_validation(self, save_probabilities: bool = False):
         pass
 
+    def save_checkpoint(self, filename: str) -> None:
+        self.states_saved[os.path.basename(filename)] = comparable(rng_state())
+        super().save_checkpoint(filename)
+
+
+def comparable(state: dict) -> tuple:
+    """A generator state (nnunet_cin.training.seeding.rng_state) as plain values that compare with ==."""
+    return state["python"], state["numpy"][1].numpy().tobytes(), state["torch"].numpy().tobytes()
+
 
 def _rank(rank: int, port: int, preprocessed_folder: str, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -87,12 +97,22 @@ def _rank(rank: int, port: int, preprocessed_folder: str, queue):
         loader = trainer.dataloader_train.data_loader  # (nnUNet_n_proc_DA=0: nnU-Net's single-threaded augmenter)
         counts = {k: np.sum([o[f"{k}_per_modality"] for o in trainer.validation_outputs], 0)
                   for k in ("tp_hard", "fp_hard", "fn_hard")}
+        # --c on every rank (as nnUNetv2_train --c under torchrun): a new trainer loads checkpoint_final.pth (written by
+        # rank 0) and continues this rank's random streams
+        dist.barrier()
+        plans["continue_training"] = True
+        continued = CPUDistributedCIN(plans, "3d_fullres", 0, dataset_json)
+        continued.load_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+        seed_everything(1234 + rank)  # whatever the streams were: the checkpoint's states replace them
+        if continued._continue_random_streams is not None:  # what on_train_start does
+            continued._continue_random_streams()
+        restored = comparable(rng_state())
         queue.put((rank, {
             "batch_size": trainer.batch_size, "oversample": trainer.oversample_foreground_percent,
             "loader": (loader.batch_size, loader.oversample_foreground_percent),
             "training_batches": trainer.training_batches,
             "draws": [[str(k) for k in loader.get_indices()] for _ in range(DRAWS)],
-            "counts": counts,
+            "counts": counts, "saved_state": trainer.states_saved["checkpoint_final.pth"], "restored_state": restored,
             "logged": {m: float(trainer.logger.get_value(f"mean_fg_dice/{m}", step=-1)) for m in ("CT", "MR")},
             "weights": {k: v.numpy().copy() for k, v in trainer.network.module.state_dict().items()}}))
     finally:
@@ -186,3 +206,11 @@ def test_ranks_train_one_network(ranks):
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
+
+
+def test_continue_restores_every_ranks_random_streams(ranks):
+    """--c under DDP: each rank's generators continue from the states that rank had when the checkpoint was written
+    (rank 0 writes the file; the ranks' states are gathered into it), not from rank 0's nor from fresh seeds."""
+    assert ranks[0]["saved_state"] != ranks[1]["saved_state"]  # every rank its own streams
+    for r in range(WORLD_SIZE):
+        assert ranks[r]["restored_state"] == ranks[r]["saved_state"], r

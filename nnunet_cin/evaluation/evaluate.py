@@ -9,10 +9,10 @@ has the layout of the paper's results table: rows are structures plus their mean
 `summarize_by_modality` is the reusable piece (e.g. for a trainer's validation summary).
 
 Before anything is scored, every prediction is compared with its reference (`case_mismatches`): same shape, same
-spacing, origin and direction (np.allclose, the tolerance of nnU-Net's verify_dataset_integrity), and only values
-that are labels of the dataset. Dice is computed voxel by voxel, so a prediction on another grid would be scored as
-if it were on the reference's: every mismatch stops the evaluation, all of them listed per case, unless the user
-says how to go on (--ignore_geometry_mismatch: score other spacing/origin/direction, skip other shapes;
+spacing, origin and direction (up to float32 round-off: GEOMETRY_ATOL, absolute, plus a relative 1e-5), and
+only values that are labels of the dataset. Dice is computed voxel by voxel, so a prediction on another grid would be
+scored as if it were on the reference's: every mismatch stops the evaluation, all of them listed per case, unless the
+user says how to go on (--ignore_geometry_mismatch: score other spacing/origin/direction, skip other shapes;
 --ignore_unknown_labels: score, unknown values counting as background); such cases are listed in the output.
 """
 import argparse
@@ -233,10 +233,23 @@ def _geometry(props: dict) -> Dict[str, np.ndarray]:
     return geometry
 
 
+# np.allclose is relative (rtol 1e-5) with an absolute part of 1e-8: at an origin or a direction cosine of 0 that is
+# far below the float32 round-off of a NIfTI header. Geometry agrees within rtol 1e-5 plus an absolute part in the
+# quantity's own units: 1 um for positions and lengths (float32 round-off of coordinates up to 10 m is below it, a
+# shift of a tenth of a voxel is far above), 1e-4 for direction cosines (float32 quaternions; 0.02 mm at 200 mm).
+GEOMETRY_RTOL = 1e-5
+GEOMETRY_ATOL = {"spacing": 1e-3, "origin": 1e-3, "direction": 1e-4, "affine": 1e-3}
+
+
+def same_geometry(key: str, prediction: np.ndarray, reference: np.ndarray) -> bool:
+    return prediction.shape == reference.shape and \
+        np.allclose(prediction, reference, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL[key])
+
+
 def case_mismatches(reference_file: str, prediction_file: str, image_reader_writer: BaseReaderWriter,
                     allowed_values: Collection[int]) -> List[Tuple[str, str]]:
     """[(kind, what is wrong)] of one prediction against its reference, read as nnU-Net's metrics read them: another
-    shape (SHAPE), another spacing/origin/direction (GEOMETRY, np.allclose as nnU-Net's integrity check) or values
+    shape (SHAPE), another spacing/origin/direction (GEOMETRY, beyond float32 round-off: same_geometry) or values
     that are not in allowed_values (LABELS). Empty when the prediction can be scored."""
     seg_ref, props_ref = image_reader_writer.read_seg(reference_file)
     seg_pred, props_pred = image_reader_writer.read_seg(prediction_file)
@@ -248,7 +261,7 @@ def case_mismatches(reference_file: str, prediction_file: str, image_reader_writ
                              f"{seg_ref.shape[1:][order]}"))
     geo_ref, geo_pred = _geometry(props_ref), _geometry(props_pred)
     for key in geo_ref:
-        if geo_ref[key].shape != geo_pred[key].shape or not np.allclose(geo_pred[key], geo_ref[key]):
+        if not same_geometry(key, geo_pred[key], geo_ref[key]):
             found.append((GEOMETRY, f"{key} {_fmt(geo_pred[key])} differs from the reference's {_fmt(geo_ref[key])}"))
     allowed_values = set(allowed_values)
     unknown = sorted(v for v in pd.unique(seg_pred.ravel()).tolist() if v not in allowed_values)

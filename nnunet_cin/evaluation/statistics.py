@@ -6,9 +6,10 @@
 - `bootstrap_ci`: percentile bootstrap of the mean (resampling cases with replacement), seeded so that a report is
   reproducible. Used for paired differences, whose distribution (bounded, often skewed) the bootstrap does not need
   to assume.
-- `wilcoxon_p`: two-sided Wilcoxon signed-rank test of paired differences (scipy's; exact distribution for small
-  samples without ties, normal approximation otherwise; zero differences are dropped as in Wilcoxon's original
-  method).
+- `wilcoxon_p`: two-sided Wilcoxon signed-rank test of paired differences (scipy's; zero differences are dropped as
+  in Wilcoxon's original method, ties share their mean rank; the exact distribution up to 50 differences without
+  ties, with ties or zeros every sign pattern counted up to 13 nonzero differences (scipy 1.15+), beyond that the
+  normal approximation with the tie correction).
 - `compare_paired`: the difference of two methods on the same cases, with both, and a verdict:
   "better" when the bootstrap interval of the mean difference lies above 0 and the Wilcoxon test rejects at
   `alpha`, "worse" when the interval lies below 0 and the test rejects, else "no detectable difference". Requiring

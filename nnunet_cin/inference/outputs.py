@@ -17,8 +17,11 @@ Imported by nnU-Net's spawned export workers (they unpickle the plans manager): 
 import os
 import pickle
 import shutil
+import signal
 import tempfile
+import threading
 import zipfile
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import List, Optional
 
@@ -64,12 +67,31 @@ def commit_case(staged_seg_file: str, file_ending: str):
     staged_truncated = staged_seg_file[:-len(file_ending)]
     stage, name = os.path.split(staged_truncated)
     target = os.path.join(os.path.dirname(stage), name)
-    if os.path.lexists(target + file_ending):
-        os.remove(target + file_ending)
-    for ending in PROBABILITY_ENDINGS:
-        if os.path.isfile(staged_truncated + ending):
-            os.replace(staged_truncated + ending, target + ending)
-    os.replace(staged_seg_file, target + file_ending)
+    with _sigterm_deferred():
+        if os.path.lexists(target + file_ending):
+            os.remove(target + file_ending)
+        for ending in PROBABILITY_ENDINGS:
+            if os.path.isfile(staged_truncated + ending):
+                os.replace(staged_truncated + ending, target + ending)
+        os.replace(staged_seg_file, target + file_ending)
+
+
+@contextmanager
+def _sigterm_deferred():
+    """A SIGTERM inside this block takes effect at its end: an interrupted run (Pool.terminate ends nnU-Net's export
+    workers with SIGTERM) leaves a case's outputs all moved or none. Blocking the signal would not do: a process-wide
+    signal goes to any thread that does not block it (torch's), and its default action ends the whole process."""
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if received:
+            signal.raise_signal(signal.SIGTERM)
 
 
 class _WritesCompleteFiles:

@@ -145,7 +145,8 @@ def parse_normalization(items: Optional[Sequence[str]]) -> Optional[Dict[str, st
 
 
 def copy_gt_segmentations(raw_dataset_folder: str, preprocessed_dataset_folder: str) -> None:
-    """As nnU-Net's preprocess_dataset: the reference segmentations next to the preprocessed data (newer only)."""
+    """The end of nnU-Net 2.8.1's preprocess_dataset, copied (it runs nnU-Net's preprocessor, not ours): the
+    reference segmentations next to the preprocessed data (newer only; shutil instead of distutils)."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
     dataset_json = load_json(join(raw_dataset_folder, 'dataset.json'))
     dataset = get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json)
@@ -206,6 +207,8 @@ def plan_and_preprocess(args) -> Dict[int, str]:
 
         if args.no_pp:
             continue
+        # the configuration loop of nnU-Net 2.8.1's preprocess_dataset, copied: it takes the plans' preprocessor
+        # class by name from nnU-Net's package; the only change: ours, always
         for c, n in zip(args.c, num_processes):
             if c not in plans['configurations']:
                 print(f"INFO: configuration {c} is not in plans {planner.plans_identifier} of {names[d]}. Skipping.")

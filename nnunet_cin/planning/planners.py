@@ -133,8 +133,8 @@ class CINPlannerMixin:
             raise ValueError(f"{type(self).__name__} plans for {CIN_PREPROCESSOR} (per-modality normalization); "
                              f"got preprocessor_name={self.preprocessor_name!r}")
 
-    # nnU-Net's body, except that nnUNet_n_proc_DA=0 (no augmentation workers, a valid training setting) no longer
-    # makes torch.set_num_threads(0) fail during planning
+    # nnU-Net's ExperimentPlanner.static_estimate_VRAM_usage body, except that nnUNet_n_proc_DA=0 (no augmentation
+    # workers, a valid training setting) no longer    # makes torch.set_num_threads(0) fail during planning
     @staticmethod
     def static_estimate_VRAM_usage(patch_size, input_channels: int, output_channels: int, arch_class_name: str,
                                    arch_kwargs: dict, arch_kwargs_req_import):

@@ -73,8 +73,8 @@ class CINPreprocessor(DefaultPreprocessor):
         properties["modality_index"] = CINPlans(plans_manager.plans).modalities.index(modality)
         return super().run_case_npy(data, seg, properties, pm, cm, dataset_json)
 
-    # nnU-Net's _normalize body; the only change: the scheme class is looked up with scheme_class, which knows our
-    # schemes too (nnU-Net's lookup searches its own package only)
+    # nnU-Net's DefaultPreprocessor._normalize body; the only change: the scheme class is looked up with
+    # scheme_class, which knows our schemes too (nnU-Net's lookup searches its own package only)
     def _normalize(self, data: np.ndarray, seg: np.ndarray, configuration_manager: ConfigurationManager,
                    foreground_intensity_properties_per_channel: dict) -> np.ndarray:
         for c in range(data.shape[0]):
@@ -84,7 +84,7 @@ class CINPreprocessor(DefaultPreprocessor):
             data[c] = normalizer.run(data[c], seg[0])
         return data
 
-    # nnU-Net's run_case body (read images and seg, then run_case_npy), plus the modality
+    # nnU-Net's DefaultPreprocessor.run_case body (read images and seg, then run_case_npy), plus the modality
     def run_case(self, image_files: List[str], seg_file: Union[str, None], plans_manager: PlansManager,
                  configuration_manager: ConfigurationManager, dataset_json: Union[dict, str],
                  modality: Optional[str] = None):
@@ -101,9 +101,9 @@ class CINPreprocessor(DefaultPreprocessor):
         return self.run_case_npy(data, seg, data_properties, plans_manager, configuration_manager, dataset_json,
                                  modality)
 
-    # nnU-Net's run_case_save body, with the modality of the case resolved from its identifier (the output file
-    # name, i.e. the key of nnU-Net's dataset dict) rather than from the image file names, which need not carry it
-    # in file-list datasets
+    # nnU-Net's DefaultPreprocessor.run_case_save body, with the modality of the case resolved from its identifier
+    # (the output file name, i.e. the key of nnU-Net's dataset dict) rather than from the image file names, which
+    # need not carry it in file-list datasets
     def run_case_save(self, output_filename_truncated: str, image_files: List[str], seg_file: str,
                       plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                       dataset_json: Union[dict, str]):

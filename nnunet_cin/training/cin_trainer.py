@@ -27,7 +27,7 @@ One conditional network for all modalities of a dataset. What changes against nn
   nnunet_cin.training.seeding)
 - schedules: nnunet_cin.training.mixins.ShortSchedule; the `_1epoch` ... `_250epochs` variants are literal classes in
   nnunet_cin.training.training_length
-Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
+Where nnU-Net 2.8.1 has no hook (nnUNetTrainer.get_dataloaders) its method body is copied, marked as such and registered in
 nnunet_cin/nnunet_copies.py.
 
 Options: class attributes of a subclass, or set in its __init__ after super().__init__ (like nnU-Net's
@@ -220,6 +220,10 @@ class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
         nnunet_writes_latest = (epoch + 1) % self.save_every == 0 and not last  # nnU-Net's on_epoch_end rule
         super().on_epoch_end()
         due = self.latest_checkpoints.epoch_ended()
+        if self.is_ddp:  # every rank writes (a seeded run gathers the ranks' generator states): rank 0's clock decides
+            decision = [due]
+            dist.broadcast_object_list(decision, src=0)
+            due = decision[0]
         if nnunet_writes_latest:
             self.latest_checkpoints.written()
         elif due and not last:  # after the last epoch, checkpoint_final.pth follows
@@ -322,9 +326,11 @@ class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
         """nnU-Net's, written under a temporary name and then renamed, so that a run killed while writing leaves the
         previous checkpoint intact. A seeded run's checkpoint also holds the global generators' states, for --c:
         nnU-Net's checkpoint has no entry for them, so they travel in init_args (saved as it is, like the seed), for
-        this write only."""
+        this write only. Under DDP every rank draws its own streams: the states of all ranks, gathered ({"ranks":
+        [state of rank 0, state of rank 1, ...]}), so every rank calls this (as nnU-Net's on_epoch_end and
+        on_train_end do)."""
         if self.seed is not None:
-            self.my_init_kwargs[RNG_STATE_KEY] = rng_state()
+            self.my_init_kwargs[RNG_STATE_KEY] = self._rng_states()
         aside = f"{filename}.partial"
         try:
             super().save_checkpoint(aside)
@@ -332,6 +338,13 @@ class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
             self.my_init_kwargs.pop(RNG_STATE_KEY, None)
         if self.local_rank == 0 and not self.disable_checkpointing:  # (else nnU-Net wrote nothing)
             os.replace(aside, filename)
+
+    def _rng_states(self) -> dict:
+        if not self.is_ddp:
+            return rng_state()
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, rng_state())
+        return {"ranks": states}
 
     def save_latest_checkpoint(self) -> None:
         # called after nnU-Net's on_epoch_end counted the epoch; save_checkpoint records current_epoch + 1 as the
@@ -371,7 +384,8 @@ class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
     def rng_state_to_continue(self, saved: dict, where: str) -> Optional[dict]:
         """--c continues a run with the seed it was started with (refused otherwise: the continued run would be
         neither the old seed's nor the new one's); the generators' states it saved are restored in on_train_start
-        (not under DDP: rank 0's states are the only ones saved, and every rank must draw its own stream)."""
+        (under DDP each rank its own; with another number of ranks than the run had, the streams start afresh from
+        the seed, as without --c)."""
         if not self.continuing:
             return None
         recorded = checkpoint_seed(saved)
@@ -383,7 +397,15 @@ class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
                              f"continues a run with the seed it was started with. Continue it with {fix}, or train "
                              f"the new seed in another results folder (another nnUNet_results or trainer name).")
         state = (saved.get("init_args") or {}).get(RNG_STATE_KEY)
-        return deepcopy(state) if state is not None and not self.is_ddp else None
+        if state is None:
+            return None
+        world_size = dist.get_world_size() if self.is_ddp else 1
+        ranks = state["ranks"] if "ranks" in state else [state]
+        if len(ranks) != world_size:
+            self.print_to_log_file(f"{where} holds the random streams of {len(ranks)} process(es), this run has "
+                                   f"{world_size}: the streams start afresh from the seed")
+            return None
+        return deepcopy(ranks[self.local_rank])
 
     # ------------------------------------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False):

@@ -34,7 +34,7 @@ class WarmupPolyLRScheduler(PolyLRScheduler):
         return self.initial_lr * (1 - progress) ** self.exponent
 
     def step(self, current_step=None):
-        # PolyLRScheduler.step's body with lr_at() in place of its formula (it has no hook for the formula)
+        # nnU-Net's PolyLRScheduler.step body with lr_at() in place of its formula (it has no hook for the formula)
         if current_step is None or current_step == -1:
             current_step = self.ctr
             self.ctr += 1

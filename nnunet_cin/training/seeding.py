@@ -13,7 +13,8 @@ SeedSequence, so runs seeded 0, 1, 2 share no stream and no stream of one run re
 - the modality sampler draws from numpy's global generator of the process it runs in (one of the above);
 - nnU-Net's final validation (sliding window, export) draws nothing.
 Checkpoints record the seed and the generators' states in checkpoint["init_args"] ("seed", RNG_STATE_KEY): nnU-Net's
-checkpoint has no other place for them, and saves init_args as it is. `--c` continues with the saved states, so a
+checkpoint has no other place for them, and saves init_args as it is; under DDP the states of every rank ({"ranks":
+[...]}, each rank continues its own). `--c` continues with the saved states, so a
 seeded CPU run without workers that is interrupted and continued computes the same weights as an uninterrupted one.
 Workers start from seeds of the continued run's first epoch instead (their states live in other processes).
 """
