@@ -23,3 +23,14 @@ def test_the_library_leaves_warning_filters_alone():
     result = subprocess.run([sys.executable, "-W", "default", "-c", "import nnunet_cin.training.cin_trainer"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and NOISE in result.stderr, result.stderr[-2000:]
+
+
+def test_cpu_defaults_fill_only_what_is_missing():
+    from nnunet_cin.environment import cpu_defaults
+
+    assert cpu_defaults({}, processes=2, augmentation_workers=0, threads=2) == {
+        "nnUNet_compile": "false", "OMP_WAIT_POLICY": "PASSIVE", "nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "0",
+        "OMP_NUM_THREADS": "2"}
+    mine = {"nnUNet_compile": "true", "nnUNet_def_n_proc": "8", "nnUNet_n_proc_DA": ""}
+    assert cpu_defaults(mine, augmentation_workers=1) == {"OMP_WAIT_POLICY": "PASSIVE", "nnUNet_n_proc_DA": "1"}
+    assert 1 <= int(cpu_defaults({})["nnUNet_def_n_proc"]) <= 4 and "nnUNet_n_proc_DA" not in cpu_defaults({})
