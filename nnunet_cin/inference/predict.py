@@ -46,6 +46,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_cin.cin import cin_layers, condition
 from nnunet_cin.inference.checks import check_prediction_inputs_and_outputs
+from nnunet_cin.inference.hounsfield import hu_modalities
 from nnunet_cin.inference.modality_check import (AUTO, BY_FLAG, BY_RULES, CaseModality, ModalityCheck,
                                                  array_features, features_of_cases, record_decisions,
                                                  table, unclear)
@@ -152,7 +153,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
             self._check_name(self.modality)
         file_ending = self.dataset_json['file_ending']
         cases = {case_id_from_image_file(files[0], file_ending): files for files in list_of_lists}
-        check = ModalityCheck(CINPlans(self.plans_manager.plans).signatures, self.modalities)
+        check = self._modality_check()
         if auto and not check.usable:
             raise ModalityError(f"{self.modality_flag} auto cannot recognise the cases: {check.why_unusable}. Pass "
                                 f"{self.modality_flag} NAME, or name the files after the model's rules")
@@ -161,15 +162,18 @@ class nnUNetPredictorCIN(nnUNetPredictor):
             decisions = given
             self._tell("The modality check is off (--skip-modality-check / predictor.check_modalities = False): no "
                        "case is compared with the modality signatures of the model's plans.", warning=True)
-        elif not check.usable:
+        elif not check.usable and not any(check.checks(d.modality) for d in given.values()):
             decisions = given
             self._tell(f"The modality check is skipped: {check.why_unusable}.", warning=True)
         else:
-            if check.unsigned:
+            if not check.usable:
+                self._tell(f"The signature part of the modality check is skipped: {check.why_unusable}. Only the "
+                           f"Hounsfield-unit check runs (for {check.hu_modalities}).", warning=True)
+            elif check.unsigned:
                 self._tell(f"The model's plans hold no signature for {check.unsigned}: cases of "
                            f"{'these modalities' if len(check.unsigned) > 1 else 'this modality'} are not checked"
                            f"{' and cannot be recognised' if auto else ''}.", warning=True)
-            to_check = cases if auto else {c: f for c, f in cases.items() if given[c].modality in check.known}
+            to_check = cases if auto else {c: f for c, f in cases.items() if check.checks(given[c].modality)}
             features = features_of_cases(to_check, self.plans_manager.image_reader_writer_class)
             decisions = (check.recognise(list(cases), features, self.modality_flag) if auto
                          else check.check_given(given, features, self.modality_flag))
@@ -182,6 +186,11 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                        "\n".join(f"  - {c}: given {d.modality}, {d.describe()}" for c, d in doubtful.items()),
                        warning=True)
         return decisions
+
+    def _modality_check(self) -> ModalityCheck:
+        """The check of this model: its plans' signatures, and which of its modalities need Hounsfield units."""
+        plans = self.plans_manager.plans
+        return ModalityCheck(CINPlans(plans).signatures, self.modalities, hu_modalities(plans))
 
     def _given_modalities(self, case_ids: List[str]) -> Dict[str, CaseModality]:
         """Each case's modality by `self.modality` or the model's rules; errors for unresolvable cases and modalities
@@ -256,12 +265,12 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                 unnamed.append(f"image {i}")
             else:
                 given[f"image {i}"] = CaseModality(self._check_name(modality or forced), BY_FLAG)
-        check = ModalityCheck(CINPlans(self.plans_manager.plans).signatures, self.modalities)
+        check = self._modality_check()
         if unnamed and not check.usable:
             raise ModalityError(f'predictor.modality = "auto" cannot recognise the images: {check.why_unusable}')
-        if check.usable and (self.check_modalities or unnamed):
+        if (check.usable or check.hu_modalities) and (self.check_modalities or unnamed):
             features = {f"image {i}": array_features(image, p) for i, (image, p) in enumerate(zip(images, properties))}
-            checked = {c: d for c, d in given.items() if d.modality in check.known}
+            checked = {c: d for c, d in given.items() if check.checks(d.modality)}
             if self.check_modalities and checked:
                 check.check_given(checked, features, "predictor.modality")
             given.update(check.recognise(unnamed, features, "predictor.modality") if unnamed else {})
