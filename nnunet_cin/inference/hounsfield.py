@@ -9,7 +9,7 @@ non-negative. `hu_evidence` says one of:
   TISSUE_SHARE within -200..200), nothing below -1124: a CT in HU, of any scanner and anatomy;
 - "not_hu": physically impossible for a CT in HU: values far below -1024; all intensities within a range narrower than
   fat-to-soft-tissue (a CT rescaled to [0, 1]); or no voxel clearly below 0 (no air, lung or fat) while a background
-  plateau lies near 0 with tissue far brighter (a CT stored with a +1024 offset, (x + 1024) / 4; and every MR); or its
+  plateau lies near 0 (below 100) with tissue far brighter (a CT stored with a +1024 offset, (x + 1024) / 4; and every MR); or its
   air plateau (the darkest 5 % of voxels within a few units) lying between -800 and -200, not at -1000 (a CT whose
   slope was applied twice or not at all, e.g. x 0.5);
   A crop without air counts as "hu" when at least FAT_SHARE of it lies clearly below 0 (fat, lung: an MR is not
@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 MAX_SAMPLES = 2 ** 16
+NOT_MEASURED = "not measured"
 AIR = (-1100.0, -900.0)
 TISSUE = (-200.0, 200.0)
 AIR_SHARE = 0.01
@@ -114,7 +115,7 @@ def _evidence(v: np.ndarray) -> HUEvidence:
     q1, q5 = _q(v, 1), _q(v, 5)
     plateau = q5 - q1 <= PLATEAU_SPAN
     negative = float(np.searchsorted(v, CLEARLY_NEGATIVE)) / v.size
-    if negative < NEGATIVE_SHARE and plateau and _q(v, 99) - q1 > 100:
+    if negative < NEGATIVE_SHARE and plateau and q1 < 100 and _q(v, 99) - q1 > 100:
         return HUEvidence("not_hu", f"no voxel clearly below 0 ({negative:.1%} below -50: no air, lung or fat) and its "
                                     f"background lies at {q1:.0f}..{q5:.0f}, with tissue up to {_q(v, 99):.0f}: air "
                                     f"is at -1000 in HU")

@@ -51,8 +51,12 @@ class CaseModality:
     hu: Optional[hf.HUEvidence] = None  # None: HU not measured
 
     @property
+    def hu_measured(self) -> bool:
+        return self.hu is not None and self.hu.reason != hf.NOT_MEASURED
+
+    @property
     def checked(self) -> bool:
-        return self.match is not None or (self.hu is not None and self.hu.reason != "not measured")
+        return self.match is not None or self.hu_measured
 
     def record(self) -> dict:
         """JSON-ready (modalities.json)."""
@@ -60,14 +64,14 @@ class CaseModality:
         if self.match is not None:
             out.update(verdict=self.match.verdict, looks_like=self.match.candidate, runner_up=self.match.second,
                        margin=_finite(self.match.margin))
-        if self.checked and self.hu is not None:
+        if self.hu_measured:
             out["hounsfield"] = self.hu.verdict
         return out
 
     def describe(self) -> str:
         """One line for the run's table: what the check saw."""
         parts = [looks_like(self.match)] if self.match is not None else []
-        if self.checked and self.hu is not None:
+        if self.hu_measured:
             parts.append(hf.describe(self.hu))
         return "; ".join(parts) or "not checked"
 
@@ -106,7 +110,7 @@ def array_evidence(image: np.ndarray, spacing: Sequence[float]) -> CaseEvidence:
 
 def _as_evidence(x) -> CaseEvidence:
     """Plain feature dicts (callers that measured no HU evidence) as CaseEvidence that decides nothing physically."""
-    return x if isinstance(x, CaseEvidence) else CaseEvidence(x, hf.HUEvidence("unknown", "not measured"))
+    return x if isinstance(x, CaseEvidence) else CaseEvidence(x, hf.HUEvidence("unknown", hf.NOT_MEASURED))
 
 
 _cache: Dict[tuple, CaseEvidence] = {}  # (file, size, mtime, inode, reader) -> evidence: a run's checks read once
@@ -242,14 +246,19 @@ class ModalityCheck:
             e = _as_evidence(evidence[case])
             m = self.match(e) if decision.modality in self.known else None
             out[case] = CaseModality(decision.modality, decision.decided_by, m, e.hu)
+            head = f"{case}: given {decision.modality} ({_how(decision, flag)})"
             why = self._physics_objection(decision.modality, e)
-            if why is None and self._closer_to_another(decision.modality, m, e):
+            if why is not None and decision.modality in self.hu_modalities:  # not in HU: the fix comes first
+                wrong.append(f"{head}: {why}")
+                continue
+            if self._closer_to_another(decision.modality, m, e):
                 unlike = "" if m.plausible.get(m.candidate) else (
-                    f"; it is unlike all training images (closest {m.candidate}, distance "
-                    f"{m.scores[m.candidate]:.1f}), but still clearly closer to {m.candidate}")
-                why = f"looks like {m.candidate} (margin {_margin(m)} over {m.second}){unlike}"
+                    f"; it is unlike all training images (distance {m.scores[m.candidate]:.1f} to {m.candidate}'s), "
+                    f"but clearly closer to {m.candidate} than to {decision.modality}")
+                wrong.append(f"{head}, looks like {m.candidate} (margin {_margin(m)} over {m.second}){unlike}")
+                continue
             if why is not None:
-                wrong.append(f"{case}: given {decision.modality} ({_how(decision, flag)}): {why}")
+                wrong.append(f"{head}: {why}")
         if wrong:
             raise ModalityCheckError(
                 f"{len(wrong)} of {len(given)} input case(s) do not look like the modality they were given, so "
@@ -279,7 +288,7 @@ class ModalityCheck:
                 unknown.append(f"{case}: looks like {m.best}, a modality this model was not trained on (it serves "
                                f"{self.modalities})")
             else:
-                physics = f"; physics: {hf.describe(e.hu)} ({e.hu.reason})" if e.hu.reason != "not measured" else ""
+                physics = f"; physics: {hf.describe(e.hu)} ({e.hu.reason})" if e.hu.reason != hf.NOT_MEASURED else ""
                 unknown.append(f"{case}: {looks_like(m)}{physics}")
         if unknown:
             raise ModalityCheckError(
