@@ -148,7 +148,7 @@ def undone(image: np.ndarray, transform: str) -> np.ndarray:
 
 def describe(e: HUEvidence) -> str:
     out = {"hu": "in HU", "not_hu": "not in HU", "unknown": "HU undecided"}[e.verdict]
-    return out + (f" (looks {e.undo})" if e.undo else "")
+    return out + (f" (perhaps {e.undo})" if e.undo else "")
 
 
 def names(seq: Sequence[str]) -> str:

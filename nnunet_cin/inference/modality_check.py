@@ -230,8 +230,6 @@ class ModalityCheck:
             return False  # it cannot be a CT in HU: resembling the CTs' histogram shape is no evidence
         if given in self.hu_modalities and e.hu.verdict == "hu" and m.candidate not in self.hu_modalities:
             return False  # physics says CT in HU
-        if given in self.hu_modalities and e.hu.verdict == "unknown" and not m.plausible.get(m.candidate):
-            return False  # a CT cropped to the heart (no air) is unlike every training image: truly ambiguous
         return True
 
     def check_given(self, given: Mapping[str, CaseModality], evidence: Mapping[str, object], flag: str = "-m"
@@ -248,14 +246,17 @@ class ModalityCheck:
             out[case] = CaseModality(decision.modality, decision.decided_by, m, e.hu)
             head = f"{case}: given {decision.modality} ({_how(decision, flag)})"
             why = self._physics_objection(decision.modality, e)
-            if why is not None and decision.modality in self.hu_modalities:  # not in HU: the fix comes first
-                wrong.append(f"{head}: {why}")
+            clear_other = m is not None and m.verdict == "match" and m.best != decision.modality
+            if why is not None and decision.modality in self.hu_modalities and not clear_other:
+                wrong.append(f"{head}: {why}")  # not in HU, and like no other modality: the fix comes first
                 continue
             if self._closer_to_another(decision.modality, m, e):
                 unlike = "" if m.plausible.get(m.candidate) else (
                     f"; it is unlike all training images (distance {m.scores[m.candidate]:.1f} to {m.candidate}'s), "
                     f"but clearly closer to {m.candidate} than to {decision.modality}")
-                wrong.append(f"{head}, looks like {m.candidate} (margin {_margin(m)} over {m.second}){unlike}")
+                physics = f"; and {why[0].lower()}{why[1:]}" if why else ""
+                wrong.append(f"{head}, looks like {m.candidate} (margin {_margin(m)} over {m.second}){unlike}"
+                             f"{physics}")
                 continue
             if why is not None:
                 wrong.append(f"{head}: {why}")
@@ -287,8 +288,12 @@ class ModalityCheck:
             elif m.verdict == "match":
                 unknown.append(f"{case}: looks like {m.best}, a modality this model was not trained on (it serves "
                                f"{self.modalities})")
+            elif self._disguised_ct(e):
+                unknown.append(f"{case}: {looks_like(m)}; but it looks like a CT {e.hu.undo}: undone, it is in HU "
+                               f"and matches {m and sig.match(self.signatures, e.undone).best}'s training images. "
+                               f"Fix: {HU_FIX}")
             else:
-                physics = f"; physics: {hf.describe(e.hu)} ({e.hu.reason})" if e.hu.reason != hf.NOT_MEASURED else ""
+                physics = f"; physics: {e.hu.verdict} ({e.hu.reason})" if e.hu.reason != hf.NOT_MEASURED else ""
                 unknown.append(f"{case}: {looks_like(m)}{physics}")
         if unknown:
             raise ModalityCheckError(
@@ -354,10 +359,16 @@ def _locked(folder: str):
         os.close(fd)  # releases the lock
 
 
-def record_decisions(folder: str, decisions: Mapping[str, CaseModality]) -> str:
+def record_decisions(folder: str, decisions: Mapping[str, CaseModality], kept: Sequence[str] = ()
+                     ) -> List[tuple]:
     """Write (or update) `folder`/modalities.json: {case: CaseModality.record()}, sorted by case; the entries of cases
-    of earlier runs into the same folder are kept, this run's replace theirs. Written aside, then renamed."""
+    of earlier runs into the same folder are kept, this run's replace theirs, except for `kept`: cases whose outputs
+    an earlier run wrote and this run keeps (--continue_prediction), whose entry says what they were predicted with
+    (a kept output without an entry is recorded with modality null). Written aside, then renamed, with the mode of
+    the files nnU-Net writes beside it (umask). Returns (case, recorded modality, this run's modality) for each kept
+    case this run would predict as another modality."""
     path = os.path.join(folder, RECORD)
+    kept = set(kept)
     with _locked(folder):
         try:
             with open(path) as f:
@@ -366,9 +377,20 @@ def record_decisions(folder: str, decisions: Mapping[str, CaseModality]) -> str:
             cases = {}
         if not isinstance(cases, dict):  # not ours: replaced
             cases = {}
-        cases.update({c: d.record() for c, d in decisions.items()})
+        conflicts = []
+        for c, d in decisions.items():
+            if c not in kept:
+                cases[c] = d.record()
+            elif c not in cases or not isinstance(cases[c], dict):
+                cases[c] = {"modality": None, "note": "output kept by --continue_prediction from a run that left no "
+                                                      "record of its modality"}
+            elif cases[c].get("modality") != d.modality:
+                conflicts.append((c, cases[c].get("modality"), d.modality))
         fd, tmp = tempfile.mkstemp(prefix=f".{RECORD}.", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would differ from the outputs beside it
         with os.fdopen(fd, "w") as f:
             json.dump(dict(sorted(cases.items())), f, indent=2)
         os.replace(tmp, path)
-    return path
+    return conflicts

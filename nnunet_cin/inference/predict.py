@@ -45,7 +45,7 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_cin.cin import cin_layers, condition
-from nnunet_cin.inference.checks import check_prediction_inputs_and_outputs
+from nnunet_cin.inference.checks import check_input_dimensions, check_prediction_inputs_and_outputs
 from nnunet_cin.inference.hounsfield import hu_modalities
 from nnunet_cin.inference.modality_check import (AUTO, BY_FLAG, BY_RULES, CaseModality, ModalityCheck,
                                                  array_features, features_of_cases, record_decisions,
@@ -285,6 +285,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         outputs are staged."""
         lists = check_prediction_inputs_and_outputs(list_of_lists_or_source_folder,
                                                     output_folder_or_list_of_truncated_output_files, self.dataset_json)
+        check_input_dimensions(lists, len(self.configuration_manager.patch_size))
         self._run_decisions = self.decide_modalities(lists[part_id::num_parts])
         previous = self.configuration_manager.case_modalities
         self.configuration_manager.case_modalities = {c: d.modality for c, d in self._run_decisions.items()}
@@ -407,7 +408,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         name the modality, and modalities.json records the modality of each case of the run; with overwrite=False
         (--continue_prediction) a case counts as predicted when all its outputs read back completely (nnU-Net: when
         they exist); outputs are staged (see `_staged_outputs`)."""
-        self._record_modality(output_folder_or_list_of_truncated_output_files)
+        folder = self._record_arguments(output_folder_or_list_of_truncated_output_files)
         lists, outputs, prev_stage = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
@@ -424,24 +425,43 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                         print(f"{problem}: predicting {os.path.basename(output)} again")
             print(f"overwrite was set to {overwrite}, so I am only working on cases whose outputs are missing or "
                   f"incomplete. That's {len(todo)} cases.")
+            kept = [os.path.basename(o) for i, o in enumerate(outputs) if i not in set(todo)]
             lists, outputs, prev_stage = ([x[i] for i in todo] for x in (lists, outputs, prev_stage))
+        else:
+            kept = []
+        self._record_modality(folder, kept)
         if self._staging is not None:
             outputs = [self._staging.stage(o) for o in outputs]
         return lists, outputs, prev_stage
 
-    def _record_modality(self, output_folder_or_list_of_truncated_output_files):
+    def _record_arguments(self, output_folder_or_list_of_truncated_output_files) -> Optional[str]:
+        """The run's arguments (nnU-Net's predict_from_raw_data_args.json) name the modality; returns the output
+        folder (None: no output files)."""
         if isinstance(output_folder_or_list_of_truncated_output_files, str):
             folder = output_folder_or_list_of_truncated_output_files
         elif isinstance(output_folder_or_list_of_truncated_output_files, list):
-            folder = os.path.dirname(output_folder_or_list_of_truncated_output_files[0])
+            folder = os.path.dirname(output_folder_or_list_of_truncated_output_files[0]) or os.curdir
         else:
-            return
+            return None
         args_file = join(folder, 'predict_from_raw_data_args.json')
         if isfile(args_file):
             save_json({**load_json(args_file), "modality": self.modality, "check_modalities": self.check_modalities},
                       args_file)
-        if self._run_decisions:
-            record_decisions(folder, self._run_decisions)
+        return folder
+
+    def _record_modality(self, folder: Optional[str], kept: Sequence[str]):
+        """modalities.json: this run's decision for every case it predicts; the earlier record stays for the outputs
+        --continue_prediction keeps (`kept`: their case ids), and a kept output this run would predict as another
+        modality is reported."""
+        if folder is None or not self._run_decisions:
+            return
+        conflicts = record_decisions(folder, self._run_decisions, kept=kept)
+        if conflicts:
+            self._tell(f"{len(conflicts)} output(s) kept by --continue_prediction were predicted as another modality "
+                       f"than this run gives them; they are not predicted again (modalities.json keeps what they were "
+                       f"predicted with). Delete them, or predict into a new folder, to predict them as given:\n" +
+                       "\n".join(f"  - {c}: predicted as {was}, this run: {now}" for c, was, now in conflicts),
+                       warning=True)
 
     def get_data_iterator_from_raw_npy_data(self, image_or_list_of_images: Union[np.ndarray, List[np.ndarray]],
                                             segs_from_prev_stage_or_list_of_segs_from_prev_stage: Union[
@@ -650,9 +670,15 @@ def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Opt
                                        verbose=args.verbose, verbose_preprocessing=args.verbose,
                                        allow_tqdm=not args.disable_progress_bar)
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+        check_input_dimensions(lists, len(predictor.configuration_manager.patch_size), model_folder)
         predictor.modality = modality
         predictor.modality_flag = modality_flag
         predictor.check_modalities = not args.skip_modality_check
+        if args.skip_modality_check and modality == AUTO:
+            print(f"WARNING: {modality_flag} auto recognises each case by the modality check, so "
+                  f"--skip-modality-check cannot turn it off: the signatures and the Hounsfield-unit check still "
+                  f"decide each case's modality (give {modality_flag} NAME to predict without the check)",
+                  file=sys.stderr, flush=True)
         # resolve and check now: an error stops the run before the output folder or any file is created
         predictor.modalities_of_cases(lists[part_id::num_parts])
     except (ModalityError, FileNotFoundError, ValueError) as e:
