@@ -4,9 +4,9 @@
     for d in *.deb; do dpkg-deb -x $d x; done
     python scripts/make_real_scan_data.py /tmp/real/x
 
-Each volume is smoothed and resampled (linear) to 4 mm voxels (a whole head in ~50^3; the macaque brain: 1.5 mm) and stored as int16 (CT, in HU as the
-package holds it) or int16 (MR, its values as the package holds them, rounded), so that the folder stays around 200 KB. Sources and
-licences: tests/data/real_scans/README.md.
+Each volume is smoothed and resampled (linear) to 4 mm voxels (a whole head in ~50^3; the macaque brain: 1.5 mm)
+and stored as int16 (CT: in HU, as the package holds it; MR: its values as the package holds them, rounded), so that
+the folder stays under 300 KB. Sources and licences: tests/data/real_scans/README.md.
 """
 import os
 import sys

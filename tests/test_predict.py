@@ -746,13 +746,16 @@ def test_a_wrong_number_of_channels(model_never_loaded, inputs_copy, tmp_path, c
 def test_truncated_input_images(model_never_loaded, inputs_copy, tmp_path, capsys):
     """A cut-off .nii.gz reads without a word in SimpleITK (zeros where its data is missing): refused, every bad file
     named, before the model is loaded, nothing written."""
-    from damaged_files import overstate_slices
+    from damaged_files import overstate_slices, understate_slices
     truncate_half(inputs_copy / "ct_0100_0000.nii.gz")
     overstate_slices(inputs_copy / "mr_0100_0000.nii.gz")
+    shutil.copy(inputs_copy / "ct_0100_0000.nii.gz", inputs_copy / "ct_0200_0000.nii.gz")
+    shutil.copy(model_never_loaded["inputs"]["all"] / "mr_0100_0000.nii.gz", inputs_copy / "mr_0200_0000.nii.gz")
+    understate_slices(inputs_copy / "mr_0200_0000.nii.gz")  # more data than the header promises (issue 22)
     before = _tree(tmp_path)
-    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE], "2 input problems",
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE], "4 input problems",
            f"{inputs_copy / 'ct_0100_0000.nii.gz'} is truncated", f"{inputs_copy / 'mr_0100_0000.nii.gz'} holds",
-           "replace it with a complete copy")
+           f"{inputs_copy / 'mr_0200_0000.nii.gz'} holds", "header promises only", "replace it with a complete copy")
     assert _tree(tmp_path) == before
 
 
@@ -782,9 +785,11 @@ def test_export_to_zip_and_install_keep_what_inference_needs(model, rules_predic
 
 # --- the modality check on real scans and on CTs not in HU (issue 22) ------------------------------------------------
 
-def _write(case, folder, name):
-    image = sitk.GetImageFromArray(case.image[0])
-    image.SetSpacing(tuple(float(x) for x in case.spacing[::-1]))
+def _write(case, folder, name, like):
+    """A real scan, every second voxel, with the spacing of the model's test input `like` (intensities as they are):
+    predicting a whole head at the model's spacing would take many minutes on a CPU."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(case.image[0][::2, ::2, ::2]))
+    image.SetSpacing(sitk.ReadImage(str(like)).GetSpacing())
     folder.mkdir(exist_ok=True)
     sitk.WriteImage(image, str(folder / f"{name}_0000.nii.gz"))
 
@@ -796,9 +801,10 @@ def test_real_scans_and_a_ct_off_hounsfield_units_on_the_trained_model(model_env
     from scan_variants import real_cases
     real = {c.name: c for c in real_cases()}
     ct = tmp_path / "real_ct"
-    _write(real["head_ct_invesalius"], ct, "head")
+    like = model_env["inputs"]["CT"] / "ct_0100_0000.nii.gz"
+    _write(real["head_ct_invesalius"], ct, "head", like)
     mr = tmp_path / "real_mr"
-    _write(real["head_mr_t1_colin27"], mr, "colin")
+    _write(real["head_mr_t1_colin27"], mr, "colin", like)
     offset = tmp_path / "offset"
     offset.mkdir()
     image = sitk.ReadImage(str(model_env["inputs"]["CT"] / "ct_0100_0000.nii.gz"))

@@ -9,9 +9,9 @@ non-negative. `hu_evidence` says one of:
   TISSUE_SHARE within -200..200), nothing below -1124: a CT in HU, of any scanner and anatomy;
 - "not_hu": physically impossible for a CT in HU: values far below -1024; all intensities within a range narrower than
   fat-to-soft-tissue (a CT rescaled to [0, 1]); or no voxel clearly below 0 (no air, lung or fat) while a background
-  plateau lies near 0 (below 100) with tissue far brighter (a CT stored with a +1024 offset, (x + 1024) / 4; and every MR); or its
-  air plateau (the darkest 5 % of voxels within a few units) lying between -800 and -200, not at -1000 (a CT whose
-  slope was applied twice or not at all, e.g. x 0.5);
+  plateau lies near 0 (below 100) with tissue far brighter (a CT stored with a +1024 offset, (x + 1024) / 4; and
+  every MR); or its air plateau (the darkest 5 % of voxels within a few units) lying between -800 and -200, not at
+  -1000 (a CT whose slope was applied twice or not at all, e.g. x 0.5);
   A crop without air counts as "hu" when at least FAT_SHARE of it lies clearly below 0 (fat, lung: an MR is not
   negative) with soft tissue near 0 on CROP_TISSUE_SHARE;
 - "unknown": neither (a CT cropped tightly to the heart: no air, little fat). The learned signatures decide there.

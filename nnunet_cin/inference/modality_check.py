@@ -1,20 +1,28 @@
-"""Never trust the modality blindly: every input case compared with what each modality looked like in training.
+"""Never trust the modality blindly: every input case checked against physics and against what each modality looked
+like in training.
 
 A conditional model predicts well only for the modality it is told; told the wrong one (a wrong -m, a file named
-after the wrong rule) it still returns a segmentation, a bad one, with exit code 0. The plans of our planners carry
-each modality's signature (nnunet_cin.planning.signature: whole-image features learned from the training cases).
-Before anything is predicted or written, `nnUNetPredictorCIN.modalities_of_cases` reads every case's first channel
-with the plans' reader, computes its features (`features_of_cases`) and asks `ModalityCheck.match` which modality it
-looks like:
+after the wrong rule) it still returns a segmentation, a bad one, with exit code 0. Before anything is predicted or
+written, `nnUNetPredictorCIN.decide_modalities` reads every case's first channel with the plans' reader and gathers
+its evidence (`features_of_cases` -> `CaseEvidence`): the signature features (nnunet_cin.planning.signature: what each
+modality's training cases looked like, in the plans) and what physics says about Hounsfield units
+(nnunet_cin.inference.hounsfield). `ModalityCheck` decides, two parts each deciding what it can:
 
-- given a modality (by -m, or by the model's dataset.json rules), a case that clearly looks like ANOTHER modality
-  (verdict "match" with a margin of at least the signatures' min_margin) stops the run (`ModalityCheckError`, every
-  such case listed); a case without a clear match ("ambiguous", or "none": like no trained modality) is reported and
-  predicted as given;
-- with -m auto, each case is predicted as the modality it clearly looks like; a case that matches none clearly is an
-  error naming it.
-Plans made before the signatures existed (or with features of another version) have none: the check is skipped, with
-one notice. `CaseModality` is the decision for one case, as recorded in the output folder's modalities.json.
+- physics decides "CT in HU or not" for any scanner and anatomy: a case given (or recognised as) a modality whose
+  normalization needs HU (CTNormalization, noNorm, "CT..." schemes: hounsfield.needs_hu) is refused when it is not
+  in HU, naming the fix (the DICOM rescale slope/intercept) and the storage that explains it (+1024 offset, x 0.5,
+  (x + 1024) / 4); a case given another modality is refused when it is in HU (air at -1000, soft tissue near 0: a
+  CT), or when undoing such a storage makes it a training-like CT;
+- the signatures decide which trained modality a case resembles (they separate MR sequences): a case closer to
+  another modality than to the one given by a clear margin (min_margin) is refused, also when it is unlike every
+  training image (a scan from another hospital), unless physics rules that modality out;
+- with -m auto, a case is predicted as a modality only when it is the closest by a clear margin, plausible (like the
+  modality's training images) and physics agrees; otherwise an error names the case;
+- a case without clear evidence (two modalities of one MR sequence, a crop that physics cannot judge and that is
+  like no training image) is predicted as given, with a warning listing it (`unclear`).
+Plans made before the signatures existed (or with features of another version) have none: the physical part still
+runs, with one notice. `CaseModality` is the decision for one case, as recorded in the output folder's
+modalities.json.
 """
 import json
 import math

@@ -7,9 +7,10 @@ How a case's modality reaches the network:
 1. `nnUNetPredictorCIN.decide_modalities` resolves every input case BEFORE anything is written: `-m NAME`
    (`predictor.modality`) for all cases, else the rules of the model's dataset.json (nnunet_cin.modalities). An
    unresolvable case, or a modality the model was not trained on, is a ModalityError listing the cases and the
-   valid names. Then every case's image is compared with the modality signatures of the model's plans
-   (nnunet_cin.inference.modality_check): a case that clearly looks like another modality than it was given stops
-   the run (`--skip-modality-check`, `predictor.check_modalities = False`: no check); `-m auto` gives each case the
+   valid names. Then every case's image is checked for Hounsfield units and compared with the modality
+   signatures of the model's plans (nnunet_cin.inference.modality_check): a case that clearly looks like another
+   modality than it was given, or is not in HU for a modality that needs HU, stops the run
+   (`--skip-modality-check`, `predictor.check_modalities = False`: no check); `-m auto` gives each case the
    modality it looks like. The decisions are printed and recorded in the output folder's modalities.json.
 2. Preprocessing: the plans' preprocessor (CINPreprocessor for nnUNetPlansCIN: the modality's normalization) runs
    inside nnU-Net's own data iterators; `ModalityConfigurationManager.preprocessor_class` hands them a
@@ -22,7 +23,8 @@ How a case's modality reaches the network:
    preprocessing.
 Around it: the inputs and the output are checked before the model is loaded (nnunet_cin.inference.checks), outputs
 are written complete or not at all and --continue_prediction re-predicts incomplete ones (nnunet_cin.inference.outputs),
-and SIGTERM ends the run with its workers.
+and SIGTERM ends the run with its workers; SIGKILL too (the workers end with their parent:
+nnunet_cin.inference.orphans).
 The predictor keeps the signatures of nnU-Net's nnUNetPredictor (nnU-Net records predict_from_files' arguments by
 inspecting its signature) and wraps nnU-Net's own bodies. Everything else (sliding window, Gaussian weighting,
 mirroring, fold ensembling, resampling, export, --save_probabilities, -num_parts/-part_id) is nnU-Net's: the outputs
@@ -647,9 +649,10 @@ def _sigterm_ends_run():
 
 def _add_modality_check_arguments(parser: argparse.ArgumentParser):
     parser.add_argument('--skip-modality-check', action='store_true',
-                        help="do not compare the input images with the modality signatures of the model's plans (by "
-                             "default a case whose image clearly looks like another modality than it was given stops "
-                             "the run before anything is written)")
+                        help="do not check the input images (by default a case whose image clearly looks like "
+                             "another modality than it was given, by the modality signatures of the model's plans, or "
+                             "that is not in Hounsfield units for a modality that needs them, stops the run before "
+                             "anything is written). -m auto still decides by the check")
 
 
 def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Optional[str], num_parts: int = 1,
