@@ -44,18 +44,62 @@ def _watch(parent: int):
         time.sleep(1.0)
 
 
-def end_with_parent() -> None:
-    """In a multiprocessing child: end this process when its parent dies (once per process)."""
-    global _done
-    parent = multiprocessing.parent_process()
-    if _done or parent is None or parent.pid is None:
-        return
-    _done = True
+def _arm(parent: int) -> None:
+    """This process ends when `parent` does: the kernel's parent-death signal, else a watchdog thread."""
     if _set_parent_death_signal(signal.SIGKILL):
-        if os.getppid() != parent.pid:  # the parent died before the signal was armed
+        if os.getppid() != parent:  # the parent died before the signal was armed
             os._exit(1)
         return
-    threading.Thread(target=_watch, args=(parent.pid,), daemon=True, name="end-with-parent").start()
+    threading.Thread(target=_watch, args=(parent,), daemon=True, name="end-with-parent").start()
+
+
+def end_with_parent() -> None:
+    """In a multiprocessing child (spawned: also while it is being prepared, when it imports the parent's main module
+    and parent_process() is not yet known): end this process when its parent dies. Once per process."""
+    global _done
+    parent = multiprocessing.parent_process()
+    preparing = getattr(multiprocessing.current_process(), "_inheriting", False)
+    if _done or (parent is None and not preparing):
+        return
+    _done = True
+    _arm(parent.pid if parent is not None and parent.pid else os.getppid())
+
+
+_forking_parent: Optional[int] = None  # set while forked children must end with this process
+_fork_hook_registered = False
+
+
+def _before_fork():
+    global _fork_parent_pid
+    _fork_parent_pid = os.getpid()
+
+
+_fork_parent_pid = 0
+
+
+def _after_fork_in_child():
+    global _forking_parent
+    if _forking_parent is not None:
+        _forking_parent = None  # the child's own forks are its business
+        _arm(_fork_parent_pid)
+
+
+@contextmanager
+def forked_children_end_with_this_process():
+    """Inside: processes forked from this one (nnU-Net's Manager server and file-listing pool, which torch's and
+    Python's default fork context start) end when it dies. Spawned workers arm themselves (`end_with_parent`)."""
+    global _forking_parent, _fork_hook_registered
+    if not hasattr(os, "register_at_fork"):
+        yield
+        return
+    if not _fork_hook_registered:
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+        _fork_hook_registered = True
+    previous, _forking_parent = _forking_parent, os.getpid()
+    try:
+        yield
+    finally:
+        _forking_parent = previous
 
 
 class _Forwarder:

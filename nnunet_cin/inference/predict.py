@@ -49,6 +49,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunet_cin.cin import cin_layers, condition
 from nnunet_cin.inference.checks import check_input_dimensions, check_prediction_inputs_and_outputs
 from nnunet_cin.inference.hounsfield import hu_modalities
+from nnunet_cin.inference.orphans import forked_children_end_with_this_process
 from nnunet_cin.inference.modality_check import (AUTO, BY_FLAG, BY_RULES, CaseModality, ModalityCheck,
                                                  array_features, features_of_cases, record_decisions,
                                                  table, unclear)
@@ -743,7 +744,7 @@ def predict_entry_point(argv: Optional[Sequence[str]] = None):
         parser.exit(2, f"{parser.prog}: error: no trained model at {model_folder} (-tr {args.tr} -p {args.p} -c "
                        f"{args.c}). Models of this dataset: {', '.join(trained) or 'none'} "
                        f"(TRAINER__PLANS__CONFIGURATION)\n")
-    with _sigterm_ends_run():
+    with _sigterm_ends_run(), forked_children_end_with_this_process():
         _run(parser, args, model_folder, args.modality, args.num_parts, args.part_id)
 
 
@@ -761,7 +762,7 @@ def predict_from_modelfolder_entry_point(argv: Optional[Sequence[str]] = None):
     _add_modality_check_arguments(parser)
     _add_common_arguments(parser, 3, 3)
     args = parser.parse_args(argv)
-    with _sigterm_ends_run():
+    with _sigterm_ends_run(), forked_children_end_with_this_process():
         _run(parser, args, args.m, args.modality, modality_flag='--modality')
 
 
