@@ -7,7 +7,6 @@
   schedule, nnunet_cin.training.sampling) instead of mixed batches.
 """
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
-from nnunet_cin.training.schedules import add_schedules
 
 
 class nnUNetTrainerCINAllNorms(nnUNetTrainerCIN):
@@ -16,7 +15,3 @@ class nnUNetTrainerCINAllNorms(nnUNetTrainerCIN):
 
 class nnUNetTrainerCINAlternate(nnUNetTrainerCIN):
     modality_sampling = "alternate"
-
-
-add_schedules(nnUNetTrainerCINAllNorms, globals())
-add_schedules(nnUNetTrainerCINAlternate, globals())
