@@ -9,7 +9,8 @@ and every later step (conversion, planning, training, evaluation) works on the w
   (CRC or length mismatch) or garbage after the stream is caught (zero padding and several members are fine, as
   for every gzip reader);
 - NIfTI-1/NIfTI-2 (.nii, .nii.gz): the data must hold vox_offset + voxels x bytes per voxel, voxels being the
-  product of the header's dimensions;
+  product of the header's dimensions, and not a voxel more (a header promising fewer slices than the data holds
+  would have the readers drop the rest);
 - other formats (.nrrd, .mha, .png, ...) that are not gzip files are not checked (returns None).
 It costs about one decompression, like a plain read of the file (benchmarks/bench_io_checks.py).
 
@@ -138,7 +139,17 @@ def incomplete_reason(path) -> Optional[str]:
     if size < expected:
         return (f"holds {size} bytes of NIfTI data but its header promises {expected} (the file was cut off or the "
                 f"header's dimensions are wrong)")
+    if size - expected >= _voxel_bytes(header):  # readers take what the header says: the rest would be dropped
+        return (f"holds {size} bytes of NIfTI data but its header promises only {expected} (the header's dimensions "
+                f"are smaller than the data: readers would drop the voxels beyond them)")
     return None
+
+
+def _voxel_bytes(header: bytes) -> int:
+    """Bytes of one voxel of a NIfTI header that _nifti_expected_size accepted."""
+    endian = "<" if struct.unpack("<i", header[:4])[0] in (348, 540) else ">"
+    offset = 72 if struct.unpack(endian + "i", header[:4])[0] == 348 else 14
+    return max(1, struct.unpack(endian + "h", header[offset:offset + 2])[0] // 8)
 
 
 def check_files_complete(paths: Iterable, num_workers: int = 4) -> Dict[str, str]:

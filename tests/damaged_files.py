@@ -28,3 +28,15 @@ def overstate_slices(path):
     with gzip.open(path, "wb") as f:
         f.write(bytes(raw))
     return tuple(dims[1:4])
+
+
+def understate_slices(path):
+    """Rewrite a NIfTI-1 .nii.gz with one slice fewer in its header than it holds data for (the converse of
+    overstate_slices); the gzip stream is valid. Returns the promised size (x, y, z)."""
+    raw = bytearray(gzip.open(path).read())
+    dims = list(struct.unpack("<8h", raw[40:56]))
+    dims[3] -= 1
+    raw[40:56] = struct.pack("<8h", *dims)
+    with gzip.open(path, "wb") as f:
+        f.write(bytes(raw))
+    return tuple(dims[1:4])

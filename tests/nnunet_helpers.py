@@ -224,3 +224,39 @@ def softmax_of_mean_logits(*probabilities: np.ndarray) -> np.ndarray:
     logs = np.mean([np.log(np.maximum(p.astype(np.float64), 1e-300)) for p in probabilities], 0)
     e = np.exp(logs - logs.max(0, keepdims=True))
     return e / e.sum(0, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------------------ processes
+def descendants(pid: int) -> List[int]:
+    """Every process below `pid` (from /proc), children first."""
+    children = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may never reap an orphan)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def left_running(pids: Iterable[int], seconds: float) -> List[int]:
+    """The processes of `pids` still running after up to `seconds`."""
+    import time
+    pids = list(pids)
+    deadline = time.time() + seconds
+    while any(running(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if running(p)]

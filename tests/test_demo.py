@@ -1,7 +1,10 @@
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -106,3 +109,33 @@ def test_quick_demo_runs_every_stage_resumes_and_redoes_nothing(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in outputs} == mtimes
     for line in ("already trained", "CT: already predicted", "MR: already predicted", "already evaluated"):
         assert line in again.stdout
+
+    # SIGTERM during the prediction step (the issue: nnUNetv2_predict_cin's workers stayed behind for hours): the
+    # demo passes it on, waits, and leaves no process of the run
+    if os.path.isdir("/proc"):
+        from nnunet_helpers import descendants, left_running
+        shutil.rmtree(out / "predictions")
+        with open(tmp_path / "demo_log.txt", "w") as log:
+            proc = subprocess.Popen(demo, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while proc.poll() is None and time.time() < deadline and not any(
+                    "nnUNetv2_predict_cin" in _cmdline(p) for p in descendants(proc.pid)):
+                time.sleep(0.05)
+            time.sleep(2)  # the prediction's workers start
+            family = descendants(proc.pid)
+            assert proc.poll() is None and family, (tmp_path / "demo_log.txt").read_text()[-3000:]
+            proc.terminate()
+            proc.wait(timeout=60)
+            left = left_running(family, 10)
+        finally:
+            proc.kill()
+        assert proc.returncode == 128 + signal.SIGTERM, (tmp_path / "demo_log.txt").read_text()[-3000:]
+        assert not left, f"processes of the demo still running after 10 s: {left}"
+
+
+def _cmdline(pid):
+    try:
+        return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    except OSError:
+        return ""

@@ -321,20 +321,27 @@ def _model_copy(model, tmp_path, edit_plans=None, edit_dataset_json=None):
     return folder
 
 
-def test_plans_without_signatures_say_so_once_and_predict_unchecked(model_env, tmp_path, capsys):
-    """A model planned before the signatures existed: one notice, no check (a CT case predicted as MR, as -m says),
-    and -m auto refused with the reason."""
+def test_plans_without_signatures_say_so_once_and_check_hounsfield_units_only(model_env, tmp_path, capsys):
+    """A model planned before the signatures existed: one notice, no signature check (the MR case predicted as MR,
+    and recorded with what physics saw), the physical HU check still refuses a CT given MR, and -m auto is refused
+    with the reason."""
     from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
     m = model_env
     old = _model_copy(m, tmp_path, edit_plans=lambda plans: plans["cin"].pop("signatures"))
-    base = ["-i", str(m["inputs"]["CT"]), "-m", str(old), "-f", "0", "-device", "cpu", "--disable_tta",
-            "--disable_progress_bar", "-npp", "0", "-nps", "0"]
-    predict_from_modelfolder_entry_point([*base, "-o", str(tmp_path / "out"), "--modality", "MR"])
+    base = ["-m", str(old), "-f", "0", "-device", "cpu", "--disable_tta", "--disable_progress_bar", "-npp", "0",
+            "-nps", "0"]
+    predict_from_modelfolder_entry_point(["-i", str(m["inputs"]["MR"]), *base, "-o", str(tmp_path / "out"),
+                                          "--modality", "MR"])
     err = capsys.readouterr().err
-    assert err.count("The modality check is skipped: the model's plans hold no modality signatures") == 1, err
+    assert err.count("The signature part of the modality check is skipped: the model's plans hold no modality "
+                     "signatures") == 1, err
     assert json.loads((tmp_path / "out" / "modalities.json").read_text()) == {
-        "ct_0100": {"modality": "MR", "decided_by": "-m", "checked": False}}
-    _fails(capsys, [*base, "-o", str(tmp_path / "out_auto"), "--modality", "auto"],
+        "mr_0100": {"modality": "MR", "decided_by": "-m", "checked": True, "hounsfield": "not_hu"}}
+    _fails(capsys, ["-i", str(m["inputs"]["CT"]), *base, "-o", str(tmp_path / "out_ct"), "--modality", "MR"],
+           "ct_0100: given MR (by --modality): the image is in Hounsfield units", "a CT, not MR",
+           entry=predict_from_modelfolder_entry_point)
+    assert not (tmp_path / "out_ct").exists()
+    _fails(capsys, ["-i", str(m["inputs"]["CT"]), *base, "-o", str(tmp_path / "out_auto"), "--modality", "auto"],
            "--modality auto cannot recognise the cases: the model's plans hold no modality signatures",
            "Pass --modality NAME", entry=predict_from_modelfolder_entry_point)
     assert not (tmp_path / "out_auto").exists()
@@ -879,13 +886,16 @@ def test_a_wrong_number_of_channels(model_never_loaded, inputs_copy, tmp_path, c
 def test_truncated_input_images(model_never_loaded, inputs_copy, tmp_path, capsys):
     """A cut-off .nii.gz reads without a word in SimpleITK (zeros where its data is missing): refused, every bad file
     named, before the model is loaded, nothing written."""
-    from damaged_files import overstate_slices
+    from damaged_files import overstate_slices, understate_slices
     truncate_half(inputs_copy / "ct_0100_0000.nii.gz")
     overstate_slices(inputs_copy / "mr_0100_0000.nii.gz")
+    shutil.copy(inputs_copy / "ct_0100_0000.nii.gz", inputs_copy / "ct_0200_0000.nii.gz")
+    shutil.copy(model_never_loaded["inputs"]["all"] / "mr_0100_0000.nii.gz", inputs_copy / "mr_0200_0000.nii.gz")
+    understate_slices(inputs_copy / "mr_0200_0000.nii.gz")  # more data than the header promises (issue 22)
     before = _tree(tmp_path)
-    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE], "2 input problems",
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE], "4 input problems",
            f"{inputs_copy / 'ct_0100_0000.nii.gz'} is truncated", f"{inputs_copy / 'mr_0100_0000.nii.gz'} holds",
-           "replace it with a complete copy")
+           f"{inputs_copy / 'mr_0200_0000.nii.gz'} holds", "header promises only", "replace it with a complete copy")
     assert _tree(tmp_path) == before
 
 
@@ -911,3 +921,116 @@ def test_export_to_zip_and_install_keep_what_inference_needs(model, rules_predic
           "--disable_progress_bar"], installed)
     for case in ("ct_0100", "mr_0100"):
         np.testing.assert_array_equal(read(out / f"{case}.nii.gz")[1], read(rules_prediction / f"{case}.nii.gz")[1])
+
+
+# --- the modality check on real scans and on CTs not in HU (issue 22) ------------------------------------------------
+
+def _write(case, folder, name, like):
+    """A real scan, every second voxel, with the spacing of the model's test input `like` (intensities as they are):
+    predicting a whole head at the model's spacing would take many minutes on a CPU."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(case.image[0][::2, ::2, ::2]))
+    image.SetSpacing(sitk.ReadImage(str(like)).GetSpacing())
+    folder.mkdir(exist_ok=True)
+    sitk.WriteImage(image, str(folder / f"{name}_0000.nii.gz"))
+
+
+def test_real_scans_and_a_ct_off_hounsfield_units_on_the_trained_model(model_env, tmp_path, capsys):
+    """The issue's "Done when": on the model trained on generated hearts, a real CT given -m MR, a real MR given -m CT
+    and a CT stored with a +1024 offset given -m CT or -m auto stop the run naming the case (and the fix), nothing
+    written; the right -m predicts them."""
+    from scan_variants import real_cases
+    real = {c.name: c for c in real_cases()}
+    ct = tmp_path / "real_ct"
+    like = model_env["inputs"]["CT"] / "ct_0100_0000.nii.gz"
+    _write(real["head_ct_invesalius"], ct, "head", like)
+    mr = tmp_path / "real_mr"
+    _write(real["head_mr_t1_colin27"], mr, "colin", like)
+    offset = tmp_path / "offset"
+    offset.mkdir()
+    image = sitk.ReadImage(str(model_env["inputs"]["CT"] / "ct_0100_0000.nii.gz"))
+    sitk.WriteImage(sitk.Cast(image + 1024, sitk.sitkUInt16), str(offset / "scan_0000.nii.gz"))
+    out = tmp_path / "out"
+    _fails(capsys, ["-i", str(ct), "-o", str(out), "-m", "MR", *BASE], "head: given MR (by -m)", "looks like CT",
+           "--skip-modality-check")
+    _fails(capsys, ["-i", str(mr), "-o", str(out), "-m", "CT", *BASE], "colin: given CT (by -m)",
+           "not in HU", "rescale slope and intercept")
+    for flag in ("CT", "auto"):
+        _fails(capsys, ["-i", str(offset), "-o", str(out), "-m", flag, *BASE], "scan", "stored with a +1024 offset",
+               "rescale slope and intercept")
+    assert not out.exists()
+    # the right modality: predicted (a scan unlike the training images: predicted as given, with a warning)
+    predict_cli(model_env, ct, tmp_path / "ct_out", "-m", "CT", "-npp", "0", "-nps", "0")
+    predict_cli(model_env, mr, tmp_path / "mr_out", "-m", "MR", "-npp", "0", "-nps", "0")
+    assert (tmp_path / "ct_out" / "head.nii.gz").is_file() and (tmp_path / "mr_out" / "colin.nii.gz").is_file()
+    assert "match no modality clearly and are predicted as given" in capsys.readouterr().err
+    assert json.loads((tmp_path / "ct_out" / "modalities.json").read_text())["head"]["hounsfield"] == "hu"
+    # -m auto with --skip-modality-check says what it does with the flag
+    _fails(capsys, ["-i", str(offset), "-o", str(out), "-m", "auto", "--skip-modality-check", *BASE],
+           "--skip-modality-check cannot turn it off")
+
+
+def test_continue_prediction_never_rewrites_what_a_kept_output_was_predicted_with(model_env, tmp_path, capsys):
+    """The issue's reproduction: a CT folder predicted -m MR --skip-modality-check, then --continue_prediction without
+    -m: the MR-conditioned output is kept, and modalities.json keeps saying MR; the rerun's CT is reported."""
+    m = model_env
+    out = tmp_path / "out"
+    predict_cli(m, m["inputs"]["CT"], out, "-m", "MR", "--skip-modality-check", "-npp", "0", "-nps", "0")
+    capsys.readouterr()
+    before = (out / "ct_0100.nii.gz").stat().st_mtime_ns
+    predict_cli(m, m["inputs"]["CT"], out, "--continue_prediction", "-npp", "0", "-nps", "0")
+    err = capsys.readouterr().err
+    assert (out / "ct_0100.nii.gz").stat().st_mtime_ns == before
+    assert json.loads((out / "modalities.json").read_text())["ct_0100"] == {
+        "modality": "MR", "decided_by": "-m", "checked": False}
+    assert "ct_0100: predicted as MR, this run: CT" in err
+    assert oct((out / "modalities.json").stat().st_mode & 0o777) == oct((out / "ct_0100.nii.gz").stat().st_mode
+                                                                        & 0o777)
+
+
+def test_input_names_and_dimensions_that_nnunet_cannot_use(model_never_loaded, inputs_copy, tmp_path, capsys):
+    """`patient7.nii.gz` (no _0000) and `X_0000 (copy).nii.gz` crashed the input check with an IndexError."""
+    shutil.copy(inputs_copy / "ct_0100_0000.nii.gz", inputs_copy / "patient7.nii.gz")
+    shutil.copy(inputs_copy / "ct_0100_0000.nii.gz", inputs_copy / "X_0000 (copy).nii.gz")
+    before = _tree(tmp_path)
+    err = _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE],
+                 "2 input file(s)", "do not follow nnU-Net's naming CASE_XXXX.nii.gz",
+                 f"{inputs_copy / 'patient7.nii.gz'}: rename it to patient7_0000.nii.gz",
+                 f"{inputs_copy / 'X_0000 (copy).nii.gz'}: rename it to X_0000_copy_0000.nii.gz")
+    assert "IndexError" not in err and _tree(tmp_path) == before
+
+
+def test_a_2d_image_into_a_3d_configuration(model_env, inputs_copy, tmp_path, capsys):
+    volume = sitk.ReadImage(str(inputs_copy / "ct_0100_0000.nii.gz"))
+    sitk.WriteImage(volume[:, :, 12], str(inputs_copy / "ct_0100_0000.nii.gz"))
+    before = _tree(tmp_path)
+    _fails(capsys, ["-i", str(inputs_copy), "-o", str(tmp_path / "pred"), *BASE], "1 input image(s) are 2D",
+           f"{inputs_copy / 'ct_0100_0000.nii.gz'}", "is 3D", "-c 2d")
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc")
+def test_sigkill_of_a_prediction_leaves_no_process_behind(model, tmp_path):
+    """The issue's reproduction: nnUNetv2_predict_cin killed with SIGKILL (timeout -s KILL, a scheduler, the OOM
+    killer) left its preprocessing and export workers blocked for hours with parent 1. They end with their parent."""
+    from nnunet_helpers import descendants, left_running
+    inputs, out = tmp_path / "inputs", tmp_path / "pred"
+    inputs.mkdir()
+    for i in range(101, 105):
+        for case in ("ct_0100", "mr_0100"):
+            shutil.copy(model["inputs"]["all"] / f"{case}_0000.nii.gz", inputs / f"{case[:3]}0{i}_0000.nii.gz")
+    cmd = ["nnUNetv2_predict_cin", "-i", str(inputs), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f",
+           "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, env=model["env"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while proc.poll() is None and not list(out.glob("*.nii.gz")):  # workers up and busy
+            time.sleep(0.05)
+        workers = descendants(proc.pid)
+        assert proc.poll() is None, "the run ended before it could be killed: give it more cases"
+        assert len(workers) >= 2, workers
+        proc.kill()
+        proc.wait(timeout=60)
+        left = left_running(workers, 10)
+    finally:
+        proc.kill()
+    assert not left, f"processes of the killed run still running after 10 s: {left}"

@@ -9,7 +9,10 @@
    stops leaves the .partial folder, which the next run replaces. Inside it, a private nnU-Net folder tree (.work):
    the new cases preprocessed with the model's plans (its spacing, patch and network; the new modality's
    normalization), then, per fold of the model, nnU-Net's training of the new CIN rows by the model's own trainer
-   (nnunet_cin.add_modality.trainer), nnU-Net's sliding-window validation on the new cases (labelled only).
+   (nnunet_cin.add_modality.trainer), nnU-Net's sliding-window validation on the new cases (labelled only). The
+   adaptation trains on fold "all" (every new case), so that "validation" and its pseudo-Dice are measured on the
+   cases it trained on: a check that it fits, not an estimate for unseen cases (predict held-out cases and evaluate
+   them with nnUNetv2_evaluate_cin for that).
 3. Per fold, fold_X/checkpoint_final.pth: the model's checkpoint with the extended weights and plans, written only
    after every tensor of the model was found bitwise unchanged and every CIN tensor equal on the old rows
    (nnunet_cin.add_modality.rows.unchanged_except_new_rows); fold_X/add_modality.json (what was done), the
@@ -259,7 +262,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations-per-epoch", type=int, default=DEFAULT_ITERATIONS,
                         help=f"training iterations per epoch. Default: {DEFAULT_ITERATIONS}")
     parser.add_argument("--val-iterations-per-epoch", type=int, default=DEFAULT_VAL_ITERATIONS,
-                        help=f"validation iterations per epoch (pseudo-Dice). Default: {DEFAULT_VAL_ITERATIONS}")
+                        help=f"validation iterations per epoch (pseudo-Dice, on the new cases it trains on: a fit check, "
+                             f"not held out). Default: {DEFAULT_VAL_ITERATIONS}")
     parser.add_argument("--init", default=CLOSEST, metavar="closest|mean|MODALITY",
                         help="where the new rows start: the rows of the model's modality closest to the new cases "
                              "by signature (default), the mean of the model's rows, or a modality's rows")

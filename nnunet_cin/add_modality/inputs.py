@@ -202,6 +202,11 @@ def check_request(model_folder: str, dataset: str, new: str, output: str, folds:
     if os.path.exists(output):
         raise AddModalityError(f"the output folder {output} exists: add-modality writes a new model folder; give "
                                f"another -o, or remove it")
+    inside = os.path.realpath(os.path.abspath(output))
+    model = os.path.realpath(os.path.abspath(model_folder))
+    if inside == model or inside.startswith(model.rstrip(os.sep) + os.sep):
+        raise AddModalityError(f"-o {output} is inside the model folder {model_folder}, which add-modality only reads "
+                               f"(nnU-Net would take a folder there for part of the model); give an -o outside it")
     use_folds = _model_folds(model_folder, folds)
     if not use_folds:
         raise AddModalityError(f"{model_folder} has no fold_X/{CHECKPOINT}: train the model first, or pass -f")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from nnunet_cin.inference.orphans import run_forwarding_signals
 from nnunet_cin.experiments.nnunet_runs import CONTINUE, DONE, VALIDATE, prepare_continue, training_state
 from nnunet_cin.modalities import case_id_from_image_file, case_id_from_label_file
 
@@ -28,7 +29,7 @@ def _stage(number: int, total: int, text: str):
 def _run(command: List[str], env: dict):
     print("$ " + " ".join(command), flush=True)
     start = time.time()
-    subprocess.run(command, env=env, check=True)
+    run_forwarding_signals(command, env=env, check=True)  # SIGTERM/SIGINT reach the command, which is waited for
     print(f"    ({time.time() - start:.0f} s)", flush=True)
 
 

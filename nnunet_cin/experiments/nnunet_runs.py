@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import List
 
+from nnunet_cin.inference.orphans import signals_passed_on
+
 FINAL, LATEST, BEST = "checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"
 NEW, CONTINUE, VALIDATE, DONE = "new", "continue", "validate", "done"
 
@@ -61,11 +63,12 @@ def run_logged(command: List[str], env: dict, log_file: Path, verbose: bool = Fa
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with open(log_file, "a") as log:
+    # SIGTERM/SIGINT are passed on to the command and it is waited for: nothing outlives the comparison
+    with open(log_file, "a") as log, signals_passed_on() as forwarder:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   bufsize=1)
+        process = forwarder.started(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.STDOUT, text=True, bufsize=1))
         for line in process.stdout:
             log.write(line)
             if verbose:

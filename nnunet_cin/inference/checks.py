@@ -11,6 +11,7 @@
 Every problem found is listed in one PredictionInputError, naming the file and what to do.
 """
 import os
+import re
 import tempfile
 from typing import Dict, List, Sequence, Union
 
@@ -106,6 +107,18 @@ def _channels_in_file(file: str, file_ending: str, case: str, model: str, wanted
                                f"one 3D (or 2D) image per channel ({wanted})")
 
 
+def check_input_dimensions(list_of_lists: List[List[str]], spatial_dims: int, configuration: str = "") -> None:
+    """A 2D image given to a 3D configuration (whose network convolves across slices) is refused, naming the
+    files (nnU-Net would predict it as a stack of one slice)."""
+    if spatial_dims != 3:
+        return
+    flat = [f for files in list_of_lists for f in files if len(_image_size(f)[0]) == 2]
+    if flat:
+        raise PredictionInputError(
+            f"{len(flat)} input image(s) are 2D, but the model's configuration {configuration or ''} is 3D: "
+            + ", ".join(flat) + ". Predict 2D images with a 2d configuration of the model (-c 2d), or give 3D volumes")
+
+
 def check_input_images(list_of_lists: List[List[str]], file_ending: str, channel_names: Dict[str, str],
                        dataset_json_file: str = "the model's dataset.json") -> None:
     """Every case has one file per channel of the model (CASE_0000 ... CASE_{N-1}), each one complete 2D or 3D
@@ -141,11 +154,36 @@ def input_lists(list_of_lists_or_source_folder: Union[str, List[List[str]]], fil
         return list_of_lists_or_source_folder
     if not os.path.isdir(list_of_lists_or_source_folder):
         raise FileNotFoundError(f"input folder {list_of_lists_or_source_folder} does not exist")
-    lists = create_lists_from_splitted_dataset_folder(list_of_lists_or_source_folder, file_ending)
+    check_input_names(list_of_lists_or_source_folder, file_ending)
+    lists = [files for files in create_lists_from_splitted_dataset_folder(list_of_lists_or_source_folder, file_ending)
+             if files]
     if not lists:
         raise FileNotFoundError(f"no input images ending in _XXXX{file_ending} in {list_of_lists_or_source_folder} "
                                 f"(nnU-Net's naming: CASE_0000{file_ending}, one file per channel)")
     return lists
+
+
+_NNUNET_NAME = re.compile(r"^(.+)_(\d{4})$")
+
+
+def check_input_names(folder: str, file_ending: str) -> None:
+    """Every image file of an input folder follows nnU-Net's naming, CASE_XXXX<file_ending>: nnU-Net lists the others
+    under a case cut out of their name with no file (`patient7.nii.gz`: case "pati"), and its listing would fail far
+    from the cause. One PredictionInputError names each file and the name it needs."""
+    bad = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(file_ending) or not os.path.isfile(os.path.join(folder, name)):
+            continue
+        stem = name[:-len(file_ending)]
+        if _NNUNET_NAME.match(stem):
+            continue
+        case = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") or "case"
+        bad.append(f"{os.path.join(folder, name)}: rename it to {case}_0000{file_ending} (channel 0 of case {case})")
+    if bad:
+        raise PredictionInputError(
+            f"{len(bad)} input file(s) in {folder} do not follow nnU-Net's naming CASE_XXXX{file_ending} (the case "
+            f"name, then the four-digit channel: one file per channel):\n" +
+            "\n".join(f"- {b}" for b in bad))
 
 
 def input_folders(list_of_lists_or_source_folder: Union[str, List[List[str]]]) -> List[str]:

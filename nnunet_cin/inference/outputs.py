@@ -27,10 +27,13 @@ from typing import List, Optional
 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_cin.inference.orphans import end_with_parent
 from nnunet_cin.io_checks import NIFTI_ENDINGS, incomplete_reason
 
 PARTIAL_PREFIX = ".partial-"
 PROBABILITY_ENDINGS = (".npz", ".pkl")  # nnU-Net's --save_probabilities outputs, written before the segmentation
+
+end_with_parent()  # this module is imported by nnU-Net's spawned workers: they end with their parent
 
 
 def is_staging_folder(folder: str) -> bool:

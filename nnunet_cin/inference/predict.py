@@ -7,9 +7,10 @@ How a case's modality reaches the network:
 1. `nnUNetPredictorCIN.decide_modalities` resolves every input case BEFORE anything is written: `-m NAME`
    (`predictor.modality`) for all cases, else the rules of the model's dataset.json (nnunet_cin.modalities). An
    unresolvable case, or a modality the model was not trained on, is a ModalityError listing the cases and the
-   valid names. Then every case's image is compared with the modality signatures of the model's plans
-   (nnunet_cin.inference.modality_check): a case that clearly looks like another modality than it was given stops
-   the run (`--skip-modality-check`, `predictor.check_modalities = False`: no check); `-m auto` gives each case the
+   valid names. Then every case's image is checked for Hounsfield units and compared with the modality
+   signatures of the model's plans (nnunet_cin.inference.modality_check): a case that clearly looks like another
+   modality than it was given, or is not in HU for a modality that needs HU, stops the run
+   (`--skip-modality-check`, `predictor.check_modalities = False`: no check); `-m auto` gives each case the
    modality it looks like. The decisions are printed and recorded in the output folder's modalities.json.
 2. Preprocessing: the plans' preprocessor (CINPreprocessor for nnUNetPlansCIN: the modality's normalization) runs
    inside nnU-Net's own data iterators; `ModalityConfigurationManager.preprocessor_class` hands them a
@@ -22,7 +23,8 @@ How a case's modality reaches the network:
    preprocessing.
 Around it: the inputs and the output are checked before the model is loaded (nnunet_cin.inference.checks), outputs
 are written complete or not at all and --continue_prediction re-predicts incomplete ones (nnunet_cin.inference.outputs),
-and SIGTERM ends the run with its workers.
+and SIGTERM ends the run with its workers; SIGKILL too (the workers end with their parent:
+nnunet_cin.inference.orphans).
 The predictor keeps the signatures of nnU-Net's nnUNetPredictor (nnU-Net records predict_from_files' arguments by
 inspecting its signature) and wraps nnU-Net's own bodies. Everything else (sliding window, Gaussian weighting,
 mirroring, fold ensembling, resampling, export, --save_probabilities, -num_parts/-part_id) is nnU-Net's: the outputs
@@ -46,7 +48,9 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_cin.cin import cin_layers, condition
-from nnunet_cin.inference.checks import check_prediction_inputs_and_outputs
+from nnunet_cin.inference.checks import check_input_dimensions, check_prediction_inputs_and_outputs
+from nnunet_cin.inference.hounsfield import hu_modalities
+from nnunet_cin.inference.orphans import forked_children_end_with_this_process
 from nnunet_cin.inference.modality_check import (AUTO, BY_FLAG, BY_RULES, CaseModality, ModalityCheck,
                                                  array_features, features_of_cases, record_decisions,
                                                  table, unclear)
@@ -153,7 +157,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
             self._check_name(self.modality)
         file_ending = self.dataset_json['file_ending']
         cases = {case_id_from_image_file(files[0], file_ending): files for files in list_of_lists}
-        check = ModalityCheck(CINPlans(self.plans_manager.plans).signatures, self.modalities)
+        check = self._modality_check()
         if auto and not check.usable:
             raise ModalityError(f"{self.modality_flag} auto cannot recognise the cases: {check.why_unusable}. Pass "
                                 f"{self.modality_flag} NAME, or name the files after the model's rules")
@@ -162,15 +166,18 @@ class nnUNetPredictorCIN(nnUNetPredictor):
             decisions = given
             self._tell("The modality check is off (--skip-modality-check / predictor.check_modalities = False): no "
                        "case is compared with the modality signatures of the model's plans.", warning=True)
-        elif not check.usable:
+        elif not check.usable and not any(check.checks(d.modality) for d in given.values()):
             decisions = given
             self._tell(f"The modality check is skipped: {check.why_unusable}.", warning=True)
         else:
-            if check.unsigned:
+            if not check.usable:
+                self._tell(f"The signature part of the modality check is skipped: {check.why_unusable}. Only the "
+                           f"Hounsfield-unit check runs (for {check.hu_modalities}).", warning=True)
+            elif check.unsigned:
                 self._tell(f"The model's plans hold no signature for {check.unsigned}: cases of "
                            f"{'these modalities' if len(check.unsigned) > 1 else 'this modality'} are not checked"
                            f"{' and cannot be recognised' if auto else ''}.", warning=True)
-            to_check = cases if auto else {c: f for c, f in cases.items() if given[c].modality in check.known}
+            to_check = cases if auto else {c: f for c, f in cases.items() if check.checks(given[c].modality)}
             features = features_of_cases(to_check, self.plans_manager.image_reader_writer_class)
             decisions = (check.recognise(list(cases), features, self.modality_flag) if auto
                          else check.check_given(given, features, self.modality_flag))
@@ -183,6 +190,11 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                        "\n".join(f"  - {c}: given {d.modality}, {d.describe()}" for c, d in doubtful.items()),
                        warning=True)
         return decisions
+
+    def _modality_check(self) -> ModalityCheck:
+        """The check of this model: its plans' signatures, and which of its modalities need Hounsfield units."""
+        plans = self.plans_manager.plans
+        return ModalityCheck(CINPlans(plans).signatures, self.modalities, hu_modalities(plans))
 
     def _given_modalities(self, case_ids: List[str]) -> Dict[str, CaseModality]:
         """Each case's modality by `self.modality` or the model's rules; errors for unresolvable cases and modalities
@@ -257,12 +269,12 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                 unnamed.append(f"image {i}")
             else:
                 given[f"image {i}"] = CaseModality(self._check_name(modality or forced), BY_FLAG)
-        check = ModalityCheck(CINPlans(self.plans_manager.plans).signatures, self.modalities)
+        check = self._modality_check()
         if unnamed and not check.usable:
             raise ModalityError(f'predictor.modality = "auto" cannot recognise the images: {check.why_unusable}')
-        if check.usable and (self.check_modalities or unnamed):
+        if (check.usable or check.hu_modalities) and (self.check_modalities or unnamed):
             features = {f"image {i}": array_features(image, p) for i, (image, p) in enumerate(zip(images, properties))}
-            checked = {c: d for c, d in given.items() if d.modality in check.known}
+            checked = {c: d for c, d in given.items() if check.checks(d.modality)}
             if self.check_modalities and checked:
                 check.check_given(checked, features, "predictor.modality")
             given.update(check.recognise(unnamed, features, "predictor.modality") if unnamed else {})
@@ -277,6 +289,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         outputs are staged."""
         lists = check_prediction_inputs_and_outputs(list_of_lists_or_source_folder,
                                                     output_folder_or_list_of_truncated_output_files, self.dataset_json)
+        check_input_dimensions(lists, len(self.configuration_manager.patch_size))
         self._run_decisions = self.decide_modalities(lists[part_id::num_parts])
         previous = self.configuration_manager.case_modalities
         self.configuration_manager.case_modalities = {c: d.modality for c, d in self._run_decisions.items()}
@@ -399,7 +412,7 @@ class nnUNetPredictorCIN(nnUNetPredictor):
         name the modality, and modalities.json records the modality of each case of the run; with overwrite=False
         (--continue_prediction) a case counts as predicted when all its outputs read back completely (nnU-Net: when
         they exist); outputs are staged (see `_staged_outputs`)."""
-        self._record_modality(output_folder_or_list_of_truncated_output_files)
+        folder = self._record_arguments(output_folder_or_list_of_truncated_output_files)
         lists, outputs, prev_stage = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
@@ -416,24 +429,43 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                         print(f"{problem}: predicting {os.path.basename(output)} again")
             print(f"overwrite was set to {overwrite}, so I am only working on cases whose outputs are missing or "
                   f"incomplete. That's {len(todo)} cases.")
+            kept = [os.path.basename(o) for i, o in enumerate(outputs) if i not in set(todo)]
             lists, outputs, prev_stage = ([x[i] for i in todo] for x in (lists, outputs, prev_stage))
+        else:
+            kept = []
+        self._record_modality(folder, kept)
         if self._staging is not None:
             outputs = [self._staging.stage(o) for o in outputs]
         return lists, outputs, prev_stage
 
-    def _record_modality(self, output_folder_or_list_of_truncated_output_files):
+    def _record_arguments(self, output_folder_or_list_of_truncated_output_files) -> Optional[str]:
+        """The run's arguments (nnU-Net's predict_from_raw_data_args.json) name the modality; returns the output
+        folder (None: no output files)."""
         if isinstance(output_folder_or_list_of_truncated_output_files, str):
             folder = output_folder_or_list_of_truncated_output_files
         elif isinstance(output_folder_or_list_of_truncated_output_files, list):
-            folder = os.path.dirname(output_folder_or_list_of_truncated_output_files[0])
+            folder = os.path.dirname(output_folder_or_list_of_truncated_output_files[0]) or os.curdir
         else:
-            return
+            return None
         args_file = join(folder, 'predict_from_raw_data_args.json')
         if isfile(args_file):
             save_json({**load_json(args_file), "modality": self.modality, "check_modalities": self.check_modalities},
                       args_file)
-        if self._run_decisions:
-            record_decisions(folder, self._run_decisions)
+        return folder
+
+    def _record_modality(self, folder: Optional[str], kept: Sequence[str]):
+        """modalities.json: this run's decision for every case it predicts; the earlier record stays for the outputs
+        --continue_prediction keeps (`kept`: their case ids), and a kept output this run would predict as another
+        modality is reported."""
+        if folder is None or not self._run_decisions:
+            return
+        conflicts = record_decisions(folder, self._run_decisions, kept=kept)
+        if conflicts:
+            self._tell(f"{len(conflicts)} output(s) kept by --continue_prediction were predicted as another modality "
+                       f"than this run gives them; they are not predicted again (modalities.json keeps what they were "
+                       f"predicted with). Delete them, or predict into a new folder, to predict them as given:\n" +
+                       "\n".join(f"  - {c}: predicted as {was}, this run: {now}" for c, was, now in conflicts),
+                       warning=True)
 
     def get_data_iterator_from_raw_npy_data(self, image_or_list_of_images: Union[np.ndarray, List[np.ndarray]],
                                             segs_from_prev_stage_or_list_of_segs_from_prev_stage: Union[
@@ -667,9 +699,10 @@ def _sigterm_ends_run():
 
 def _add_modality_check_arguments(parser: argparse.ArgumentParser):
     parser.add_argument('--skip-modality-check', action='store_true',
-                        help="do not compare the input images with the modality signatures of the model's plans (by "
-                             "default a case whose image clearly looks like another modality than it was given stops "
-                             "the run before anything is written)")
+                        help="do not check the input images (by default a case whose image clearly looks like "
+                             "another modality than it was given, by the modality signatures of the model's plans, or "
+                             "that is not in Hounsfield units for a modality that needs them, stops the run before "
+                             "anything is written). -m auto still decides by the check")
 
 
 def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Optional[str], num_parts: int = 1,
@@ -690,9 +723,15 @@ def _run(parser: argparse.ArgumentParser, args, model_folder: str, modality: Opt
                                        verbose=args.verbose, verbose_preprocessing=args.verbose,
                                        allow_tqdm=not args.disable_progress_bar)
         predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
+        check_input_dimensions(lists, len(predictor.configuration_manager.patch_size), model_folder)
         predictor.modality = modality
         predictor.modality_flag = modality_flag
         predictor.check_modalities = not args.skip_modality_check
+        if args.skip_modality_check and modality == AUTO:
+            print(f"WARNING: {modality_flag} auto recognises each case by the modality check, so "
+                  f"--skip-modality-check cannot turn it off: the signatures and the Hounsfield-unit check still "
+                  f"decide each case's modality (give {modality_flag} NAME to predict without the check)",
+                  file=sys.stderr, flush=True)
         # resolve and check now: an error stops the run before the output folder or any file is created
         predictor.modalities_of_cases(lists[part_id::num_parts])
     except (ModalityError, FileNotFoundError, ValueError) as e:
@@ -754,7 +793,7 @@ def predict_entry_point(argv: Optional[Sequence[str]] = None):
         parser.exit(2, f"{parser.prog}: error: no trained model at {model_folder} (-tr {args.tr} -p {args.p} -c "
                        f"{args.c}). Models of this dataset: {', '.join(trained) or 'none'} "
                        f"(TRAINER__PLANS__CONFIGURATION)\n")
-    with _sigterm_ends_run():
+    with _sigterm_ends_run(), forked_children_end_with_this_process():
         _run(parser, args, model_folder, args.modality, args.num_parts, args.part_id)
 
 
@@ -772,7 +811,7 @@ def predict_from_modelfolder_entry_point(argv: Optional[Sequence[str]] = None):
     _add_modality_check_arguments(parser)
     _add_common_arguments(parser, 3, 3)
     args = parser.parse_args(argv)
-    with _sigterm_ends_run():
+    with _sigterm_ends_run(), forked_children_end_with_this_process():
         _run(parser, args, args.m, args.modality, modality_flag='--modality')
 
 

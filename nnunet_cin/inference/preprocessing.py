@@ -18,9 +18,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+from nnunet_cin.inference.orphans import end_with_parent
 from nnunet_cin.modalities import ModalityError, case_id_from_image_file
 
 CIN_PREPROCESSOR = "CINPreprocessor"  # nnunet_cin.preprocessing.preprocessor.CINPreprocessor.__name__
+
+end_with_parent()  # this module is imported by nnU-Net's spawned workers: they end with their parent
 
 
 class ModalityPreprocessor:
