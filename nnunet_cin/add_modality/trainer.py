@@ -88,7 +88,7 @@ class NewRowsAdaptation:
         (returned)."""
         weights = torch.load(self.adaptation.checkpoint, map_location="cpu", weights_only=False)["network_weights"]
         network.load_state_dict(extended_state_dict(weights, network, self.adaptation.init))
-        return attach_new_rows(network, self.adaptation.num_old)
+        return attach_new_rows(network, weights)
 
     def changed_outside_new_rows(self, original: Dict[str, torch.Tensor],
                                  weights: Dict[str, torch.Tensor]) -> List[str]:
