@@ -95,6 +95,8 @@ def parse_args(argv=None):
     p.add_argument("--arms", nargs="+", default=["a", "a_dec", "a_ad", "b", "c", "d", "e"],
                    help="arms to run (a a_dec a_ad b c d e)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true",
+                   help="table the runs already evaluated under ROOT (of --ks, --seeds), run nothing")
     p.add_argument("-device", default="cpu")
     return p.parse_args(argv)
 
@@ -184,7 +186,7 @@ def subset(root: Path, k: int, seed: int, pool: int) -> Path:
     source = root / "raw" / f"Dataset{T2_ID}_AddBenchT2"
     cases = sorted(np.random.default_rng(seed).permutation(pool)[:k].tolist())
     for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True)
+        (folder / sub).mkdir(parents=True, exist_ok=True)  # (runs side by side may draw the same subset)
     for i in cases:
         shutil.copy(source / "imagesTr" / f"t2_{i:04d}_0000.nii.gz", folder / "imagesTr")
         shutil.copy(source / "labelsTr" / f"t2_{i:04d}.nii.gz", folder / "labelsTr")
@@ -209,15 +211,20 @@ def predict_and_score(model: Path, images: Path, labels: Path, out: Path, modali
     return {c["case"]: {s: c["metrics"][s]["Dice"] for s in STRUCTURES} for c in result["metric_per_case"]}
 
 
+def run_name(args, arm: str, k: int, seed: int) -> str:
+    name = (f"{arm}_k{k}_s{seed}" if k else arm) + (f"_lr{args.lr:g}" if args.lr and arm in LR_ARMS else "")
+    if arm in ADAPTING_ARMS and (args.epochs, args.iterations) != (DEFAULT_EPOCHS, DEFAULT_ITERATIONS):
+        name += f"_{args.epochs}x{args.iterations}"  # another budget: its own runs, not the default's
+    return name
+
+
 def run_arm(args, root: Path, model: Path, arm: str, k: int, seed: int, trainers) -> dict:
     import torch
 
     from nnunet_cin.add_modality.command import add_modality
     from nnunet_cin.add_modality.inputs import check_request
 
-    name = (f"{arm}_k{k}_s{seed}" if k else arm) + (f"_lr{args.lr:g}" if args.lr and arm in LR_ARMS else "")
-    if arm in ADAPTING_ARMS and (args.epochs, args.iterations) != (DEFAULT_EPOCHS, DEFAULT_ITERATIONS):
-        name += f"_{args.epochs}x{args.iterations}"  # another budget: its own runs, not the default's
+    name = run_name(args, arm, k, seed)
     record_file = root / "evaluations" / f"{name}.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
@@ -293,15 +300,15 @@ def report(args, records: list, base: dict, root: Path) -> str:
     from nnunet_cin.evaluation.statistics import compare_paired
 
     def runs(arm, k):
-        return [r for r in records if r["arm"] == arm and r["k"] == k]
+        return [r for r in records if r["arm"] == arm and r["k"] == k and (k == 0 or r["seed"] in args.seeds)]
 
     lines = [f"Training iterations: (a), (b), (e) {args.epochs} x {args.iterations}; (c) {args.base_epochs} x "
              f"{args.base_iterations} (the base model's); test cases: {args.test_cases} per modality", "",
              "| T2 mean Dice, 95% CI over test cases | " + " | ".join(f"k = {k}" for k in args.ks) + " |",
              "|---|" + "---:|" * len(args.ks)]
-    for arm in [a for a in TRAINED_ARMS if runs(a, args.ks[0])]:
-        lines.append(f"| {ARMS[arm]} | " + " | ".join(cell(*averaged_over_seeds(runs(arm, k))) for k in args.ks)
-                     + " |")
+    for arm in [a for a in TRAINED_ARMS if any(runs(a, k) for k in args.ks)]:
+        lines.append(f"| {ARMS[arm]} | " + " | ".join(cell(*averaged_over_seeds(runs(arm, k))) if runs(arm, k)
+                                                       else "–" for k in args.ks) + " |")
     for arm in [a for a in ("d", "d_mean") if runs(a, 0)]:
         lines.append(f"| {ARMS[arm]} | " + " | ".join([cell(*averaged_over_seeds(runs(arm, 0)))] * len(args.ks))
                      + " |")
@@ -311,13 +318,19 @@ def report(args, records: list, base: dict, root: Path) -> str:
         (f"{ARMS[arm].split(' ')[0]} - {ref}", arm, ref.strip("()")) for arm in ("a", "a_dec", "a_ad")
         for ref in ("(b)", "(c)")] + [(f"{ARMS[arm].split(' ')[0]} - (a)", arm, "a") for arm in ("a_dec", "a_ad")]
     for label, arm, ref in pairs:
-        if not runs(arm, args.ks[0]) or not runs(ref, 0 if ref == "d" else args.ks[0]):
+        if not any(runs(arm, k) for k in args.ks) or not runs(ref, 0) and not any(runs(ref, k) for k in args.ks):
             continue
         reference_d, _ = averaged_over_seeds(runs("d", 0)) if ref == "d" else (None, None)
         row = []
         for k in args.ks:
-            mine, _ = averaged_over_seeds(runs(arm, k))
-            other = reference_d if ref == "d" else averaged_over_seeds(runs(ref, k))[0]
+            # paired over the seeds both arms have (each seed: the same k cases)
+            seeds = {r["seed"] for r in runs(arm, k)} & ({0} if ref == "d" else {r["seed"] for r in runs(ref, k)})
+            if not seeds:
+                row.append("–")
+                continue
+            mine, _ = averaged_over_seeds([r for r in runs(arm, k) if r["seed"] in seeds])
+            other = reference_d if ref == "d" else averaged_over_seeds([r for r in runs(ref, k)
+                                                                        if r["seed"] in seeds])[0]
             cases = sorted(mine)
             c = compare_paired([mine[x] for x in cases], [other[x] for x in cases])
             row.append(f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}], p={c.p:.3f}")
@@ -325,7 +338,7 @@ def report(args, records: list, base: dict, root: Path) -> str:
     lines += ["", "| CT / MR mean Dice on held-out cases | CT | MR |", "|---|---:|---:|"]
     lines.append("| base model (and (a), (a+dec), (a+ad), (d), (e): bitwise the same) | "
                  + " | ".join(cell(by_modality(base["CT+MR"], m), []) for m in ("CT", "MR")) + " |")
-    for k in [k for k in args.ks if runs("b", k)]:
+    for k in [k for k in args.ks if runs("b", k)]:  # (b) changes them
         b = runs("b", k)
         lines.append(f"| (b) fine-tuned on k = {k} T2 cases | "
                      + " | ".join(cell(*averaged_over_seeds(b, "CT+MR", m)) for m in ("CT", "MR")) + " |")
@@ -359,6 +372,13 @@ def main(argv=None):
     model = base_model(args, root)
     base = base_scores(root, model)
     trainers = arm_trainers()
+    if args.report_only:
+        names = [run_name(args, a, 0, 0) for a in ("d", "d_mean")] + [
+            run_name(args, a, k, s) for a in TRAINED_ARMS if a in args.arms for k in args.ks for s in args.seeds]
+        files = [root / "evaluations" / f"{n}.json" for n in names]
+        records = [json.loads(f.read_text()) for f in files if f.is_file()]
+        print(report(args, records, base, root))
+        return
     records = [run_arm(args, root, model, arm, 0, 0, trainers) for arm in ("d", "d_mean") if "d" in args.arms]
     for k in args.ks:
         for seed in args.seeds:

@@ -4,7 +4,8 @@
 (nnUNetTrainerCIN or one of its conditional subclasses: the same network, built the same way), plus:
 - the network starts from the model fold's weights, each CIN tensor extended by one row (a copy of the closest
   modality's row, or the mean row: nnunet_cin.add_modality.rows.extended_state_dict);
-- only the new rows are parameters that train (rows.attach_new_rows), and the optimizer is the model trainer's own
+- only the new rows (and what --adapt adds for the new modality: its rows in the decoder's norms, its residual
+  adapters) are parameters that train (rows.attach_new_rows), and the optimizer is the model trainer's own
   (nnU-Net's SGD with momentum, Nesterov and weight decay; the transformer trainers' AdamW), built over the network
   after freezing: parameters without a gradient are skipped by torch's optimizers, weight decay included;
 - nnU-Net's loss, augmentation, data loading and sliding-window validation as they are (labelled cases), on the new
