@@ -150,6 +150,8 @@ def initial_rows(request: Request, analysis: ModalityAnalysis) -> Tuple[str, str
 # shared affine, which computes bitwise what the shared norm computed); also a residual 1x1 adapter after every norm
 # (nnunet_cin.networks.adapters).
 ADAPT = ("rows", "rows+decoder", "adapters")
+# rows: until benchmarks/bench_add_modality.py (arms a, a_dec, a_ad; k = 1, 2, 4; seeds) shows another one at least as
+# good at every k, the long-measured option stays the default
 DEFAULT_ADAPT = "rows"
 
 

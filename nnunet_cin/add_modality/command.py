@@ -273,7 +273,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the new modality gets of its own: its CIN rows in the encoder (rows); also in the "
                              "decoder's norms (rows+decoder); also a residual 1x1 adapter after every norm (adapters; "
                              "conditional U-Nets). The old modalities compute bitwise what they computed before in "
-                             f"each case. Default: {DEFAULT_ADAPT} (the best measured: see the documentation)")
+                             f"each case. Default: {DEFAULT_ADAPT} (the others are not measured yet against it on "
+                             f"the benchmark: see the documentation)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                         help=f"epochs of the adaptation (0: the initial rows, untrained). Default: {DEFAULT_EPOCHS}")
     parser.add_argument("--iterations-per-epoch", type=int, default=DEFAULT_ITERATIONS,
