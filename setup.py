@@ -5,10 +5,10 @@ setup(
     version="0.1.0",
     description="Cross-modality nnU-Net: one model for CT and MRI via conditional instance normalization",
     python_requires=">=3.10",
-    # trainers/ and planners/ live at the top of the repository (nnU-Net's nnUNet_extTrainer points at a
-    # folder), but are installed inside the package so that a non-editable install carries them too.
-    packages=find_packages(include=["nnunet_cin", "nnunet_cin.*"]) + ["nnunet_cin.trainers", "nnunet_cin.planners"],
-    package_dir={"nnunet_cin": "nnunet_cin", "nnunet_cin.trainers": "trainers", "nnunet_cin.planners": "planners"},
+    # trainers/ lives at the top of the repository (nnU-Net's nnUNet_extTrainer points at a folder), but is
+    # installed inside the package so that a non-editable install carries it too.
+    packages=find_packages(include=["nnunet_cin", "nnunet_cin.*"]) + ["nnunet_cin.trainers"],
+    package_dir={"nnunet_cin": "nnunet_cin", "nnunet_cin.trainers": "trainers"},
     install_requires=[
         "nnunetv2==2.8.1",  # the version nnunet_cin/nnunet_copies.py records the copied originals of
         "torch==2.14.1",
@@ -16,13 +16,13 @@ setup(
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
-        "console_scripts": [
-            "nnunet-cin=nnunet_cin.cli:main",
-            "nnUNetv2_plan_and_preprocess_cin=nnunet_cin.planning.plan_and_preprocess:main",
-            "nnUNetv2_predict_cin=nnunet_cin.inference.predict:predict_entry_point",
-            "nnUNetv2_predict_cin_from_modelfolder=nnunet_cin.inference.predict:predict_from_modelfolder_entry_point",
-            "nnUNetv2_evaluate_cin=nnunet_cin.evaluation.evaluate:main",
-            "nnUNetv2_convert_mmwhs=nnunet_cin.dataset_conversion.mmwhs:main",
+        "console_scripts": [  # nnunet_cin.commands: each command's module imported without dependencies' noise
+            "nnunet-cin=nnunet_cin.commands:nnunet_cin",
+            "nnUNetv2_plan_and_preprocess_cin=nnunet_cin.commands:plan_and_preprocess",
+            "nnUNetv2_predict_cin=nnunet_cin.commands:predict",
+            "nnUNetv2_predict_cin_from_modelfolder=nnunet_cin.commands:predict_from_modelfolder",
+            "nnUNetv2_evaluate_cin=nnunet_cin.commands:evaluate",
+            "nnUNetv2_convert_mmwhs=nnunet_cin.commands:convert_mmwhs",
         ]
     },
 )

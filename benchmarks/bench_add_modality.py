@@ -37,10 +37,9 @@ import time
 from pathlib import Path
 
 # before nnU-Net is imported: its worker counts are read at import
-os.environ.setdefault("nnUNet_n_proc_DA", "0")
-os.environ.setdefault("nnUNet_def_n_proc", "1")
-os.environ.setdefault("nnUNet_compile", "false")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from nnunet_cin.environment import cpu_defaults  # (imports no nnU-Net)
+
+os.environ.update(cpu_defaults(os.environ, processes=1, augmentation_workers=0))
 os.environ.setdefault("nnUNet_cin_fingerprint_samples", "1e6")
 
 BASE_ID, T2_ID = 961, 962

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunet_cin.environment import cpu_defaults
+
 DATASET_ID = 998
 
 
@@ -31,8 +33,7 @@ def prepare(workdir: Path, shape: int, cases: int) -> dict:
     for p in env.values():
         Path(p).mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
-    os.environ.setdefault("nnUNet_n_proc_DA", "0")
-    os.environ.setdefault("nnUNet_compile", "false")
+    os.environ.update(cpu_defaults(os.environ, augmentation_workers=0))
     if not list((workdir / "preprocessed").glob(f"Dataset{DATASET_ID}_*/nnUNetPlans.json")):
         from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 

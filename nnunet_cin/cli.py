@@ -1,14 +1,17 @@
 """`nnunet-cin`: helper commands around nnU-Net's own (`nnunet-cin env`, `nnunet-cin demo`, ...)."""
 import argparse
 import os
+import shlex
 import sys
 from typing import Optional, Sequence
 
-from nnunet_cin.environment import NNUNET_FOLDERS, env_exports
+from nnunet_cin.environment import NNUNET_FOLDERS, cpu_defaults, env_exports
 
 
 def _env(args) -> int:
     lines = env_exports(os.environ, args.root)
+    if args.cpu:
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in cpu_defaults(os.environ).items()]
     print("\n".join(lines) if lines else "# nothing to export: your environment already has everything")
     missing = [n for n in NNUNET_FOLDERS if not os.environ.get(n)]
     if missing and args.root is None:
@@ -25,6 +28,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    "eval \"$(nnunet-cin env)\"")
     p.add_argument("--root", default=None, help="also export nnUNet_raw/_preprocessed/_results under this folder "
                                                 "for those not set yet")
+    p.add_argument("--cpu", action="store_true", help="also export nnU-Net's settings for a small CPU machine "
+                                                      "(no torch.compile, passive OpenMP threads, at most 4 "
+                                                      "workers) for those not set yet")
     p.set_defaults(func=_env)
 
     from nnunet_cin.experiments import demo
@@ -41,13 +47,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     compare.add_arguments(p)
     p.set_defaults(func=compare.run)
 
-    from nnunet_cin.training import checkpoints
+    from nnunet_cin.training import convert_pretrained
     p = sub.add_parser("convert-pretrained", help="convert an nnU-Net checkpoint (plain or conditional) into the "
                                                   "layout of a trainer's network, for nnUNetv2_train "
-                                                  "-pretrained_weights", description=checkpoints.__doc__,
+                                                  "-pretrained_weights", description=convert_pretrained.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    checkpoints.add_arguments(p)
-    p.set_defaults(func=checkpoints.run)
+    convert_pretrained.add_arguments(p)
+    p.set_defaults(func=convert_pretrained.run)
 
     from nnunet_cin.add_modality import command as add_modality
     p = sub.add_parser("add-modality", help="a trained conditional model gains a modality from a few labelled cases "
@@ -62,4 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnunet_cin.environment import quiet_imports
+
+    with quiet_imports():
+        sys.exit(main())

@@ -1,6 +1,6 @@
 """Which modality is each case? The dataset.json rules, validated, in one place.
 
-dataset.json is nnU-Net v2's, plus three keys (README: "Your dataset"):
+dataset.json is nnU-Net v2's, plus three keys (documentation/dataset_and_planning.md):
 
     "modalities":        ["CT", "MR"]                      ordered names; order = conditioning index
     "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}      modality -> regular expression (re.search on the case id)
@@ -17,7 +17,7 @@ file (input image CASE_0000.nii.gz, label or prediction CASE.nii.gz, preprocesse
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 MODALITY_KEYS = ("modalities", "modality_patterns", "case_modalities")
 
@@ -206,6 +206,18 @@ class ModalityRules:
     def __repr__(self):
         return (f"ModalityRules(modalities={self.modalities}, patterns={self.patterns}, "
                 f"case_modalities={self.case_modalities})")
+
+
+class CheckedRules(NamedTuple):
+    """A dataset's rules checked against its training cases (`ModalityRules.resolve_training_cases`): what the
+    planning command builds once per dataset and hands to the fingerprint extractor and the planner."""
+    rules: ModalityRules
+    case_modality: Dict[str, str]  # {training case: modality}
+
+    @classmethod
+    def of(cls, dataset_json: Mapping, case_ids: Iterable[str], source: Optional[str] = None) -> "CheckedRules":
+        rules = ModalityRules.from_dataset_json(dataset_json, source)
+        return cls(rules, rules.resolve_training_cases(case_ids))
 
 
 # ------------------------------------------------------------------------------------------------------------ files

@@ -46,17 +46,17 @@ class CINPlans:
         m = self.entry.get("modalities")
         return list(m) if m else None
 
-    def training_modalities(self, dataset_json: Optional[dict]) -> List[str]:
+    def training_modalities(self, rules: Optional[ModalityRules]) -> List[str]:
         """The conditioning order of a model trained on these plans and this dataset: the plans' (which
-        nnUNetv2_plan_and_preprocess_cin made from dataset.json), checked against dataset.json's "modalities"; for
-        plain nnU-Net plans, dataset.json's. dataset_json None: the plans' alone."""
+        nnUNetv2_plan_and_preprocess_cin made from dataset.json), checked against the "modalities" of the dataset's
+        `rules` (its dataset.json's); for plain nnU-Net plans, the rules'. rules None: the plans' alone."""
         planned = self.modalities
-        if dataset_json is None:
+        if rules is None:
             if not planned:
                 raise CINPlansError(f"plans {self.plans.get('plans_name')!r} record no modalities (plain nnU-Net "
                                     f"plans): the dataset.json with the modality keys is needed")
             return planned
-        listed = list(ModalityRules.from_dataset_json(dataset_json).modalities)
+        listed = list(rules.modalities)
         if planned and planned != listed:
             raise CINPlansError(f"the plans were made for modalities {planned} but dataset.json lists {listed}; "
                                 f"re-run nnUNetv2_plan_and_preprocess_cin")
@@ -66,6 +66,11 @@ class CINPlans:
     def per_modality_normalization(self) -> bool:
         """Whether the plans normalize each modality with its own scheme and statistics (our planners' plans)."""
         return "normalization_schemes" in self.entry
+
+    @property
+    def normalization_schemes(self) -> Optional[Dict[str, str]]:
+        """{modality: nnU-Net normalization class name} (None: plans without per-modality normalization)."""
+        return self.entry.get("normalization_schemes")
 
     @property
     def rules(self) -> Optional[dict]:
@@ -108,6 +113,11 @@ class CINPlans:
         if signatures is not None:
             entry["signatures"] = signatures
         return entry
+
+    @staticmethod
+    def set_entry(plans: dict, entry: dict) -> None:
+        """Puts a planner's entry (`entry_for`) into the plans it is writing (the one write in place)."""
+        plans[KEY] = entry
 
     def with_added_modality(self, name: str, scheme: str, use_mask: bool, intensity_properties: Dict[str, dict],
                             rules: dict, signature: Optional[dict] = None, normalization_key: Optional[str] = None,

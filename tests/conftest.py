@@ -4,15 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 
-# Tests run on CPU with few threads; nnU-Net's multiprocessing defaults would oversubscribe 2 cores.
-os.environ.setdefault("nnUNet_n_proc_DA", "0")
-os.environ.setdefault("nnUNet_compile", "false")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-# busy-waiting OpenMP threads turn a 0.15 s CPU step into seconds on a shared 2-core machine
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# nnU-Net spawns nnUNet_def_n_proc (default 8) export/preprocessing workers, each importing torch: 8 on 2 cores
-# turns a second of work into minutes
-os.environ.setdefault("nnUNet_def_n_proc", "2")
+from nnunet_cin.environment import cpu_defaults
+
+# Tests run on CPU with few threads; nnU-Net's multiprocessing defaults would oversubscribe 2 cores (busy-waiting
+# OpenMP threads turn a 0.15 s CPU step into seconds; 8 export workers, each importing torch, a second into minutes)
+os.environ.update(cpu_defaults(os.environ, processes=2, augmentation_workers=0, threads=2))
 
 REPO = Path(__file__).resolve().parents[1]
 

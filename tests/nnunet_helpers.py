@@ -6,7 +6,7 @@ writes a small module there (`write_user_trainers`) whose classes combine a trai
 mixins below, e.g.
 
     class nnUNetTrainerCINTest(ShortRun, nnUNetTrainerCIN):
-        epochs, iterations = 2, 3
+        schedule_epochs, schedule_iterations = 2, 3
 
 nnU-Net imports that module itself (in the subprocess of nnUNetv2_train, or in-process through its trainer lookup);
 `nnunet_environment` puts this folder on PYTHONPATH so that it finds this module.
@@ -26,6 +26,8 @@ import torch
 
 import nnunet_cin.trainers
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
+from nnunet_cin.environment import cpu_defaults
+from nnunet_cin.training.mixins import ShortSchedule
 
 BIN = Path(sys.executable).parent  # this environment's console scripts (nnUNetv2_*, nnunet-cin)
 OUR_TRAINERS = nnunet_cin.trainers.__path__[0]
@@ -68,9 +70,9 @@ def nnunet_environment(paths, ext_trainers: Iterable = (), **overrides: str) -> 
     shared 2-core machine (no torch.compile, augmentation in the main process, one export worker), nnUNet_extTrainer
     = the users' trainer folders, then ours; this folder on PYTHONPATH (users' trainer modules import the mixins
     of this module). `overrides`: further variables."""
-    env = dict(os.environ, nnUNet_raw=str(paths.raw), nnUNet_preprocessed=str(paths.preprocessed),
-               nnUNet_results=str(paths.results), nnUNet_compile="false", nnUNet_n_proc_DA="0",
-               nnUNet_def_n_proc="1", OMP_WAIT_POLICY="PASSIVE",
+    env = dict(os.environ, **cpu_defaults({}, processes=1, augmentation_workers=0),
+               nnUNet_raw=str(paths.raw), nnUNet_preprocessed=str(paths.preprocessed),
+               nnUNet_results=str(paths.results),
                nnUNet_extTrainer=os.pathsep.join([*map(str, ext_trainers), OUR_TRAINERS]),
                PYTHONPATH=os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))
     env.update(overrides)
@@ -140,13 +142,13 @@ def write_user_trainers(folder: Path, source: str, module: str = "user_trainers"
     return folder
 
 
-class ShortRun:
-    """A short schedule for any nnU-Net trainer, set after nnU-Net's __init__ as nnU-Net's own variants do:
-    `epochs` epochs ($TEST_EPOCHS overrides it) of `iterations` training and `val_iterations` validation batches.
+class ShortRun(ShortSchedule):
+    """The library's ShortSchedule with a test's defaults and switches: `schedule_epochs` epochs ($TEST_EPOCHS
+    overrides it) of `schedule_iterations` training and `schedule_val_iterations` validation batches.
     mirroring = False: no mirroring, in training nor at test time (nnU-Net's nnUNetTrainerNoMirroring);
     final_validation = False (or $TEST_SKIP_FINAL_VALIDATION=1): no final validation;
     nnunet_save_every: nnU-Net's own checkpoint_latest.pth interval (`save_every`; nnU-Net's: 50)."""
-    epochs, iterations, val_iterations = 1, 2, 1
+    schedule_epochs, schedule_iterations, schedule_val_iterations = 1, 2, 1
     mirroring = True
     final_validation = True
     nnunet_save_every: Optional[int] = None
@@ -154,8 +156,8 @@ class ShortRun:
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = int(os.environ.get("TEST_EPOCHS", self.epochs))
-        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.iterations, self.val_iterations
+        if os.environ.get("TEST_EPOCHS"):
+            self.num_epochs = int(os.environ["TEST_EPOCHS"])
         if self.nnunet_save_every is not None:
             self.save_every = self.nnunet_save_every
 

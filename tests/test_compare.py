@@ -445,7 +445,7 @@ import signal
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunet_cin.training.baselines import single_modality_class
+from nnunet_cin.training.baselines import nnUNetTrainerSingleModality_CT, nnUNetTrainerSingleModality_MR
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 from nnunet_cin.trainers.nnUNetTrainerJoint import nnUNetTrainerJoint
 
@@ -484,8 +484,8 @@ class Three(Short):
 class nnUNetTrainerTiny(Short, nnUNetTrainer): pass
 class nnUNetTrainerCINTiny(Short, nnUNetTrainerCIN): pass
 class nnUNetTrainerJointTiny(Short, nnUNetTrainerJoint): pass
-class nnUNetTrainerSingleModality_CTTiny(Short, single_modality_class("CT")): pass
-class nnUNetTrainerSingleModality_MRTiny(Short, single_modality_class("MR")): pass
+class nnUNetTrainerSingleModality_CTTiny(Short, nnUNetTrainerSingleModality_CT): pass
+class nnUNetTrainerSingleModality_MRTiny(Short, nnUNetTrainerSingleModality_MR): pass
 class nnUNetTrainerCINThree(Three, nnUNetTrainerCIN): pass
 class nnUNetTrainerJointThree(Three, nnUNetTrainerJoint): pass
 '''

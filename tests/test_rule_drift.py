@@ -12,9 +12,11 @@ import torch
 
 import nnunet_cin.trainers
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
-from nnunet_cin.modalities import ModalityError
+from nnunet_cin.modalities import ModalityError, ModalityRules
 from nnunet_cin.planning.fingerprint import SAMPLES_ENV
-from nnunet_cin.training.preprocessed_modalities import SHOWN, preprocessed_modalities, refuse_rule_drift
+from nnunet_cin.preprocessing.drift import MAX_LISTED as SHOWN
+from nnunet_cin.preprocessing.drift import refuse_rule_drift
+from nnunet_cin.preprocessing.preprocessor import stored_modalities
 
 DATASET_ID, DATASET = 996, "Dataset996_SyntheticHeart"
 BIN = Path(sys.executable).parent
@@ -77,10 +79,11 @@ def test_one_case_overridden(preprocessed, monkeypatch):
     plans = json.loads((folder / "nnUNetPlansCIN.json").read_text())
     dataset_json = json.loads((folder / "dataset.json").read_text())
     dataset_json["modality_patterns"] = {"CT": "^ct_", "MR": "^mr_"}
-    refuse_rule_drift(plans, "3d_fullres", dataset_json)  # the rules the data was preprocessed with
+    stored = refuse_rule_drift(plans, "3d_fullres", ModalityRules.from_dataset_json(dataset_json))  # as preprocessed
+    assert stored == {**{f"ct_{i:04d}": "CT" for i in range(3)}, **{f"mr_{i:04d}": "MR" for i in range(3)}}
     dataset_json["case_modalities"] = {"mr_0001": "CT"}
     with pytest.raises(ModalityError, match=r"1 of the 6 preprocessed cases") as e:
-        refuse_rule_drift(plans, "3d_fullres", dataset_json)
+        refuse_rule_drift(plans, "3d_fullres", ModalityRules.from_dataset_json(dataset_json))
     assert "mr_0001: preprocessed as MR, the rules now say CT" in str(e.value)
     assert "mr_0000" not in str(e.value) and "ct_0000" not in str(e.value)
 
@@ -94,9 +97,10 @@ def test_what_is_read_and_how_much_is_shown(preprocessed, tmp_path, monkeypatch)
     for i in range(SHOWN + 5):
         (folder / f"ct_{i:04d}.pkl").write_bytes(pickle.dumps({"modality": "CT", "modality_index": 0}))
     (folder / "plain_0000.pkl").write_bytes(pickle.dumps({"spacing": [1, 1, 1]}))
-    assert set(preprocessed_modalities(str(folder))) == {f"ct_{i:04d}" for i in range(SHOWN + 5)}
+    stored = stored_modalities(str(folder))
+    assert {c for c, (m, _) in stored.items() if m is not None} == {f"ct_{i:04d}" for i in range(SHOWN + 5)}
 
-    rules = {"modalities": ["CT", "MR"], "modality_patterns": {"CT": "^nothing", "MR": "^ct_"}}
+    rules = ModalityRules(["CT", "MR"], {"CT": "^nothing", "MR": "^ct_"})
     with pytest.raises(ModalityError) as e:
         refuse_rule_drift(plans, "3d_fullres", rules)
     message = str(e.value)

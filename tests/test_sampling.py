@@ -42,7 +42,7 @@ def make_loader(dataset, batch_size=2, shares="equal", mode="mixed", oversample=
     label_manager = LabelManager({"background": 0, "heart": 1}, regions_class_order=None)
     return ModalityDataLoader(dataset, batch_size, PATCH, PATCH, label_manager,
                               oversample_foreground_percent=oversample,
-                              case_modality={k: modality_of(k) for k in dataset.identifiers}, modalities=MODALITIES,
+                              case_modality_index={k: modality_of(k) for k in dataset.identifiers}, modalities=MODALITIES,
                               shares=shares, mode=mode, **kwargs)
 
 

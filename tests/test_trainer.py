@@ -192,7 +192,7 @@ def test_pretrained_plain_to_conditional(planned, local):
     convert_checkpoint makes it fit, and nnUNetv2_train -pretrained_weights then trains from it."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_cin.training.checkpoints import convert_checkpoint
+    from nnunet_cin.training.convert_pretrained import convert_checkpoint
 
     plain = make_trainer("nnUNetTrainer")
     with torch.no_grad():
@@ -237,8 +237,8 @@ def test_conditional_checkpoint_loads_directly(trained, local):
     loader, no conversion); for a plain baseline it converts (CIN rows averaged)."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_cin.training.checkpoints import add_arguments, convert_checkpoint
-    from nnunet_cin.training.checkpoints import run as run_convert
+    from nnunet_cin.training.convert_pretrained import add_arguments, convert_checkpoint
+    from nnunet_cin.training.convert_pretrained import run as run_convert
 
     checkpoint = trained[0] / "checkpoint_final.pth"
     source = torch.load(checkpoint, weights_only=False)["network_weights"]
@@ -529,7 +529,7 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
                 "nnUNetTrainerJoint_5epochs": 5, "nnUNetTrainerJointAlternate_20epochs": 20,
                 "nnUNetTrainerSingleModality_CT": None, "nnUNetTrainerSingleModality_MR_50epochs": 50,
                 "nnUNetTrainerCINAllNorms": None, "nnUNetTrainerCINAllNorms_5epochs": 5,
-                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": None,
+                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": 1,
                 "nnUNetTrainerCINAdapters": None, "nnUNetTrainerCINAdapters_250epochs": 250}
     for name, epochs in expected.items():
         cls = recursive_find_trainer_class_by_name(name)
@@ -720,7 +720,7 @@ class nnUNetTrainerCINResumeTest(StopsAfterEpoch, ShortRun, nnUNetTrainerCIN):
     """3 epochs of 3 iterations, one modality per batch in turn (every training batch's number and cases go to
     $CIN_TEST_BATCH_LOG); no final validation."""
     modality_sampling = "alternate"
-    epochs, iterations, val_iterations, final_validation = 3, 3, 1, False
+    schedule_epochs, schedule_iterations, schedule_val_iterations, final_validation = 3, 3, 1, False
 
     def modality_data_loader(self, dataset, patch_size, final_patch_size, transforms, training: bool):
         loader = super().modality_data_loader(dataset, patch_size, final_patch_size, transforms, training)

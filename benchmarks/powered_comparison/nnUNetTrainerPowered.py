@@ -1,25 +1,27 @@
-"""Trainers of the powered comparison (README: "The paper's comparison"): every arm's trainer, the same for all arms:
+"""Trainers of the powered comparison (documentation/comparison.md, "The powered run"): every arm's trainer, the
+same for all arms:
 
 - schedule: EPOCHS x ITERATIONS training iterations (VALIDATION_ITERATIONS pseudo-Dice batches per epoch);
 - network: the plans' U-Net cut to len(FEATURES) stages with FEATURES channels (a small CPU-sized network; nnU-Net
   plans 3 stages of 32, 64, 128 for these volumes);
 - final validation without test-time mirroring (mirroring multiplies its cost by 8 and is the same for every arm);
-- the plain nnU-Net arm (nnUNetTrainer) seeded like ours ($nnUNet_cin_seed), so that its replicates are reproducible.
+- the plain nnU-Net arm (nnUNetTrainer) seeded like ours ($nnUNet_cin_seed; nnunet_cin.training.mixins.Seeded), so
+  that its replicates are reproducible.
 
 nnunet-cin compare finds them with `--trainer-template '{trainer}Powered'` once this folder is first on
-nnUNet_extTrainer (benchmarks/powered_comparison/run.sh). For pilots, the environment variables nnUNet_cin_powered_epochs,
-_iterations and _features (e.g. "16,32,64") override the constants.
+nnUNet_extTrainer (benchmarks/powered_comparison/run.sh). For pilots, the environment variables
+nnUNet_cin_powered_epochs, _iterations and _features (e.g. "16,32,64") override the constants.
 """
 import os
-import re
 from copy import deepcopy
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_cin.training.baselines import nnUNetTrainerJoint, nnUNetTrainerJointAlternate, single_modality_class
+from nnunet_cin.training.baselines import (nnUNetTrainerJoint, nnUNetTrainerJointAlternate,
+                                           nnUNetTrainerSingleModality_CT, nnUNetTrainerSingleModality_MR)
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
-from nnunet_cin.training.seeding import DATA, INIT, derive_seed, run_seed, seed_everything
+from nnunet_cin.training.mixins import OMPThreads, Seeded, ShortSchedule
 from nnunet_cin.training.variants import nnUNetTrainerCINAllNorms, nnUNetTrainerCINAlternate
 
 EPOCHS = int(os.environ.get("nnUNet_cin_powered_epochs", 20))
@@ -42,15 +44,13 @@ def small_network_plans(plans: dict, configuration: str) -> dict:
     return plans
 
 
-class PoweredSchedule:
+class PoweredSchedule(ShortSchedule):
     """Put first in the bases: the comparison's schedule, network and validation on top of any nnU-Net trainer."""
+    schedule_epochs, schedule_iterations, schedule_val_iterations = EPOCHS, ITERATIONS, VALIDATION_ITERATIONS
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(small_network_plans(plans, configuration), configuration, fold, dataset_json, device)
-        self.num_epochs = EPOCHS
-        self.num_iterations_per_epoch = ITERATIONS
-        self.num_val_iterations_per_epoch = VALIDATION_ITERATIONS
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -58,26 +58,8 @@ class PoweredSchedule:
         return configured
 
 
-class nnUNetTrainerPowered(PoweredSchedule, nnUNetTrainer):
+class nnUNetTrainerPowered(PoweredSchedule, Seeded, OMPThreads, nnUNetTrainer):
     """Plain nnU-Net, seeded as our trainers are (network initialisation, then data loading and augmentation)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.seed = run_seed(None)
-        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if self.device.type == "cpu" and threads.isdigit() and int(threads) > 0:
-            torch.set_num_threads(int(threads))  # as our trainers do: nnUNetv2_train takes every core otherwise
-
-    def initialize(self):
-        if self.seed is not None and not self.was_initialized:
-            seed_everything(derive_seed(self.seed, INIT))
-        super().initialize()
-
-    def on_train_start(self):
-        super().on_train_start()
-        if self.seed is not None:
-            seed_everything(derive_seed(self.seed, DATA, self.local_rank, self.current_epoch))
 
 
 class nnUNetTrainerCINPowered(PoweredSchedule, nnUNetTrainerCIN):
@@ -100,15 +82,10 @@ class nnUNetTrainerCINAllNormsPowered(PoweredSchedule, nnUNetTrainerCINAllNorms)
     pass
 
 
-_SINGLE = re.compile(r"^nnUNetTrainerSingleModality_(?P<modality>.+)Powered$")
+# the single-modality arms of the generated CT + MR hearts (another modality: one more line like these)
+class nnUNetTrainerSingleModality_CTPowered(PoweredSchedule, nnUNetTrainerSingleModality_CT):
+    pass
 
 
-def __getattr__(name: str):
-    """nnUNetTrainerSingleModality_<M>Powered for any modality M, made when nnU-Net's lookup asks for it."""
-    match = _SINGLE.match(name)
-    if match is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    trainer = type(name, (PoweredSchedule, single_modality_class(match.group("modality"))),
-                   {"__module__": __name__, "__qualname__": name})
-    globals()[name] = trainer
-    return trainer
+class nnUNetTrainerSingleModality_MRPowered(PoweredSchedule, nnUNetTrainerSingleModality_MR):
+    pass

@@ -28,7 +28,7 @@ from torch import autocast, nn
 
 from nnunet_cin.add_modality.rows import (attach_new_rows, cin_tensor_names, detach_new_rows, extended_state_dict,
                                           unchanged_except_new_rows)
-from nnunet_cin.training.checkpoints import unwrap
+from nnunet_cin.training.convert_pretrained import unwrap
 from nnunet_cin.training.reporting import merge_validation_outputs
 
 
@@ -169,7 +169,7 @@ class UnlabeledAdaptation(NewRowsAdaptation):
                 loss = self.loss(self.network(data))
         nothing = np.zeros(self.label_manager.num_segmentation_heads - 1)  # foreground classes: no counts
         out = {'loss': loss.detach().cpu().numpy(), 'tp_hard': nothing, 'fp_hard': nothing, 'fn_hard': nothing}
-        return merge_validation_outputs([(int(self.lookup.index_of(keys[0])), len(keys), out)],
+        return merge_validation_outputs([(int(self.lookup.model_index_of(keys[0])), len(keys), out)],
                                         len(self.lookup.modalities))
 
     def perform_actual_validation(self, save_probabilities: bool = False):

@@ -40,17 +40,14 @@ def _newer_than(result: Path, inputs) -> bool:
 def demo_environment(output: Path) -> dict:
     """nnU-Net's folders inside `output` (the demo never touches the user's own), our trainers on
     nnUNet_extTrainer, and CPU-friendly defaults the user may override."""
-    from nnunet_cin.environment import NNUNET_FOLDERS, with_our_trainers
+    from nnunet_cin.environment import NNUNET_FOLDERS, cpu_defaults, with_our_trainers
 
     env = dict(os.environ)
     for name in NNUNET_FOLDERS:
         env[name] = str(output / name)
         Path(env[name]).mkdir(parents=True, exist_ok=True)
     env = with_our_trainers(env)
-    env.setdefault("nnUNet_compile", "false")
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve nnU-Net's augmentation workers
-    # nnU-Net's default of 8 export workers (each importing torch) costs minutes on a small machine
-    env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, os.cpu_count() or 1))))
+    env.update(cpu_defaults(env))
     return env
 
 

@@ -36,7 +36,7 @@ ones alone. The case features sort at most 65536 voxels per case: a fraction of 
 import multiprocessing
 import os
 from time import sleep
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p, save_json
@@ -45,7 +45,7 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 from nnunetv2.paths import nnUNet_preprocessed
 from tqdm import tqdm
 
-from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.modalities import CheckedRules, ModalityError, ModalityRules
 from nnunet_cin.planning.signature import VERSION as SIGNATURE_VERSION
 from nnunet_cin.planning.signature import case_features
 
@@ -134,13 +134,50 @@ def _geometry_stats(spacings: List, shapes: List, rel_sizes: List) -> dict:
             'median_relative_size_after_cropping': float(np.median(rel_sizes))}
 
 
+class CINFingerprint:
+    """The owner of fingerprint["cin"] (see the module docstring): CINFingerprintExtractor writes it with `entry_for`,
+    everything else reads it through this class. Like CINPlans (nnunet_cin.plans) for plans["cin"]."""
+    KEY = "cin"
+
+    def __init__(self, fingerprint: dict):
+        self.entry: dict = fingerprint.get(self.KEY) or {}
+
+    @staticmethod
+    def entry_for(rules: ModalityRules, case_modality: Dict[str, str], intensity_properties: Dict[str, dict],
+                  per_modality: Dict[str, dict], case_features: Dict[str, dict]) -> dict:
+        return {"rules": rules.to_dict(), "modalities": list(rules.modalities), "case_modality": dict(case_modality),
+                "foreground_intensity_properties_per_modality": intensity_properties, "per_modality": per_modality,
+                "signature_version": SIGNATURE_VERSION, "case_features": case_features}
+
+    def is_current(self, rules: ModalityRules, case_modality: Dict[str, str]) -> bool:
+        """Whether it is our per-modality part, made with these rules for these cases, with the case features of
+        this version of the modality signatures."""
+        cin = self.entry
+        return (bool(cin) and cin.get('rules') == rules.to_dict() and cin.get('case_modality') == case_modality
+                and cin.get('signature_version') == SIGNATURE_VERSION
+                and set(cin.get('case_features') or ()) == set(case_modality))
+
+    @property
+    def case_modality(self) -> Dict[str, str]:
+        return dict(self.entry.get("case_modality") or {})
+
+    @property
+    def per_modality(self) -> Dict[str, dict]:
+        """{modality: geometry statistics of its cases} (num_cases, spacings, shapes, relative size after crop)."""
+        return self.entry["per_modality"]
+
+    @property
+    def intensity_properties(self) -> Dict[str, dict]:
+        """{modality: {channel: foreground intensity statistics of its cases}}."""
+        return self.entry["foreground_intensity_properties_per_modality"]
+
+    def case_features_of(self, modality: str) -> List[dict]:
+        """The whole-image features of the modality's training cases (nnunet_cin.planning.signature)."""
+        return [self.entry["case_features"][c] for c, m in self.case_modality.items() if m == modality]
+
+
 def fingerprint_is_current(fingerprint: dict, rules: ModalityRules, case_modality: Dict[str, str]) -> bool:
-    """Whether a stored fingerprint has our per-modality part, made with these rules for these cases, and the case
-    features of this version of the modality signatures."""
-    cin = fingerprint.get('cin')
-    return (bool(cin) and cin.get('rules') == rules.to_dict() and cin.get('case_modality') == case_modality
-            and cin.get('signature_version') == SIGNATURE_VERSION
-            and set(cin.get('case_features') or ()) == set(case_modality))
+    return CINFingerprint(fingerprint).is_current(rules, case_modality)
 
 
 class _ReaderRecordingFeatures:
@@ -175,13 +212,17 @@ def analyze_case(image_files: List[str], segmentation_file: str, reader_writer_c
 class CINFingerprintExtractor(DatasetFingerprintExtractor):
     """nnU-Net's DatasetFingerprintExtractor plus per-modality statistics (see module docstring)."""
 
-    def __init__(self, dataset_name_or_id: Union[str, int], num_processes: int = 8, verbose: bool = False):
+    def __init__(self, dataset_name_or_id: Union[str, int], num_processes: int = 8, verbose: bool = False,
+                 checked: Optional[CheckedRules] = None):
+        """`checked`: the dataset's rules checked against its training cases, when the caller has them (the
+        planning command); otherwise they are checked here."""
         super().__init__(dataset_name_or_id, num_processes, verbose)
         if os.environ.get(SAMPLES_ENV):
             # nnU-Net samples 1e8 foreground voxels in total (memory/time cap); this lets small runs sample fewer
             self.num_foreground_voxels_for_intensitystats = float(os.environ[SAMPLES_ENV])
-        self.rules = ModalityRules.from_dataset_json(self.dataset_json, join(self.input_folder, 'dataset.json'))
-        self.case_modality = self.rules.resolve_training_cases(self.dataset.keys())
+        if checked is None:
+            checked = CheckedRules.of(self.dataset_json, self.dataset.keys(), join(self.input_folder, 'dataset.json'))
+        self.rules, self.case_modality = checked.rules, checked.case_modality
 
     # nnU-Net's run() with the pool loop copied (DatasetFingerprintExtractor.run has no hook between the per-case
     # analysis and the statistics; its results are not kept). The only changes: the per-case function is nnU-Net's
@@ -262,17 +303,11 @@ class CINFingerprintExtractor(DatasetFingerprintExtractor):
             "shapes_after_crop": shapes_after_crop,
             'foreground_intensity_properties_per_channel': ds_stats,
             "median_relative_size_after_cropping": np.median(rel_sizes, 0),
-            "cin": {
-                "rules": self.rules.to_dict(),
-                "modalities": list(modalities),
-                "case_modality": dict(self.case_modality),
-                "foreground_intensity_properties_per_modality": mod_stats,
-                "per_modality": {m: _geometry_stats([spacings[i] for i in by_mod[m]],
-                                                    [shapes_after_crop[i] for i in by_mod[m]],
-                                                    [rel_sizes[i] for i in by_mod[m]]) for m in modalities},
-                "signature_version": SIGNATURE_VERSION,
-                "case_features": {k: results[i][5] for i, k in enumerate(keys)},
-            },
+            CINFingerprint.KEY: CINFingerprint.entry_for(
+                self.rules, self.case_modality, mod_stats,
+                {m: _geometry_stats([spacings[i] for i in by_mod[m]], [shapes_after_crop[i] for i in by_mod[m]],
+                                    [rel_sizes[i] for i in by_mod[m]]) for m in modalities},
+                {k: results[i][5] for i, k in enumerate(keys)}),
         }
         return fingerprint
 

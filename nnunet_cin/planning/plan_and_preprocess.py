@@ -4,8 +4,9 @@ Same flags as nnUNetv2_plan_and_preprocess. The classes are ours and used direct
 searches its own package): CINFingerprintExtractor, the CIN planners (-pl takes nnU-Net's planner names or ours) and
 CINPreprocessor. Every dataset given with -d is checked first (dataset.json modality keys, every training case's
 modality, "modality_normalization", the flags, and that existing preprocessed data which this run does not
-preprocess again agree with the current rules: nnunet_cin.planning.drift); nothing is written before all checks pass.
-The raw dataset is only read.
+preprocess again agree with the current rules: nnunet_cin.preprocessing.drift); nothing is written before all checks
+pass. The rules are built and checked against the training cases once per dataset (`check_dataset`) and handed to the
+fingerprint extractor and the planner. The raw dataset is only read.
 """
 import argparse
 import os
@@ -16,26 +17,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
 
 from nnunet_cin.io_checks import FileCheckError, check_raw_dataset
-from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.modalities import CheckedRules, ModalityError, ModalityRules
 
 DEFAULT_NP = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 FINGERPRINT_EXTRACTORS = ("DatasetFingerprintExtractor", "CINFingerprintExtractor")
 PREPROCESSORS = ("DefaultPreprocessor", "CINPreprocessor")
-# -pl: nnU-Net's planner names and ours -> our class in nnunet_cin.planners (imported once the flags are checked)
-PLANNER_NAMES = {"ExperimentPlanner": "ExperimentPlannerCIN", "ResEncUNetPlanner": "ResEncUNetPlannerCIN",
-                 "nnUNetPlannerResEncM": "nnUNetPlannerResEncMCIN", "nnUNetPlannerResEncL": "nnUNetPlannerResEncLCIN",
-                 "nnUNetPlannerResEncXL": "nnUNetPlannerResEncXLCIN"}
-PLANNER_NAMES.update({v: v for v in list(PLANNER_NAMES.values())})
 
 
 class PlanError(ValueError):
     """A flag or dataset that cannot be planned; the message says what to change."""
 
 
-def check_dataset(raw_dataset_folder: str) -> Tuple[ModalityRules, Dict[str, str]]:
+def check_dataset(raw_dataset_folder: str) -> Tuple[CheckedRules, Dict[str, str]]:
     """Validate a raw dataset's modality rules against its training cases, and its "modality_normalization", reading
-    only. Returns the rules and the {case: modality} map. Raises ModalityError (naming the case or key) or
-    PlanError."""
+    only. Returns the checked rules (with the {case: modality} map) and {modality: normalization scheme class}.
+    Raises ModalityError (naming the case or key) or PlanError."""
     dataset_json_file = join(raw_dataset_folder, "dataset.json")
     if not isfile(dataset_json_file):
         raise PlanError(f"no dataset.json in {raw_dataset_folder}")
@@ -49,10 +45,9 @@ def check_dataset(raw_dataset_folder: str) -> Tuple[ModalityRules, Dict[str, str
     if not dataset:
         raise PlanError(f"no training cases found in {raw_dataset_folder} (imagesTr/labelsTr, file_ending "
                         f"{dataset_json.get('file_ending')!r})")
-    case_modality = rules.resolve_training_cases(dataset.keys())
+    checked = CheckedRules(rules, rules.resolve_training_cases(dataset.keys()))
     from nnunet_cin.planning.planners import normalization_schemes
-    normalization_schemes(rules.modalities, dataset_json, dataset_json_file)
-    return rules, case_modality
+    return checked, normalization_schemes(rules.modalities, dataset_json, dataset_json_file)
 
 
 def _num_processes(np_arg: Optional[List[int]], configurations: Sequence[str]) -> List[int]:
@@ -106,15 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args) -> Tuple[str, Optional[List[float]], List[int]]:
+def _check_args(args) -> Tuple[type, Optional[List[float]], List[int]]:
     if args.fpe not in FINGERPRINT_EXTRACTORS:
         raise PlanError(f"-fpe {args.fpe}: nnUNetv2_plan_and_preprocess_cin always uses CINFingerprintExtractor; "
                         f"leave -fpe out (accepted: {', '.join(FINGERPRINT_EXTRACTORS)})")
     if args.preprocessor_name not in PREPROCESSORS:
         raise PlanError(f"-preprocessor_name {args.preprocessor_name}: nnUNetv2_plan_and_preprocess_cin always uses "
                         f"CINPreprocessor; leave the flag out")
-    if args.pl not in PLANNER_NAMES:
-        raise PlanError(f"-pl {args.pl}: unknown planner; use one of {', '.join(PLANNER_NAMES)}")
+    # our planners are used directly: nnU-Net's by-name lookup of -pl searches only its own package
+    from nnunet_cin.planning.planners import PLANNERS
+    if args.pl not in PLANNERS:
+        raise PlanError(f"-pl {args.pl}: unknown planner; use one of {', '.join(PLANNERS)}")
     spacing = None
     if args.overwrite_target_spacing is not None:
         try:
@@ -124,7 +121,7 @@ def _check_args(args) -> Tuple[str, Optional[List[float]], List[int]]:
         if len(spacing) != 3 or not all(s > 0 for s in spacing):
             raise PlanError(f"-overwrite_target_spacing needs three positive numbers, got "
                             f"{' '.join(args.overwrite_target_spacing)}")
-    return PLANNER_NAMES[args.pl], spacing, _num_processes(args.np, args.c)
+    return PLANNERS[args.pl], spacing, _num_processes(args.np, args.c)
 
 
 def copy_gt_segmentations(raw_dataset_folder: str, preprocessed_dataset_folder: str) -> None:
@@ -142,7 +139,7 @@ def copy_gt_segmentations(raw_dataset_folder: str, preprocessed_dataset_folder: 
 
 def plan_and_preprocess(args) -> Dict[int, str]:
     """Run everything for args.d; returns {dataset id: plans identifier}. Checks all datasets first."""
-    planner_name, spacing, num_processes = _check_args(args)
+    planner_class, spacing, num_processes = _check_args(args)
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
     if nnUNet_raw is None or nnUNet_preprocessed is None:
@@ -151,23 +148,19 @@ def plan_and_preprocess(args) -> Dict[int, str]:
 
     # 1. check every dataset before writing anything: its rules, and that no data stay behind that the new plans
     # would not describe
-    from nnunet_cin.planners import PLANNERS
-    from nnunet_cin.planning.drift import check_preprocessed_data
-    from nnunet_cin.planning.planners import normalization_schemes
-    planner_class = PLANNERS[planner_name]
+    from nnunet_cin.preprocessing.drift import check_preprocessed_data
     plans_name = args.overwrite_plans_name or planner_class.default_plans_name
-    names = {}
+    names, checked = {}, {}
     for d in args.d:
         try:
             names[d] = convert_id_to_dataset_name(d)
         except RuntimeError as e:
             raise PlanError(f"-d {d}: {e}") from None
         dataset_json_file = join(nnUNet_raw, names[d], "dataset.json")
-        rules, case_modality = check_dataset(join(nnUNet_raw, names[d]))
+        checked[d], schemes = check_dataset(join(nnUNet_raw, names[d]))
         # image/label grids from the headers; with --verify_dataset_integrity every file read completely (io_checks)
         check_raw_dataset(join(nnUNet_raw, names[d]), completely=args.verify_dataset_integrity, num_workers=args.npfp)
-        check_preprocessed_data(join(nnUNet_preprocessed, names[d]), plans_name, rules, case_modality,
-                                normalization_schemes(rules.modalities, load_json(dataset_json_file)),
+        check_preprocessed_data(join(nnUNet_preprocessed, names[d]), plans_name, *checked[d], schemes,
                                 [] if args.no_pp else args.c, dataset_json_file)
     if args.verify_dataset_integrity:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
@@ -179,13 +172,13 @@ def plan_and_preprocess(args) -> Dict[int, str]:
     identifiers = {}
     for d in args.d:
         print(f"{names[d]}: fingerprint extraction (per modality)...")
-        fpe = CINFingerprintExtractor(d, args.npfp, verbose=args.verbose)
+        fpe = CINFingerprintExtractor(d, args.npfp, verbose=args.verbose, checked=checked[d])
         fpe.show_progress_bar = not args.no_pbar
         fpe.run(overwrite_existing=args.clean)
 
         print(f"{names[d]}: experiment planning ({planner_class.__name__})...")
         planner = planner_class(d, gpu_memory_target_in_gb=args.gpu_memory_target, plans_name=plans_name,
-                                overwrite_target_spacing=spacing, suppress_transpose=False)
+                                overwrite_target_spacing=spacing, suppress_transpose=False, checked=checked[d])
         plans = planner.plan_experiment()
         identifiers[d] = planner.plans_identifier
 

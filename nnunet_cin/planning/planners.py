@@ -25,11 +25,10 @@ from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization impo
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from nnunet_cin.planning.fingerprint import fingerprint_is_current
+from nnunet_cin.planning.fingerprint import CINFingerprint
 from nnunet_cin.planning.signature import build_signatures, scale_matters
-from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.modalities import CheckedRules, ModalityError
 from nnunet_cin.networks.unet import conditional_architecture
-from nnunet_cin.plans import KEY as CIN_KEY
 from nnunet_cin.plans import CINPlans
 
 CIN_PREPROCESSOR = "CINPreprocessor"
@@ -96,19 +95,22 @@ class CINPlannerMixin:
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: Optional[float] = None,
                  preprocessor_name: str = CIN_PREPROCESSOR, plans_name: Optional[str] = None,
                  overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
-                 suppress_transpose: bool = False):
+                 suppress_transpose: bool = False, checked: Optional[CheckedRules] = None):
         if gpu_memory_target_in_gb is None:
             gpu_memory_target_in_gb = self.default_gpu_memory_target_in_gb
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
                          plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
-        self._init_cin()
+        self._init_cin(checked)
 
-    def _init_cin(self):
-        source = f"{self.raw_dataset_folder}/dataset.json"
-        self.rules = ModalityRules.from_dataset_json(self.dataset_json, source)
-        case_modality = self.rules.resolve_training_cases(self.dataset.keys())
-        normalization_schemes(self.rules.modalities, self.dataset_json, source)  # a bad key fails before planning
-        if not fingerprint_is_current(self.dataset_fingerprint, self.rules, case_modality):
+    def _init_cin(self, checked: Optional[CheckedRules] = None):
+        """`checked`: the rules the planning command checked against the training cases (and "modality_normalization"
+        with them); planning without it checks both here."""
+        if checked is None:
+            source = f"{self.raw_dataset_folder}/dataset.json"
+            checked = CheckedRules.of(self.dataset_json, self.dataset.keys(), source)
+            normalization_schemes(checked.rules.modalities, self.dataset_json, source)  # fails before planning
+        self.rules, case_modality = checked
+        if not CINFingerprint(self.dataset_fingerprint).is_current(self.rules, case_modality):
             raise RuntimeError(f"the dataset_fingerprint.json of {self.dataset_name} has no per-modality statistics "
                                f"for the current modality rules: run nnUNetv2_plan_and_preprocess_cin (it extracts "
                                f"the per-modality fingerprint), with --clean if the dataset changed")
@@ -142,17 +144,16 @@ class CINPlannerMixin:
         return plan
 
     def cin_plans(self) -> dict:
-        fp = self.dataset_fingerprint['cin']
+        fp = CINFingerprint(self.dataset_fingerprint)
         modalities = self.rules.modalities
-        schemes, use_mask = modality_normalization(modalities, fp['per_modality'], self.dataset_json)
-        features = {m: [fp['case_features'][c] for c, cm in fp['case_modality'].items() if cm == m] for m in modalities}
+        schemes, use_mask = modality_normalization(modalities, fp.per_modality, self.dataset_json)
+        features = {m: fp.case_features_of(m) for m in modalities}
         signatures = build_signatures(features, [m for m in modalities if scale_matters(schemes[m])])
-        return CINPlans.entry_for(modalities, self.rules.to_dict(), schemes, use_mask,
-                                  fp['foreground_intensity_properties_per_modality'], signatures,
-                                  self.dataset_json.get(NORMALIZATION_KEY))
+        return CINPlans.entry_for(modalities, self.rules.to_dict(), schemes, use_mask, fp.intensity_properties,
+                                  signatures, self.dataset_json.get(NORMALIZATION_KEY))
 
     def save_plans(self, plans):
-        plans[CIN_KEY] = self.cin_plans()
+        CINPlans.set_entry(plans, self.cin_plans())
         super().save_plans(plans)
 
 

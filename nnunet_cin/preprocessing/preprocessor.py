@@ -1,7 +1,7 @@
 """CINPreprocessor: nnU-Net's DefaultPreprocessor, normalizing each case with its modality's scheme and statistics.
 
 Everything else (transpose, crop, resample, foreground sampling, saving) is nnU-Net's. The modality's normalization
-comes from plans["cin"] (written by nnunet_cin.planners): for a case of modality m, nnU-Net's own `_normalize` runs
+comes from plans["cin"] (written by nnunet_cin.planning.planners): for a case of modality m, nnU-Net's own `_normalize` runs
 with normalization_schemes = [scheme of m] * channels, use_mask_for_norm = [mask of m] * channels and the
 foreground intensity properties of m's cases. The case's modality name and conditioning index are stored in its
 properties (properties["modality"], properties["modality_index"]), i.e. in the preprocessed .pkl files.

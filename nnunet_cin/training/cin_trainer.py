@@ -10,19 +10,23 @@ One conditional network for all modalities of a dataset. What changes against nn
 - every forward pass (training, validation, final validation) runs inside `nnunet_cin.condition(network, m)`, m the
   modality of each sample, looked up from the batch's case keys (nnunet_cin.training.conditioning)
 - batches: nnunet_cin.training.sampling.ModalityDataLoader (mixed modalities, configurable shares, or alternating)
-- no rule drift: a case whose modality by the dataset.json rules is not the one it was preprocessed as stops the
-  trainer before it starts (nnunet_cin.training.preprocessed_modalities)
+- one modality per case, resolved once: the trainer builds the dataset.json rules once, refuses rule drift (a case
+  whose modality by the rules is not the one it was preprocessed as stops the trainer before it starts;
+  nnunet_cin.preprocessing.drift) and then takes each case's modality from what preprocessing stored
 - folds: stratified by modality when nnU-Net creates splits_final.json (nnunet_cin.training.splits)
 - reporting: pseudo-Dice per modality each epoch and per-modality means in validation/summary.json
   (nnunet_cin.training.reporting)
 - checkpoints: nnU-Net's own; the modalities travel in the plans they hold (init_args; nnunet_cin.plans
   .checkpoint_modalities); `--c` refuses a checkpoint made for other modalities
-- -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.training.checkpoints)
+- -pretrained_weights: nnU-Net's own loader; other layouts are converted first (nnunet_cin.training.convert_pretrained)
 - checkpoint_latest.pth: also every tenth of the schedule and every 5 minutes (nnU-Net: every 50 epochs), so that
   `--c` continues short runs too (nnunet_cin.training.resume); every checkpoint is written aside, then renamed;
   `--c` with a checkpoint that cannot be read names it and loads the next readable one
 - seeding: `seed` (class attribute) or $nnUNet_cin_seed seeds every random stream of the run; checkpoints record the
-  seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.seeding)
+  seed and the generators' states in init_args, so `--c` continues the streams (nnunet_cin.training.mixins.Seeded,
+  nnunet_cin.training.seeding)
+- schedules: nnunet_cin.training.mixins.ShortSchedule; the `_1epoch` ... `_250epochs` variants are literal classes in
+  nnunet_cin.training.training_length
 Where nnU-Net 2.8.1 has no hook (get_dataloaders) its method body is copied, marked as such and registered in
 nnunet_cin/nnunet_copies.py.
 
@@ -64,21 +68,19 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunet_cin.cin import condition
-from nnunet_cin.modalities import ModalityError
+from nnunet_cin.modalities import ModalityError, ModalityRules
 from nnunet_cin.networks.unet import ADAPTERS_KEY, conditional_architecture, plain_architecture
 from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
+from nnunet_cin.preprocessing.drift import refuse_rule_drift
 from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
 from nnunet_cin.training.reporting import (PER_MODALITY_KEY, ModalityLogger, add_per_modality_summary,
                                            merge_validation_outputs, pseudo_dice_per_modality)
-from nnunet_cin.training.preprocessed_modalities import refuse_rule_drift
 from nnunet_cin.training.resume import (LatestCheckpointSchedule, checkpoint_to_continue, default_every_epochs,
                                         read_checkpoint)
 from nnunet_cin.training.sampling import ModalityDataLoader
-from nnunet_cin.training.schedules import add_schedules
-from nnunet_cin.training.seeding import (DATA, INIT, RNG_STATE_KEY, SEED_ENV, TRAIN_LOADER, VAL_LOADER,
-                                         checkpoint_seed, derive_seed, rng_state, run_seed, seed_everything,
-                                         set_rng_state, worker_seeds)
-from nnunet_cin.training.seeding import describe as describe_seed
+from nnunet_cin.training.mixins import OMPThreads, Seeded, ShortSchedule
+from nnunet_cin.training.seeding import (RNG_STATE_KEY, SEED_ENV, TRAIN_LOADER, VAL_LOADER, checkpoint_seed,
+                                         rng_state, set_rng_state, worker_seeds)
 from nnunet_cin.training.splits import stratified_crossval_split
 
 _warned_plain_plans = set()
@@ -87,55 +89,36 @@ _NNUNET_PREDICT_COMMANDS = {nnunet_predict.predict_entry_point.__code__,
                             nnunet_predict.predict_entry_point_modelfolder.__code__}
 
 
-class nnUNetTrainerCIN(nnUNetTrainer):
+class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
     conditioned = True  # False: plain network, same data pipeline (baselines)
     single_modality: Optional[str] = None  # train (and validate) on this modality only
-    schedule_epochs: Optional[int] = None  # set by the _Xepochs variants
     modality_sampling = "mixed"
     modality_shares = "equal"
     cin_scope: Optional[str] = None  # "encoder" | "all" (every instance norm); None: the plans' cin_scope, else encoder
     adapters = False  # True: every modality a residual adapter after each norm (unless the plans list some)
-    seed: Optional[int] = None  # the run seed; $nnUNet_cin_seed overrides it; None: unseeded (nnU-Net's)
+    # (schedule_epochs, schedule_iterations: ShortSchedule; seed: Seeded; nnunet_cin.training.mixins)
     latest_checkpoint_epochs: Optional[int] = None  # checkpoint_latest.pth at least this often; None: a tenth
     latest_checkpoint_minutes: Optional[float] = 5.0  # ... and once this much time has passed since the last one
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
-        dataset_modalities = CINPlans(plans).training_modalities(dataset_json)
-        refuse_rule_drift(plans, configuration, dataset_json)  # before nnU-Net's __init__ writes anything
+        rules = ModalityRules.from_dataset_json(dataset_json)  # this trainer's one resolution of the rules
+        dataset_modalities = CINPlans(plans).training_modalities(rules)
+        preprocessed = refuse_rule_drift(plans, configuration, rules)  # before nnU-Net's __init__ writes anything
         self.continuing = bool(plans.get("continue_training", False))  # --c (nnU-Net's __init__ pops the flag)
-        super().__init__(type(self).plans_for_training(plans, configuration, dataset_json), configuration, fold,
-                         dataset_json, device)
-        if self.schedule_epochs is not None:
-            self.num_epochs = self.schedule_epochs
-        self.lookup = ModalityLookup(dataset_json, dataset_modalities)
+        super().__init__(type(self).plans_for_training(plans, configuration, dataset_json, rules), configuration,
+                         fold, dataset_json, device)
+        self.lookup = ModalityLookup(rules, dataset_modalities, preprocessed)
         # the modalities this model serves; for conditioned models also the CIN row order
         self.modalities: List[str] = CINPlans(self.plans_manager.plans).modalities
         self.logger.local_logger = ModalityLogger(self.modalities)
-        self.seed = run_seed(type(self).seed)  # an instance attribute: nnU-Net's debug.json lists it
-        self.my_init_kwargs["seed"] = self.seed  # checkpoints record it in init_args, like the plans (modalities)
         # --c: restores the generators' states saved in the checkpoint (in on_train_start). A callable, so that
         # nnU-Net's debug.json (every non-callable attribute as text) does not list the states
         self._continue_random_streams: Optional[Callable[[], None]] = None
-        self.print_to_log_file(f"Random streams: {describe_seed(self.seed)}")
-        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if self.device.type == "cpu" and threads.isdigit() and int(threads) > 0:
-            # nnU-Net's nnUNetv2_train gives torch every core on the CPU, whatever OMP_NUM_THREADS says: trainings
-            # side by side (nnunet-cin compare -j) would each take them all
-            torch.set_num_threads(int(threads))
 
     # ----------------------------------------------------------------------------------------------------- seeding
-    def initialize(self):
-        if self.seed is not None and not self.was_initialized:
-            seed_everything(derive_seed(self.seed, INIT))  # the network's initial weights
-        super().initialize()
-
     def on_train_start(self):
-        if not self.was_initialized:
-            self.initialize()
-        if self.seed is not None:  # data loading and augmentation: every DDP rank its own stream
-            seed_everything(derive_seed(self.seed, DATA, self.local_rank, self.current_epoch))
-        super().on_train_start()  # builds the data loaders (and draws one batch from each)
+        super().on_train_start()  # Seeded: the network's and the data's streams; nnU-Net: the data loaders
         if self._continue_random_streams is not None:  # --c: continue the streams where the checkpoint left them
             self._continue_random_streams()
             self._continue_random_streams = None
@@ -144,13 +127,17 @@ class nnUNetTrainerCIN(nnUNetTrainer):
 
     # ------------------------------------------------------------------------------------------------ the network
     @classmethod
-    def plans_for_training(cls, plans: dict, configuration: str, dataset_json: Optional[dict]) -> dict:
+    def plans_for_training(cls, plans: dict, configuration: str, dataset_json: Optional[dict],
+                           rules: Optional[ModalityRules] = None) -> dict:
         """A copy of the dataset's `plans` in which `configuration` describes the network this trainer trains
         (`configuration_for_training`) and plans["cin"]["modalities"] the modalities the model serves: what the
         trainer trains with and nnU-Net saves as the model folder's plans.json. A function of the class and its
-        arguments only (no trainer needed: nnunet_cin.training.checkpoints builds a trainer's network with it).
-        dataset_json None: plans made by nnUNetv2_plan_and_preprocess_cin suffice (they record the modalities)."""
-        modalities = CINPlans(plans).training_modalities(dataset_json)
+        arguments only (no trainer needed: nnunet_cin.training.convert_pretrained builds a trainer's network with it).
+        dataset_json None: plans made by nnUNetv2_plan_and_preprocess_cin suffice (they record the modalities).
+        `rules`: dataset_json's, when the caller has them already."""
+        if rules is None and dataset_json is not None:
+            rules = ModalityRules.from_dataset_json(dataset_json)
+        modalities = CINPlans(plans).training_modalities(rules)
         if cls.single_modality is not None:
             if cls.single_modality not in modalities:
                 raise ModalityError(f'{cls.__name__}: unknown modality "{cls.single_modality}"; this dataset\'s '
@@ -255,7 +242,8 @@ class nnUNetTrainerCIN(nnUNetTrainer):
             dataset, self.batch_size, patch_size, final_patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, pad_sides=None, transforms=transforms,
             probabilistic_oversampling=self.probabilistic_oversampling,
-            case_modality={k: self.lookup.index_of(k) for k in dataset.identifiers}, modalities=self.lookup.modalities,
+            case_modality_index={k: self.lookup.model_index_of(k) for k in dataset.identifiers},
+            modalities=self.lookup.modalities,
             shares=self.modality_shares if training else "equal",
             mode=self.modality_sampling if training else "mixed",
             # alternate: continue the modality cycle where an interrupted run stopped (--c)
@@ -427,7 +415,7 @@ class nnUNetTrainerCIN(nnUNetTrainer):
         class ConditioningDataset(base):
             def load_case(self, identifier):
                 current.close()
-                current.enter_context(condition(trainer.network, trainer.lookup.index_of(identifier)))
+                current.enter_context(condition(trainer.network, trainer.lookup.model_index_of(identifier)))
                 return super().load_case(identifier)
 
         self.dataset_class = ConditioningDataset
@@ -437,8 +425,6 @@ class nnUNetTrainerCIN(nnUNetTrainer):
             current.close()
             self.dataset_class = base
 
-
-add_schedules(nnUNetTrainerCIN, globals())
 
 
 def _refuse_nnunet_predict_command(trainer: type, plans_manager: PlansManager):

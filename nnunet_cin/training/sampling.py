@@ -53,24 +53,24 @@ def modality_shares(shares: Shares, counts: Mapping[str, int]) -> Dict[str, floa
     return {m: weights.get(m, 0.0) / total for m in counts}
 
 
-def case_probabilities(case_modality: Sequence[int], share_per_modality: Sequence[float]) -> np.ndarray:
+def case_probabilities(case_modality_index: Sequence[int], share_per_modality: Sequence[float]) -> np.ndarray:
     """Per-case sampling probabilities: modality m gets share_per_modality[m], split equally among its cases."""
-    case_modality = np.asarray(case_modality, dtype=int)
-    counts = np.bincount(case_modality, minlength=len(share_per_modality))
+    case_modality_index = np.asarray(case_modality_index, dtype=int)
+    counts = np.bincount(case_modality_index, minlength=len(share_per_modality))
     shares = np.asarray(share_per_modality, dtype=float)
-    p = shares[case_modality] / counts[case_modality]
+    p = shares[case_modality_index] / counts[case_modality_index]
     return p / p.sum()
 
 
 class ModalityDataLoader(nnUNetDataLoader):
     """nnUNetDataLoader whose batches follow modality shares ("mixed") or alternate between modalities.
 
-    case_modality: {case identifier: conditioning index}; modalities: names in conditioning order. Everything after
-    choosing the cases (cropping, oversampling, transforms, batch layout) is nnU-Net's.
+    case_modality_index: {case identifier: conditioning index}; modalities: names in conditioning order. Everything
+    after choosing the cases (cropping, oversampling, transforms, batch layout) is nnU-Net's.
     """
 
     def __init__(self, data, batch_size, patch_size, final_patch_size, label_manager, *,
-                 case_modality: Mapping[str, int], modalities: Sequence[str], shares: Shares = "equal",
+                 case_modality_index: Mapping[str, int], modalities: Sequence[str], shares: Shares = "equal",
                  mode: str = "mixed", first_batch: int = 0, num_workers: int = 1, **kwargs):
         if mode not in SAMPLING_MODES:
             raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
@@ -78,7 +78,7 @@ class ModalityDataLoader(nnUNetDataLoader):
             raise ValueError("ModalityDataLoader computes the sampling probabilities from the modality shares")
         identifiers = list(data.identifiers)
         self.modalities = list(modalities)
-        self.case_modality_index = np.array([case_modality[k] for k in identifiers], dtype=int)
+        self.case_modality_index = np.array([case_modality_index[k] for k in identifiers], dtype=int)
         counts = np.bincount(self.case_modality_index, minlength=len(self.modalities))
         self.shares = modality_shares(shares, dict(zip(self.modalities, counts.tolist())))
         if mode == "alternate" and shares != "equal":

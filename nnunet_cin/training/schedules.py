@@ -1,30 +1,11 @@
-"""nnU-Net-style schedules: the `_1epoch` ... `_250epochs` trainer variants, and a poly learning-rate decay with a
-linear warm-up (the transformer trainers' recipe)."""
+"""A poly learning-rate decay with a linear warm-up (the transformer trainers' recipe). The `_1epoch` ... `_250epochs`
+trainer variants: nnunet_cin.training.training_length; a run's length from class attributes:
+nnunet_cin.training.mixins.ShortSchedule."""
 import math
-import sys
-from typing import Dict
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
-SCHEDULES = (1, 5, 10, 20, 50, 100, 250)
 LR_DECAYS = ("poly", "cosine")
-
-def schedule_suffix(epochs: int) -> str:
-    return "_1epoch" if epochs == 1 else f"_{epochs}epochs"  # nnU-Net's naming
-
-
-def add_schedules(base: type, namespace: dict, schedules=SCHEDULES) -> None:
-    """Module-level classes `<base>_1epoch`, `<base>_<n>epochs` for every n in schedules."""
-    for n in schedules:
-        name = base.__name__ + schedule_suffix(n)
-        namespace[name] = type(name, (base,), {"schedule_epochs": n, "__module__": namespace["__name__"],
-                                               "__qualname__": name, "__doc__": f"{base.__name__}, {n} epochs."})
-
-
-def schedule_variants(base: type) -> Dict[str, type]:
-    """{name: class} of the schedule variants `add_schedules` made for `base` (for re-export where nnU-Net looks)."""
-    module = sys.modules[base.__module__]
-    return {n: getattr(module, n) for n in (base.__name__ + schedule_suffix(e) for e in SCHEDULES)}
 
 
 class WarmupPolyLRScheduler(PolyLRScheduler):

@@ -66,7 +66,7 @@ from nnunet_cin.networks import swin
 from nnunet_cin.networks.unet import plans_class_path
 from nnunet_cin.networks.unetr import ConditionalUNETR, stage_strides
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
-from nnunet_cin.training.schedules import WarmupPolyLRScheduler, add_schedules
+from nnunet_cin.training.schedules import WarmupPolyLRScheduler
 
 UNETR_CLASS = plans_class_path(ConditionalUNETR)
 SWIN_UNETR_CLASS = plans_class_path(swin.ConditionalSwinUNETR)
@@ -208,7 +208,3 @@ class nnUNetTrainerSwinUNETRJoint(nnUNetTrainerCSwinUNETR):
     """The unconditioned reference of nnUNetTrainerCSwinUNETR: LayerNorm in the transformer, in patch merging and on
     the hidden states, instance norm in every conv block; the paper's joint-training Swin baseline."""
     conditioned = False
-
-
-for _trainer in (nnUNetTrainerCViT, nnUNetTrainerViTJoint, nnUNetTrainerCSwinUNETR, nnUNetTrainerSwinUNETRJoint):
-    add_schedules(_trainer, globals())

@@ -5,12 +5,11 @@
   architecture's `cin_scope`.
 - nnUNetTrainerCINAdapters: CIN in every norm and, after each, a residual 1x1 adapter of every modality's own
   (nnunet_cin.networks.adapters): capacity per modality that mixes channels, not only rescales them; recorded in the
-  plans as the architecture's `adapter_modalities`. Its schedules are written out in trainers/nnUNetTrainerCINAdapters.py.
+  plans as the architecture's `adapter_modalities`.
 - nnUNetTrainerCINAlternate: conditional, but each batch holds one modality in turn (the joint-training baseline's
   schedule, nnunet_cin.training.sampling) instead of mixed batches.
 """
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
-from nnunet_cin.training.schedules import add_schedules
 
 
 class nnUNetTrainerCINAllNorms(nnUNetTrainerCIN):
@@ -33,7 +32,3 @@ class nnUNetTrainerCINAdapters(nnUNetTrainerCIN):
 
 class nnUNetTrainerCINAlternate(nnUNetTrainerCIN):
     modality_sampling = "alternate"
-
-
-add_schedules(nnUNetTrainerCINAllNorms, globals())
-add_schedules(nnUNetTrainerCINAlternate, globals())

@@ -135,6 +135,7 @@ def convert_checkpoint(source: str, destination: str, dataset, configuration: st
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
+    from nnunet_cin.modalities import ModalityRules
     from nnunet_cin.plans import CINPlans
 
     if not isfile(source):
@@ -160,7 +161,8 @@ def convert_checkpoint(source: str, destination: str, dataset, configuration: st
         raise ValueError(f"{source} holds a {source_arch.split('.')[-1]} ({checkpoint.get('trainer_name')}), "
                          f"{trainer} trains a {target_arch}: weights convert only between the plain and conditional "
                          f"forms of one architecture, and between modality sets")
-    modalities = CINPlans(plans_dict).training_modalities(dataset_json)  # the target's CIN rows
+    rules = ModalityRules.from_dataset_json(dataset_json) if dataset_json is not None else None
+    modalities = CINPlans(plans_dict).training_modalities(rules)  # the target's CIN rows
     recorded = CINPlans(trainer_class.plans_for_training(plans_dict, configuration, dataset_json)).modalities \
         if hasattr(trainer_class, "plans_for_training") else modalities
     weights = convert_weights_for_network(checkpoint, network, modalities, source)
