@@ -8,14 +8,17 @@ with k = 1, 2, 4 of a pool of labelled T2 cases (each seed draws its own k), and
 held-out T2 test cases (nnU-Net's sliding window without test-time mirroring, Dice per structure by
 nnunet_cin.evaluation.evaluate.evaluate_folder; a case's value is its mean Dice over the 7 structures):
 
-  (a) new rows only: nnunet-cin add-modality (the new CIN rows from the closest modality's, everything else frozen)
+  (a) new rows only: nnunet-cin add-modality --adapt rows (the new CIN rows from the closest modality's, everything
+      else frozen)
+  (a+dec) add-modality --adapt rows+decoder: the new modality's rows in the decoder's norms too
+  (a+ad) add-modality --adapt adapters: also a residual 1x1 adapter of its own after every norm
   (b) fine-tuning the whole network on the same k cases (the same start, every parameter trains); its CT and MR Dice
       on held-out CT and MR cases against the base model's
   (c) training from scratch on the k cases (the same network, random start, the base model's iteration budget)
   (d) the closest existing row, no training (add-modality --epochs 0), and the mean row
   (e) unlabelled adaptation of the new rows (add-modality --unlabeled) on the k cases' images
 
-(a), (b) and (e) train the same number of iterations (--epochs x --iterations; a run with another budget than the
+(a), (a+dec), (a+ad), (b) and (e) train the same number of iterations (--epochs x --iterations; a run with another budget than the
 default is kept apart: `--arms a d --epochs 40` gives (a) the iterations of (c)). The adaptation's own final
 validation (nnU-Net's, on the training cases) is skipped here. Statistics as in `nnunet-cin compare`: the unit is the
 test case; a case's value is averaged over the seeds first; Student-t 95% intervals over the cases; paired differences
@@ -59,9 +62,15 @@ class {name}(nnUNetTrainerCIN):
     def perform_actual_validation(self, save_probabilities: bool = False):
         pass
 '''
-DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25  # of the adaptation arms (a), (b), (e)
+DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 25  # of the adaptation arms (a), (a+dec), (a+ad), (b), (e)
+ADAPT_OF = {"a": "rows", "a_dec": "rows+decoder", "a_ad": "adapters"}  # add-modality --adapt of each arm
+LR_ARMS = ("a", "a_dec", "a_ad", "e")  # at add-modality's learning rate (--lr)
+ADAPTING_ARMS = ("a", "a_dec", "a_ad", "b", "e")  # at the adaptation budget (--epochs x --iterations)
+TRAINED_ARMS = ("a", "a_dec", "a_ad", "e", "b", "c")  # in the order they run and are tabled
 STRUCTURES = ["MYO", "LA", "LV", "RA", "RV", "AA", "PA"]
-ARMS = {"a": "(a) new rows only (add-modality)", "b": "(b) fine-tune whole network",
+ARMS = {"a": "(a) new rows only (add-modality --adapt rows)",
+        "a_dec": "(a+dec) rows in the decoder too (--adapt rows+decoder)",
+        "a_ad": "(a+ad) rows everywhere + residual adapters (--adapt adapters)", "b": "(b) fine-tune whole network",
         "c": "(c) from scratch on the k cases", "d": "(d) closest row, no training", "d_mean": "(d') mean row, no "
         "training", "e": "(e) unlabelled adaptation (k images)"}
 
@@ -82,8 +91,11 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="adaptation iterations per epoch")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate of (a) and (e). Default: "
                                                            "add-modality's; (b) and (c) train with nnU-Net's 1e-2")
-    p.add_argument("--arms", nargs="+", default=["a", "b", "c", "d", "e"], help="arms to run (a b c d e)")
+    p.add_argument("--arms", nargs="+", default=["a", "a_dec", "a_ad", "b", "c", "d", "e"],
+                   help="arms to run (a a_dec a_ad b c d e)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true",
+                   help="table the runs already evaluated under ROOT (of --ks, --seeds), run nothing")
     p.add_argument("-device", default="cpu")
     return p.parse_args(argv)
 
@@ -122,7 +134,7 @@ def arm_trainers():
         def prepare_network(self, network):
             return list(network.parameters())
 
-    return {"a": NewRows, "b": FineTuneAll, "c": FromScratch, "e": Unlabeled}
+    return {"a": NewRows, "a_dec": NewRows, "a_ad": NewRows, "b": FineTuneAll, "c": FromScratch, "e": Unlabeled}
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
@@ -173,7 +185,7 @@ def subset(root: Path, k: int, seed: int, pool: int) -> Path:
     source = root / "raw" / f"Dataset{T2_ID}_AddBenchT2"
     cases = sorted(np.random.default_rng(seed).permutation(pool)[:k].tolist())
     for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True)
+        (folder / sub).mkdir(parents=True, exist_ok=True)  # (runs side by side may draw the same subset)
     for i in cases:
         shutil.copy(source / "imagesTr" / f"t2_{i:04d}_0000.nii.gz", folder / "imagesTr")
         shutil.copy(source / "labelsTr" / f"t2_{i:04d}.nii.gz", folder / "labelsTr")
@@ -198,15 +210,20 @@ def predict_and_score(model: Path, images: Path, labels: Path, out: Path, modali
     return {c["case"]: {s: c["metrics"][s]["Dice"] for s in STRUCTURES} for c in result["metric_per_case"]}
 
 
+def run_name(args, arm: str, k: int, seed: int) -> str:
+    name = (f"{arm}_k{k}_s{seed}" if k else arm) + (f"_lr{args.lr:g}" if args.lr and arm in LR_ARMS else "")
+    if arm in ADAPTING_ARMS and (args.epochs, args.iterations) != (DEFAULT_EPOCHS, DEFAULT_ITERATIONS):
+        name += f"_{args.epochs}x{args.iterations}"  # another budget: its own runs, not the default's
+    return name
+
+
 def run_arm(args, root: Path, model: Path, arm: str, k: int, seed: int, trainers) -> dict:
     import torch
 
     from nnunet_cin.add_modality.command import add_modality
     from nnunet_cin.add_modality.inputs import check_request
 
-    name = (f"{arm}_k{k}_s{seed}" if k else arm) + (f"_lr{args.lr:g}" if args.lr and arm in ("a", "e") else "")
-    if arm in ("a", "b", "e") and (args.epochs, args.iterations) != (DEFAULT_EPOCHS, DEFAULT_ITERATIONS):
-        name += f"_{args.epochs}x{args.iterations}"  # another budget: its own runs, not the default's
+    name = run_name(args, arm, k, seed)
     record_file = root / "evaluations" / f"{name}.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
@@ -216,16 +233,16 @@ def run_arm(args, root: Path, model: Path, arm: str, k: int, seed: int, trainers
         shutil.rmtree(out)
     request = check_request(str(model), str(data), "T2", str(out), ["all"], unlabeled=arm == "e",
                             init="mean" if arm == "d_mean" else "closest")
-    epochs = {"a": args.epochs, "b": args.epochs, "e": args.epochs, "d": 0, "d_mean": 0,
-              "c": args.base_epochs}[arm]
+    epochs = args.base_epochs if arm == "c" else 0 if arm in ("d", "d_mean") else args.epochs
     iterations = args.base_iterations if arm == "c" else args.iterations
     started = time.time()
-    lr = args.lr if arm in ("a", "e") else 1e-2  # (b), (c): nnU-Net's, as for training a whole network
+    lr = args.lr if arm in LR_ARMS else 1e-2  # (b), (c): nnU-Net's, as for training a whole network
     add_modality(request, epochs, iterations, 2, torch.device(args.device), seed=seed, initial_lr=lr,
-                 trainer_base=trainers.get(arm))
+                 trainer_base=trainers.get(arm), adapt=ADAPT_OF.get(arm, "rows"))
     seconds = time.time() - started
     raw_t2 = root / "raw" / f"Dataset{T2_ID}_AddBenchT2"
-    record = {"arm": arm, "k": k, "seed": seed, "seconds": round(seconds, 1),
+    added = json.loads((out / "fold_all" / "add_modality.json").read_text()).get("added_parameters")
+    record = {"arm": arm, "k": k, "seed": seed, "seconds": round(seconds, 1), "added_parameters": added,
               "T2": predict_and_score(out, raw_t2 / "imagesTs", raw_t2 / "labelsTs", root / "pred" / name, "T2")}
     if arm == "b":
         raw = root / "raw" / BASE
@@ -282,37 +299,45 @@ def report(args, records: list, base: dict, root: Path) -> str:
     from nnunet_cin.evaluation.statistics import compare_paired
 
     def runs(arm, k):
-        return [r for r in records if r["arm"] == arm and r["k"] == k]
+        return [r for r in records if r["arm"] == arm and r["k"] == k and (k == 0 or r["seed"] in args.seeds)]
 
     lines = [f"Training iterations: (a), (b), (e) {args.epochs} x {args.iterations}; (c) {args.base_epochs} x "
              f"{args.base_iterations} (the base model's); test cases: {args.test_cases} per modality", "",
              "| T2 mean Dice, 95% CI over test cases | " + " | ".join(f"k = {k}" for k in args.ks) + " |",
              "|---|" + "---:|" * len(args.ks)]
-    for arm in [a for a in ("a", "b", "c", "e") if runs(a, args.ks[0])]:
-        lines.append(f"| {ARMS[arm]} | " + " | ".join(cell(*averaged_over_seeds(runs(arm, k))) for k in args.ks)
-                     + " |")
+    for arm in [a for a in TRAINED_ARMS if any(runs(a, k) for k in args.ks)]:
+        lines.append(f"| {ARMS[arm]} | " + " | ".join(cell(*averaged_over_seeds(runs(arm, k))) if runs(arm, k)
+                                                       else "–" for k in args.ks) + " |")
     for arm in [a for a in ("d", "d_mean") if runs(a, 0)]:
         lines.append(f"| {ARMS[arm]} | " + " | ".join([cell(*averaged_over_seeds(runs(arm, 0)))] * len(args.ks))
                      + " |")
     lines += ["", "| paired difference in T2 mean Dice (bootstrap 95% CI, Wilcoxon p) | "
               + " | ".join(f"k = {k}" for k in args.ks) + " |", "|---|" + "---:|" * len(args.ks)]
-    for label, arm, ref in (("(a) - (d)", "a", "d"), ("(e) - (d)", "e", "d"), ("(a) - (b)", "a", "b"),
-                            ("(a) - (c)", "a", "c")):
-        if not runs(arm, args.ks[0]) or not runs(ref, 0 if ref == "d" else args.ks[0]):
+    pairs = [("(a) - (d)", "a", "d"), ("(e) - (d)", "e", "d")] + [
+        (f"{ARMS[arm].split(' ')[0]} - {ref}", arm, ref.strip("()")) for arm in ("a", "a_dec", "a_ad")
+        for ref in ("(b)", "(c)")] + [(f"{ARMS[arm].split(' ')[0]} - (a)", arm, "a") for arm in ("a_dec", "a_ad")]
+    for label, arm, ref in pairs:
+        if not any(runs(arm, k) for k in args.ks) or not runs(ref, 0) and not any(runs(ref, k) for k in args.ks):
             continue
         reference_d, _ = averaged_over_seeds(runs("d", 0)) if ref == "d" else (None, None)
         row = []
         for k in args.ks:
-            mine, _ = averaged_over_seeds(runs(arm, k))
-            other = reference_d if ref == "d" else averaged_over_seeds(runs(ref, k))[0]
+            # paired over the seeds both arms have (each seed: the same k cases)
+            seeds = {r["seed"] for r in runs(arm, k)} & ({0} if ref == "d" else {r["seed"] for r in runs(ref, k)})
+            if not seeds:
+                row.append("–")
+                continue
+            mine, _ = averaged_over_seeds([r for r in runs(arm, k) if r["seed"] in seeds])
+            other = reference_d if ref == "d" else averaged_over_seeds([r for r in runs(ref, k)
+                                                                        if r["seed"] in seeds])[0]
             cases = sorted(mine)
             c = compare_paired([mine[x] for x in cases], [other[x] for x in cases])
             row.append(f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}], p={c.p:.3f}")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines += ["", "| CT / MR mean Dice on held-out cases | CT | MR |", "|---|---:|---:|"]
-    lines.append("| base model (and (a), (d), (e): bitwise the same) | "
+    lines.append("| base model (and (a), (a+dec), (a+ad), (d), (e): bitwise the same) | "
                  + " | ".join(cell(by_modality(base["CT+MR"], m), []) for m in ("CT", "MR")) + " |")
-    for k in [k for k in args.ks if runs("b", k)]:
+    for k in [k for k in args.ks if runs("b", k)]:  # (b) changes them
         b = runs("b", k)
         lines.append(f"| (b) fine-tuned on k = {k} T2 cases | "
                      + " | ".join(cell(*averaged_over_seeds(b, "CT+MR", m)) for m in ("CT", "MR")) + " |")
@@ -323,6 +348,11 @@ def report(args, records: list, base: dict, root: Path) -> str:
     base_seconds = root / "base_seconds.txt"
     if base_seconds.is_file():
         lines[-1] += f"; base model (planning + training) {base_seconds.read_text()}"
+    added = {arm: r["added_parameters"] for r in records for arm in ("a", "a_dec", "a_ad")
+             if r["arm"] == arm and r.get("added_parameters")}
+    if added:
+        lines += ["", "Parameters added for T2 (the only ones trained): "
+                  + ", ".join(f"{ARMS[a].split(' ')[0]} {n}" for a, n in added.items())]
     return "\n".join(lines)
 
 
@@ -341,10 +371,17 @@ def main(argv=None):
     model = base_model(args, root)
     base = base_scores(root, model)
     trainers = arm_trainers()
+    if args.report_only:
+        names = [run_name(args, a, 0, 0) for a in ("d", "d_mean")] + [
+            run_name(args, a, k, s) for a in TRAINED_ARMS if a in args.arms for k in args.ks for s in args.seeds]
+        files = [root / "evaluations" / f"{n}.json" for n in names]
+        records = [json.loads(f.read_text()) for f in files if f.is_file()]
+        print(report(args, records, base, root))
+        return
     records = [run_arm(args, root, model, arm, 0, 0, trainers) for arm in ("d", "d_mean") if "d" in args.arms]
     for k in args.ks:
         for seed in args.seeds:
-            for arm in [a for a in ("a", "e", "b", "c") if a in args.arms]:
+            for arm in [a for a in TRAINED_ARMS if a in args.arms]:
                 records.append(run_arm(args, root, model, arm, k, seed, trainers))
                 print(f"[{time.time() - started:.0f} s] {arm} k={k} seed={seed}: T2 "
                       f"{sum(case_means(records[-1]['T2']).values()) / len(records[-1]['T2']):.3f}", flush=True)

@@ -14,6 +14,8 @@ ModalityLike = Union[int, torch.Tensor]
 
 class _ConditionalInstanceNorm(nn.Module):
     expected_dim: int = None  # spatial dims
+    # the tensors whose first axis is the modality (a row per modality): what adding a modality appends to
+    modality_parameters = ("weight", "bias")
 
     def __init__(self, num_features: int, num_modalities: int, eps: float = 1e-5):
         super().__init__()
@@ -34,6 +36,10 @@ class _ConditionalInstanceNorm(nn.Module):
         if x.dim() != self.expected_dim + 2:
             raise ValueError(f"{type(self).__name__} expects a {self.expected_dim + 2}D input (batch, channels, "
                              f"{self.expected_dim} spatial), got shape {tuple(x.shape)}")
+        return self.normalize(x, self.modality_of(x, modality))
+
+    def modality_of(self, x: torch.Tensor, modality: ModalityLike = None) -> torch.Tensor:
+        """The modality index of each sample of `x`, (batch,) long: `modality`, else the one condition() set."""
         from_context = modality is None
         if from_context:
             modality = self.context_modality  # range-checked once by condition(), not in every layer
@@ -41,8 +47,10 @@ class _ConditionalInstanceNorm(nn.Module):
             raise RuntimeError(f"{type(self).__name__} was called without a modality. Pass forward(x, modality) or "
                                f"run the network inside `with nnunet_cin.condition(network, modality):`; nnU-Net's "
                                f"own predictor does neither: predict with nnUNetv2_predict_cin.")
+        return self._modality_index(modality, x.shape[0], x.device, check_range=not from_context)
+
+    def normalize(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        m = self._modality_index(modality, b, x.device, check_range=not from_context)
         # Fused: instance norm of (b, c, ...) is batch norm of (1, b*c, ...), so the per-sample affine
         # rows can be handed to the same kernel as one (b*c,) weight/bias. Indexing keeps every modality's
         # rows in the graph (unused rows get zero gradients), which DDP needs.

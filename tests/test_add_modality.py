@@ -108,6 +108,17 @@ def added(env):
     return out
 
 
+@pytest.fixture(scope="module")
+def added_adapters(env):
+    """The same, with the capacity of `--adapt adapters`: T2's rows in every norm (decoder too) and its residual
+    adapters."""
+    out = env["root"] / "with_t2_adapters"
+    assert add_modality("-i", env["model"], "-d", NEW_ID, "-m", "T2", "-o", out, "--adapt", "adapters", "--epochs", 1,
+                        "--iterations-per-epoch", 2, "--val-iterations-per-epoch", 1, "--seed", 0,
+                        "-device", "cpu") == 0
+    return out
+
+
 def predict(model_folder, inputs, output, modality=None, *extra):
     from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
     predict_from_modelfolder_entry_point(["-i", str(inputs), "-o", str(output), "-m", str(model_folder), "-f", "0",
@@ -149,7 +160,8 @@ def test_new_rows_alone_train_under_momentum_and_weight_decay():
     from nnunet_cin.add_modality.rows import attach_new_rows, detach_new_rows, unchanged_except_new_rows
     net = _tiny_network(3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    trainable = attach_new_rows(net, 2)
+    old = {k: (v[:2] if k.startswith("1.") else v) for k, v in before.items()}
+    trainable = attach_new_rows(net, old)
     assert [tuple(p.shape) for p in trainable] == [(1, 4), (1, 4)]
     assert [n for n, p in net.named_parameters() if p.requires_grad] == [
         "1.parametrizations.weight.original", "1.parametrizations.bias.original"]
@@ -161,7 +173,6 @@ def test_new_rows_alone_train_under_momentum_and_weight_decay():
         assert torch.equal(after[k], before[k])
     for k in ("1.weight", "1.bias"):
         assert torch.equal(after[k][:2], before[k][:2]) and not torch.equal(after[k][2], before[k][2])
-    old = {k: (v[:2] if k.startswith("1.") else v) for k, v in before.items()}
     assert unchanged_except_new_rows(old, after, ["1.weight", "1.bias"]) == []
     assert unchanged_except_new_rows(old, before | {"3.bias": before["3.bias"] + 1}, ["1.weight", "1.bias"]) == \
         ["3.bias"]
@@ -238,11 +249,14 @@ def test_checkpoint_grows_by_the_new_cin_rows_only(env, added):
     assert any(not torch.equal(new[k][2], old[k][1]) for k in cin)
 
 
-def test_old_modalities_predict_bitwise_as_before(env, added, tmp_path):
+@pytest.mark.parametrize("extended", ["added", "added_adapters"])
+def test_old_modalities_predict_bitwise_as_before(env, extended, tmp_path, request):
     """The exported probabilities and segmentations of CT and MR cases (nnU-Net's sliding window with mirroring),
-    and the network's logits on the same input, of the original and the extended model folder."""
+    and the network's logits on the same input, of the original and the extended model folder (--adapt rows, the
+    default, and --adapt adapters: other tensors in the decoder's norms and adapters after every norm)."""
     from nnunet_cin.cin import condition
     from nnunet_cin.inference.predict import nnUNetPredictorCIN
+    added = request.getfixturevalue(extended)
 
     # every row on every case: CT and MR cases each predicted as both modalities (the modality check would refuse
     # the mismatched ones)
@@ -273,6 +287,40 @@ def test_old_modalities_predict_bitwise_as_before(env, added, tmp_path):
             assert torch.equal(outs[0], outs[1])
         with condition(networks[1], 2):  # the new modality computes something else
             assert not torch.equal(networks[1](x), outs[1])
+
+
+def test_adapters_grow_the_checkpoint_by_the_new_modality_only(env, added_adapters):
+    """--adapt adapters: the encoder's CIN tensors one row longer; each decoder norm's shared weight and bias become
+    one row per modality, the old rows copies of the shared tensor; one (1, C, C) adapter per norm; nothing else
+    changed, and the parameter count recorded is what the new modality holds."""
+    from nnunet_cin.networks.adapters import AdaptedInstanceNorm
+    from nnunet_cin.inference.predict import nnUNetPredictorCIN
+    old = _load(env["model"] / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    new = _load(added_adapters / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    adapters = {k for k in new if k.endswith(".adapter")}
+    assert set(new) - set(old) == adapters and set(old) <= set(new)
+    encoder = {k for k, v in old.items() if v.dim() == 2}  # the model's CIN tensors (the decoder holds the encoder)
+    decoder = {k for k in old if k.startswith("decoder.stages.") and ".norm." in k}
+    assert encoder and decoder and not encoder & decoder
+    for k, v in old.items():
+        if k in encoder:
+            assert new[k].shape == (3, v.shape[1]) and torch.equal(new[k][:2], v), k
+        elif v.dim() == 1 and new[k].dim() == 2:  # decoder norms (under .norm and .all_modules)
+            assert new[k].shape == (3, v.shape[0]) and torch.equal(new[k][0], v) and torch.equal(new[k][1], v), k
+        else:
+            assert new[k].dtype == v.dtype and torch.equal(new[k], v), k
+    assert all(new[k].dim() == 2 for k in decoder)
+    assert any(not torch.equal(new[k][0], new[k][2]) for k in decoder)  # T2's decoder rows trained
+    assert all(new[k].shape[0] == 1 for k in adapters) and any(new[k].abs().sum() > 0 for k in adapters)
+    p = nnUNetPredictorCIN(device=torch.device("cpu"))
+    p.initialize_from_trained_model_folder(str(added_adapters), (0,))
+    layers = {id(m): m for m in p.network.modules() if isinstance(m, AdaptedInstanceNorm)}.values()
+    assert layers and all(m.adapted == [2] for m in layers)
+    rows = sum(2 * m.num_features for m in layers)  # every norm: one weight and one bias row of T2's
+    record = json.loads((added_adapters / "fold_0" / "add_modality.json").read_text())
+    assert record["adapt"] == "adapters"
+    assert record["added_parameters"] == record["trained_parameters"] == rows + sum(m.num_features ** 2
+                                                                                     for m in layers)
 
 
 def test_new_modality_predicts_with_modality_flag_and_by_its_pattern(env, added, tmp_path):

@@ -497,6 +497,29 @@ def test_variants_all_norms_and_alternate(local):
     assert ok and seen == {0, 1}
 
 
+def test_variant_adapters(local):
+    """nnUNetTrainerCINAdapters: CIN in every norm, each followed by every modality's residual adapter; the plans
+    record them; a training step on a one-modality batch still gives every adapter a gradient (DDP without
+    find_unused_parameters), zero for the absent modality's."""
+    from nnunet_cin.networks.adapters import AdaptedInstanceNorm
+
+    trainer = make_trainer("nnUNetTrainerCINAdapters_5epochs")
+    kwargs = trainer.configuration_manager.network_arch_init_kwargs
+    assert trainer.num_epochs == 5 and kwargs["cin_scope"] == "all" and kwargs["adapter_modalities"] == [0, 1]
+    layers = {id(m): m for m in trainer.network.modules() if isinstance(m, AdaptedInstanceNorm)}
+    assert layers and set(layers) == {id(m) for m in cin_layers(trainer.network)}
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    ct = [i for i, k in enumerate(batch["keys"]) if modality_of(k) == 0][:1] or [0]
+    one = dict(batch, data=batch["data"][ct], target=[t[ct] for t in batch["target"]],
+               keys=[batch["keys"][i] for i in ct])
+    trainer.train_step(one)
+    seen = modality_of(one["keys"][0])
+    for layer in layers.values():
+        assert layer.adapter.grad is not None
+        assert layer.adapter.grad[1 - seen].abs().sum() == 0 and layer.adapter.grad[seen].abs().sum() > 0
+
+
 def test_trainer_names_found_by_nnunet(planned, monkeypatch):
     """nnU-Net's own lookup finds our trainers, their short schedules and a user's subclass in another folder."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -506,7 +529,8 @@ def test_trainer_names_found_by_nnunet(planned, monkeypatch):
                 "nnUNetTrainerJoint_5epochs": 5, "nnUNetTrainerJointAlternate_20epochs": 20,
                 "nnUNetTrainerSingleModality_CT": None, "nnUNetTrainerSingleModality_MR_50epochs": 50,
                 "nnUNetTrainerCINAllNorms": None, "nnUNetTrainerCINAllNorms_5epochs": 5,
-                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": 1}
+                "nnUNetTrainerCINAlternate_10epochs": 10, "nnUNetTrainerCINTest": 1,
+                "nnUNetTrainerCINAdapters": None, "nnUNetTrainerCINAdapters_250epochs": 250}
     for name, epochs in expected.items():
         cls = recursive_find_trainer_class_by_name(name)
         assert cls.__name__ == name and cls.schedule_epochs == epochs

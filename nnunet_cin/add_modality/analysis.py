@@ -145,18 +145,39 @@ def initial_rows(request: Request, analysis: ModalityAnalysis) -> Tuple[str, str
     return closest, f"the closest modality by signature (median chi2 over the new cases: {shown})"
 
 
-def extended_plans(request: Request, analysis: ModalityAnalysis, provenance: dict) -> dict:
-    """The model's plans.json serving the new modality too: plans['cin'] extended (CINPlans.with_added_modality), and
-    every conditional architecture's `num_modalities` one larger (what the trainer's plans_for_training writes)."""
+# What the new modality may adapt (nnunet-cin add-modality --adapt); each option holds the ones before it:
+# its CIN rows in the encoder; also in the decoder's norms (shared until now: every old modality gets a copy of the
+# shared affine, which computes bitwise what the shared norm computed); also a residual 1x1 adapter after every norm
+# (nnunet_cin.networks.adapters).
+ADAPT = ("rows", "rows+decoder", "adapters")
+# rows: until benchmarks/bench_add_modality.py (arms a, a_dec, a_ad; k = 1, 2, 4; seeds) shows another one at least as
+# good at every k, the long-measured option stays the default
+DEFAULT_ADAPT = "rows"
+
+
+def extended_plans(request: Request, analysis: ModalityAnalysis, provenance: dict, adapt: str = DEFAULT_ADAPT) -> dict:
+    """The model's plans.json serving the new modality too: plans['cin'] extended (CINPlans.with_added_modality), the
+    network of the model's configuration with the capacity `adapt` gives the new modality
+    (nnunet_cin.networks.unet.conditional_architecture), written by the model's trainer (plans_for_training: the
+    modality count of the network it builds)."""
+    from nnunet_cin.networks.unet import ADAPTERS_KEY, conditional_architecture, is_conditional_unet
+
+    if adapt not in ADAPT:
+        raise AddModalityError(f"--adapt {adapt}: choose one of {', '.join(ADAPT)}")
     plans = CINPlans(request.model_plans).with_added_modality(
         request.new, analysis.scheme, analysis.use_mask, analysis.intensity_properties, request.rules,
         analysis.signature, analysis.normalization_key, provenance)
     count = len(CINPlans(plans).modalities)
-    for configuration in plans["configurations"].values():
-        kwargs = (configuration.get("architecture") or {}).get("arch_kwargs") or {}
-        if "num_modalities" in kwargs:
-            kwargs["num_modalities"] = count
-    return plans
+    if adapt != "rows":
+        configuration = plans["configurations"][request.configuration]
+        arch = configuration.get("architecture")
+        if arch is None or not is_conditional_unet(arch):
+            raise AddModalityError(f"--adapt {adapt} needs a conditional U-Net (nnUNetTrainerCIN and its variants); "
+                                   f"this model's network is {arch and arch['network_class_name']}: use --adapt rows")
+        adapters = list(arch["arch_kwargs"].get(ADAPTERS_KEY) or []) + ([count - 1] if adapt == "adapters" else [])
+        configuration["architecture"] = conditional_architecture(arch, count, "all", adapters)
+    return request.trainer_class.plans_for_training(plans, request.configuration, extended_dataset_json(request,
+                                                                                                        analysis))
 
 
 def extended_dataset_json(request: Request, analysis: ModalityAnalysis) -> dict:

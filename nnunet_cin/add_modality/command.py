@@ -1,14 +1,16 @@
 """nnunet-cin add-modality: a trained conditional model gains a modality; the modalities it had keep their predictions.
 
     nnunet-cin add-modality -i MODEL_FOLDER -d DATASET -m NEW_NAME -o NEW_MODEL_FOLDER [-f FOLDS] [--unlabeled]
-        [--epochs N] [--iterations-per-epoch N] [--init closest|mean|MODALITY] [--seed N] [-device cpu|cuda]
+        [--adapt rows|rows+decoder|adapters] [--epochs N] [--iterations-per-epoch N] [--init closest|mean|MODALITY]
+        [--seed N] [-device cpu|cuda]
 
 1. Checks (nnunet_cin.add_modality.inputs), then reads the new cases: normalization, intensity statistics and
    signature of the new modality from its own cases (nnunet_cin.add_modality.analysis). Nothing is written before.
 2. NEW_MODEL_FOLDER.partial is written aside and renamed to NEW_MODEL_FOLDER when everything is done; a run that
    stops leaves the .partial folder, which the next run replaces. Inside it, a private nnU-Net folder tree (.work):
    the new cases preprocessed with the model's plans (its spacing, patch and network; the new modality's
-   normalization), then, per fold of the model, nnU-Net's training of the new CIN rows by the model's own trainer
+   normalization), then, per fold of the model, nnU-Net's training of the new CIN rows (and, with --adapt, the new
+   modality's decoder rows and residual adapters: nnunet_cin.add_modality.analysis.ADAPT) by the model's own trainer
    (nnunet_cin.add_modality.trainer), nnU-Net's sliding-window validation on the new cases (labelled only). The
    adaptation trains on fold "all" (every new case), so that "validation" and its pseudo-Dice are measured on the
    cases it trained on: a check that it fits, not an estimate for unseen cases (predict held-out cases and evaluate
@@ -31,12 +33,14 @@ from typing import Optional
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, maybe_mkdir_p, save_json
 
-from nnunet_cin.add_modality.analysis import (ModalityAnalysis, analyze_new_modality, extended_dataset_json,
-                                              extended_plans, initial_rows)
+from nnunet_cin.add_modality.analysis import (ADAPT, DEFAULT_ADAPT, ModalityAnalysis, analyze_new_modality,
+                                              extended_dataset_json, extended_plans, initial_rows)
 from nnunet_cin.add_modality.inputs import CLOSEST, AddModalityError, Request, check_request
 from nnunet_cin.add_modality.rows import MEAN as MEAN_ROW
-from nnunet_cin.add_modality.rows import cin_tensor_names, extended_state_dict, unchanged_except_new_rows
+from nnunet_cin.add_modality.rows import (attach_new_rows, cin_tensor_names, extended_state_dict,
+                                          unchanged_except_new_rows)
 from nnunet_cin.add_modality.trainer import NEW_ROWS_LR_FACTOR, Adaptation, adaptation_trainer
+from nnunet_cin.plans import CINPlans
 
 WORK = ".work"
 PARTIAL = ".partial"
@@ -126,10 +130,10 @@ def export_fold(original: dict, weights: dict, problems: list, plans: dict, reco
     checkpoint["network_weights"] = weights
     checkpoint["init_args"] = dict(original.get("init_args") or {}, plans=plans)
     if "modalities" in checkpoint:
-        checkpoint["modalities"] = plans["cin"]["modalities"]
+        checkpoint["modalities"] = CINPlans(plans).modalities
     # the model's optimizer state: its CIN momentum buffers have the old shape, and it continues nothing
     checkpoint["optimizer_state"] = checkpoint["grad_scaler_state"] = None
-    checkpoint["added_modality"] = {k: record[k] for k in ("modality", "init", "labelled", "cases")}
+    checkpoint["added_modality"] = {k: record[k] for k in ("modality", "init", "labelled", "cases", "adapt")}
     maybe_mkdir_p(folder)
     torch.save(checkpoint, join(folder, "checkpoint_final.pth"))
     save_json(record, join(folder, "add_modality.json"), sort_keys=False)
@@ -138,7 +142,7 @@ def export_fold(original: dict, weights: dict, problems: list, plans: dict, reco
 def add_modality(request: Request, epochs: int = DEFAULT_EPOCHS, iterations_per_epoch: int = DEFAULT_ITERATIONS,
                  val_iterations_per_epoch: int = DEFAULT_VAL_ITERATIONS, device: torch.device = torch.device("cpu"),
                  seed: Optional[int] = None, initial_lr: Optional[float] = None, trainer_base: Optional[type] = None,
-                 analysis: Optional[ModalityAnalysis] = None) -> str:
+                 analysis: Optional[ModalityAnalysis] = None, adapt: str = DEFAULT_ADAPT) -> str:
     """Write the extended model folder request.output (see the module docstring); returns it. `initial_lr` None:
     NEW_ROWS_LR_FACTOR x the model trainer's (nnunet_cin.add_modality.trainer). `trainer_base` (benchmarks): another
     adaptation mixin than the default."""
@@ -151,10 +155,13 @@ def add_modality(request: Request, epochs: int = DEFAULT_EPOCHS, iterations_per_
           f' case(s) of {request.dataset_folder}'
           + (f" (left out, another modality by its rules: {', '.join(request.skipped)})" if request.skipped else ""))
     print(f"  normalization {analysis.scheme} (statistics from the {analysis.statistics_from}); new rows start from "
-          f"{'the mean row' if init == MEAN_ROW else 'the rows of ' + init}: {why}")
+          f"{'the mean row' if init == MEAN_ROW else 'the rows of ' + init}: {why}; adapts: {adapt}")
+    if not request.labelled:
+        print("  --unlabeled is experimental: on the benchmark's T2 it did not beat the untrained initial rows "
+              "(see nnunet-cin add-modality --help)")
     provenance = {"dataset": request.dataset_folder, "cases": sorted(request.cases), "labelled": request.labelled,
-                  "statistics_from": analysis.statistics_from, "from_model": request.model_folder}
-    plans = extended_plans(request, analysis, provenance)
+                  "statistics_from": analysis.statistics_from, "from_model": request.model_folder, "adapt": adapt}
+    plans = extended_plans(request, analysis, provenance, adapt)
     dataset_json = extended_dataset_json(request, analysis)
     init_index = MEAN_ROW if init == MEAN_ROW else request.modalities.index(init)
 
@@ -183,7 +190,8 @@ def add_modality(request: Request, epochs: int = DEFAULT_EPOCHS, iterations_per_
                 record = {"modality": request.new, "model_checkpoint": request.checkpoint(fold),
                           "model_checkpoint_sha256": _sha256(request.checkpoint(fold)),
                           "dataset": request.dataset_folder, "cases": sorted(request.cases),
-                          "labelled": request.labelled, "init": init, "init_reason": why, "epochs": epochs,
+                          "labelled": request.labelled, "init": init, "init_reason": why, "adapt": adapt,
+                          "epochs": epochs,
                           "iterations_per_epoch": iterations_per_epoch, "seed": seed,
                           "normalization": analysis.scheme, "statistics_from": analysis.statistics_from}
                 original = torch.load(request.checkpoint(fold), map_location="cpu", weights_only=False)
@@ -192,16 +200,17 @@ def add_modality(request: Request, epochs: int = DEFAULT_EPOCHS, iterations_per_
                                           trainer_base)
                     weights = trainer.exported_weights()
                     problems = trainer.changed_outside_new_rows(original["network_weights"], weights)
-                    record["trained_parameters"] = int(trainer.trained_parameters)
+                    record["trained_parameters"] = int(trainer.trained_parameters)  # the new modality's own
                     _keep_logs(trainer.output_folder, folder)
                 else:  # the initial rows, untrained
-                    weights, cin_keys = _untrained_weights(request, plans, original, init_index)
+                    weights, cin_keys, added = _untrained_weights(request, plans, original, init_index)
                     problems = unchanged_except_new_rows(original["network_weights"], weights, cin_keys)
                     record["trained_parameters"] = 0
+                record["added_parameters"] = record["trained_parameters"] or added
                 record["seconds"] = round(time.time() - fold_started, 1)
                 export_fold(original, weights, problems, plans, record, folder)
                 print(f"  fold {fold}: {join(request.output, f'fold_{fold}', 'checkpoint_final.pth')} "
-                      f"({record['seconds']} s)")
+                      f"({record['seconds']} s; {record['added_parameters']} parameters added for {request.new})")
         save_json(plans, join(partial, "plans.json"), sort_keys=False)
         save_json(dataset_json, join(partial, "dataset.json"), sort_keys=False)
         if isfile(join(request.model_folder, "dataset_fingerprint.json")):
@@ -228,8 +237,8 @@ def _keep_logs(trainer_folder: str, folder: str) -> None:
 
 
 def _untrained_weights(request: Request, plans: dict, original: dict, init_index) -> tuple:
-    """--epochs 0: (the model's weights with the initial rows appended, the CIN tensors' keys) of the extended
-    network."""
+    """--epochs 0: (the model's weights with the initial rows appended, the CIN tensors' keys, the number of the new
+    modality's parameters) of the extended network."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -238,7 +247,10 @@ def _untrained_weights(request: Request, plans: dict, original: dict, init_index
     network = request.trainer_class.build_network_architecture(
         pm, cm, determine_num_input_channels(pm, cm, request.model_dataset_json),
         pm.get_label_manager(request.model_dataset_json).num_segmentation_heads, True)
-    return extended_state_dict(original["network_weights"], network, init_index), cin_tensor_names(network)
+    weights = extended_state_dict(original["network_weights"], network, init_index)
+    network.load_state_dict(weights)
+    added = sum(p.numel() for p in attach_new_rows(network, original["network_weights"]))
+    return weights, cin_tensor_names(network), added
 
 
 # ------------------------------------------------------------------------------------------- command line (cli.py)
@@ -255,8 +267,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", nargs="+", default=None, metavar="FOLD",
                         help="the model's folds to extend. Default: every fold_X with a checkpoint_final.pth")
     parser.add_argument("--unlabeled", action="store_true",
-                        help="adapt from the images alone (entropy and mirror consistency of the predictions); "
-                             "labelsTr is not read")
+                        help="EXPERIMENTAL, off by default: adapt the new rows from the images alone (entropy and "
+                             "mirror consistency of the predictions); labelsTr is not read. Not shown to help: on "
+                             "the benchmark's T2 (bench_add_modality.py, k = 1, one seed, 6 test cases) it scored "
+                             "0.003 mean Dice against 0.007 for the untrained closest rows (paired difference "
+                             "-0.004 [-0.008, -0.002])")
+    parser.add_argument("--adapt", default=DEFAULT_ADAPT, choices=ADAPT,
+                        help="what the new modality gets of its own: its CIN rows in the encoder (rows); also in the "
+                             "decoder's norms (rows+decoder); also a residual 1x1 adapter after every norm (adapters; "
+                             "conditional U-Nets). The old modalities compute bitwise what they computed before in "
+                             f"each case. Default: {DEFAULT_ADAPT} (the others are not measured yet against it on "
+                             f"the benchmark: see the documentation)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                         help=f"epochs of the adaptation (0: the initial rows, untrained). Default: {DEFAULT_EPOCHS}")
     parser.add_argument("--iterations-per-epoch", type=int, default=DEFAULT_ITERATIONS,
@@ -288,8 +309,12 @@ def run(args) -> int:
     except AddModalityError as e:
         print(f"nnunet-cin add-modality: error: {e}", file=sys.stderr)
         return 2
-    add_modality(request, args.epochs, args.iterations_per_epoch, args.val_iterations_per_epoch,
-                 _device(args.device), args.seed, args.lr, analysis=analysis)
+    try:
+        add_modality(request, args.epochs, args.iterations_per_epoch, args.val_iterations_per_epoch,
+                     _device(args.device), args.seed, args.lr, analysis=analysis, adapt=args.adapt)
+    except AddModalityError as e:  # (--adapt that the model's network cannot take: before anything is written)
+        print(f"nnunet-cin add-modality: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,6 +9,15 @@ cat(old rows, new row), the old rows a constant buffer and the new row the only 
 the network gets requires_grad=False (torch's optimizers skip a parameter without a gradient, weight decay included).
 `detach_new_rows` folds the rows back into plain (M + 1, C) parameters: torch.cat copies the old rows bit for bit.
 `unchanged_except_new_rows` checks the outcome against the original checkpoint, tensor by tensor, with torch.equal.
+
+The same holds for every tensor whose first axis is a modality (a layer's `modality_parameters`), which `--adapt`
+may add beyond the encoder's rows (nnunet_cin.add_modality.command.ADAPT):
+- a decoder norm the model shares between its modalities (weight (C,)) becomes a CIN layer (M + 1, C) whose M old
+  rows are copies of the shared vector (bitwise the same computation: nnunet_cin.networks.unet.make_conditional) and
+  whose new row starts as one more copy;
+- the new modality's adapter slot (nnunet_cin.networks.adapters: (1, C, C), or a slot appended to a model's own
+  adapters) starts at zero; a tensor the model did not have has no old rows at all.
+Always the LAST row of such a tensor is the new modality's, and the only part that trains.
 """
 from typing import Dict, List, Mapping, Sequence, Union
 
@@ -16,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nnunet_cin.cin import cin_layers
+from nnunet_cin.cin import _ConditionalInstanceNorm
 
 AFFINE = ("weight", "bias")
 MEAN = "mean"  # the initial row: the mean of the existing rows
@@ -37,52 +46,73 @@ class AppendedRows(nn.Module):
         return full[self.old_rows.shape[0]:].clone()
 
 
+def _modality_layers(network: nn.Module) -> Dict[int, nn.Module]:
+    return {id(m): m for m in network.modules() if isinstance(m, _ConditionalInstanceNorm)}
+
+
 def cin_tensor_names(network: nn.Module) -> Dict[str, str]:
-    """{state-dict key: "weight" | "bias"} of the CIN tensors of `network` (each key under which a layer is
-    registered: nnU-Net's blocks register a norm under two parents)."""
-    ids = {id(layer) for layer in cin_layers(network)}
+    """{state-dict key: parameter name} of the tensors of `network` with a row per modality (the CIN layers'
+    `modality_parameters`; each key under which a layer is registered: nnU-Net's blocks register a norm under two
+    parents)."""
+    layers = _modality_layers(network)
     return {f"{prefix}.{name}": name for prefix, module in network.named_modules(remove_duplicate=False)
-            if id(module) in ids for name in AFFINE}
+            if id(module) in layers for name in module.modality_parameters}
 
 
 def extended_state_dict(weights: Mapping[str, torch.Tensor], network: nn.Module,
                         init: Union[int, str]) -> Dict[str, torch.Tensor]:
     """`weights` (a trained network's state dict, M rows per CIN tensor) for `network` (the same architecture with M + 1
-    rows): every tensor as it is, each CIN tensor with one row appended, a copy of row `init` (an index) or the mean
-    of the rows (MEAN). Anything else that does not fit is an error naming the tensor."""
+    rows, and possibly more conditioned norms and adapters: see the module docstring): every tensor as it is; each CIN
+    weight and bias with one row appended, a copy of row `init` (an index) or the mean of the rows (MEAN); a shared
+    norm tensor (C,) that became a CIN tensor repeated M + 1 times; another per-modality tensor (an adapter) with the
+    network's own initial last row appended, or the network's own value when the model had none. Anything else that
+    does not fit is an error naming the tensor."""
     target = network.state_dict()
-    cin = cin_tensor_names(network)
-    missing = sorted(set(target) - set(weights))
+    per_modality = cin_tensor_names(network)
+    missing = sorted(k for k in set(target) - set(weights) if k not in per_modality or per_modality[k] in AFFINE)
     if missing:
         raise ValueError(f"the checkpoint has no tensor {missing[0]} of the network ({len(missing)} missing): it is "
                          f"not from this architecture")
     out = {}
     for key, want in target.items():
-        value = weights[key]
-        if key in cin:
-            if value.dim() != 2 or value.shape[0] + 1 != want.shape[0] or value.shape[1] != want.shape[1]:
+        value = weights.get(key)
+        if value is None:  # capacity the model did not have
+            value = want
+        elif key in per_modality and value.shape != want.shape:
+            if value.dim() == want.dim() - 1 and value.shape == want.shape[1:]:  # shared by all -> one row each
+                value = value[None].expand(want.shape).clone()
+            elif value.dim() == want.dim() and value.shape[0] + 1 == want.shape[0] and value.shape[1:] == want.shape[1:]:
+                if per_modality[key] in AFFINE:
+                    row = value.mean(0, keepdim=True) if init == MEAN else value[int(init)][None]
+                else:
+                    row = want[-1:]
+                value = torch.cat([value, row.to(value.dtype)], 0)
+            else:
                 raise ValueError(f"CIN tensor {key} has shape {tuple(value.shape)}; adding one modality to it needs "
-                                 f"({want.shape[0] - 1}, {want.shape[1]})")
-            row = value.mean(0, keepdim=True) if init == MEAN else value[int(init)][None]
-            value = torch.cat([value, row], 0)
+                                 f"({want.shape[0] - 1}, {', '.join(map(str, want.shape[1:]))})")
         elif value.shape != want.shape:
             raise ValueError(f"tensor {key} has shape {tuple(value.shape)}, the network wants {tuple(want.shape)}")
         out[key] = value.to(want.dtype)
     return out
 
 
-def attach_new_rows(network: nn.Module, num_old: int) -> List[nn.Parameter]:
-    """Make the last row of every CIN weight and bias the only trainable parameters of `network` (see the module
-    docstring); returns them. Every other parameter gets requires_grad=False."""
+def attach_new_rows(network: nn.Module, original: Mapping[str, torch.Tensor]) -> List[nn.Parameter]:
+    """Make the new modality's row of every per-modality tensor that grew against the model's weights `original`
+    (the last row; see the module docstring) the only trainable parameters of `network`; returns them. Every other
+    parameter gets requires_grad=False."""
     for p in network.parameters():
         p.requires_grad_(False)
+    prefixes = {}
+    for prefix, module in network.named_modules(remove_duplicate=False):
+        prefixes.setdefault(id(module), prefix)
     trainable = []
-    for layer in cin_layers(network):
-        if layer.num_modalities != num_old + 1:
-            raise ValueError(f"a CIN layer has {layer.num_modalities} rows; expected {num_old + 1} (the model's "
-                             f"{num_old} modalities and the new one)")
-        for name in AFFINE:
-            parametrize.register_parametrization(layer, name, AppendedRows(getattr(layer, name)[:num_old]))
+    for layer in _modality_layers(network).values():
+        for name in layer.modality_parameters:
+            old = original.get(f"{prefixes[id(layer)]}.{name}")
+            full = getattr(layer, name)
+            if old is not None and old.shape == full.shape:
+                continue  # not the new modality's (e.g. the model's own adapters, when the new one has none)
+            parametrize.register_parametrization(layer, name, AppendedRows(full[:full.shape[0] - 1]))
             new_row = layer.parametrizations[name].original
             new_row.requires_grad_(True)
             trainable.append(new_row)
@@ -90,25 +120,32 @@ def attach_new_rows(network: nn.Module, num_old: int) -> List[nn.Parameter]:
 
 
 def detach_new_rows(network: nn.Module) -> None:
-    """Fold the parametrized rows back into plain (M + 1, C) parameters (the network's original layout)."""
-    for layer in cin_layers(network):
-        for name in AFFINE:
+    """Fold the parametrized rows back into plain parameters (the network's original layout)."""
+    for layer in _modality_layers(network).values():
+        for name in layer.modality_parameters:
             if parametrize.is_parametrized(layer, name):
                 parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
 
 
 def unchanged_except_new_rows(original: Mapping[str, torch.Tensor], extended: Mapping[str, torch.Tensor],
                               cin_keys: Sequence[str]) -> List[str]:
-    """The keys where `extended` is not `original` plus one row per CIN tensor: every tensor bitwise equal, CIN
-    tensors equal on the original rows and one row longer. Empty: the guarantee holds."""
+    """The keys where `extended` is not `original` plus the new modality's rows: every tensor bitwise equal; a
+    per-modality tensor (`cin_keys`) equal on the original rows and one row longer (or as it was); a shared tensor
+    (C,) that became per-modality equal to it in every row but the last; a tensor the model did not have only as a
+    per-modality tensor. Empty: the guarantee holds."""
     cin_keys = set(cin_keys)
-    problems = sorted(set(original) ^ set(extended))
+    problems = sorted((set(original) - set(extended)) | (set(extended) - set(original) - cin_keys))
     for key in sorted(set(original) & set(extended)):
         a, b = original[key].detach().cpu(), extended[key].detach().cpu()
-        if key in cin_keys:
-            ok = b.shape[0] == a.shape[0] + 1 and b.dtype == a.dtype and torch.equal(b[:a.shape[0]], a)
+        if b.dtype != a.dtype:
+            ok = False
+        elif key in cin_keys and b.dim() == a.dim() + 1:
+            ok = b.shape[1:] == a.shape and b.shape[0] >= 2 and all(torch.equal(row, a) for row in b[:-1])
+        elif key in cin_keys:
+            ok = (b.shape[1:] == a.shape[1:] and b.shape[0] in (a.shape[0], a.shape[0] + 1)
+                  and torch.equal(b[:a.shape[0]], a))
         else:
-            ok = b.shape == a.shape and b.dtype == a.dtype and torch.equal(a, b)
+            ok = b.shape == a.shape and torch.equal(a, b)
         if not ok:
             problems.append(key)
     return problems

@@ -4,7 +4,8 @@
 (nnUNetTrainerCIN or one of its conditional subclasses: the same network, built the same way), plus:
 - the network starts from the model fold's weights, each CIN tensor extended by one row (a copy of the closest
   modality's row, or the mean row: nnunet_cin.add_modality.rows.extended_state_dict);
-- only the new rows are parameters that train (rows.attach_new_rows), and the optimizer is the model trainer's own
+- only the new rows (and what --adapt adds for the new modality: its rows in the decoder's norms, its residual
+  adapters) are parameters that train (rows.attach_new_rows), and the optimizer is the model trainer's own
   (nnU-Net's SGD with momentum, Nesterov and weight decay; the transformer trainers' AdamW), built over the network
   after freezing: parameters without a gradient are skipped by torch's optimizers, weight decay included;
 - nnU-Net's loss, augmentation, data loading and sliding-window validation as they are (labelled cases), on the new
@@ -88,7 +89,7 @@ class NewRowsAdaptation:
         (returned)."""
         weights = torch.load(self.adaptation.checkpoint, map_location="cpu", weights_only=False)["network_weights"]
         network.load_state_dict(extended_state_dict(weights, network, self.adaptation.init))
-        return attach_new_rows(network, self.adaptation.num_old)
+        return attach_new_rows(network, weights)
 
     def changed_outside_new_rows(self, original: Dict[str, torch.Tensor],
                                  weights: Dict[str, torch.Tensor]) -> List[str]:

@@ -40,6 +40,8 @@ Options of the network (class attributes only: the plans are written before __in
     conditioned = True | False (the baselines' plain network)
     single_modality = None | "MR" (nnUNetTrainerSingleModality_MR: one modality's cases, plain network)
     cin_scope = None | "encoder" | "all" (CIN in every instance norm); None: the plans' `cin_scope`, else "encoder"
+    adapters = False | True (every modality its residual adapters, nnunet_cin.networks.adapters; needs
+        cin_scope "all"); plans whose architecture lists `adapter_modalities` keep theirs
 
 NOTE: nnU-Net imports the files of this folder as top-level modules; shared code is imported absolutely
 (`from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN`), never relatively.
@@ -67,7 +69,7 @@ from torch import nn
 
 from nnunet_cin.cin import condition
 from nnunet_cin.modalities import ModalityError, ModalityRules
-from nnunet_cin.networks.unet import conditional_architecture, plain_architecture
+from nnunet_cin.networks.unet import ADAPTERS_KEY, conditional_architecture, plain_architecture
 from nnunet_cin.plans import CINPlans, CINPlansError, checkpoint_modalities
 from nnunet_cin.preprocessing.drift import refuse_rule_drift
 from nnunet_cin.training.conditioning import ModalityLookup, split_by_modality
@@ -93,6 +95,7 @@ class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
     modality_sampling = "mixed"
     modality_shares = "equal"
     cin_scope: Optional[str] = None  # "encoder" | "all" (every instance norm); None: the plans' cin_scope, else encoder
+    adapters = False  # True: every modality a residual adapter after each norm (unless the plans list some)
     # (schedule_epochs, schedule_iterations: ShortSchedule; seed: Seeded; nnunet_cin.training.mixins)
     latest_checkpoint_epochs: Optional[int] = None  # checkpoint_latest.pth at least this often; None: a tenth
     latest_checkpoint_minutes: Optional[float] = 5.0  # ... and once this much time has passed since the last one
@@ -160,7 +163,10 @@ class nnUNetTrainerCIN(ShortSchedule, Seeded, OMPThreads, nnUNetTrainer):
         arch = configuration["architecture"]
         if cls.conditioned:
             scope = cls.cin_scope or arch["arch_kwargs"].get("cin_scope", "encoder")
-            arch = conditional_architecture(arch, len(modalities), scope)
+            adapters = None  # the plans' own: a model folder's plans.json, or add-modality's extended plans
+            if cls.adapters and ADAPTERS_KEY not in arch["arch_kwargs"]:
+                adapters = range(len(modalities))
+            arch = conditional_architecture(arch, len(modalities), scope, adapters)
         else:
             arch = plain_architecture(arch)
         return dict(configuration, architecture=arch)

@@ -9,7 +9,8 @@ from nnunet_cin.training.baselines import (nnUNetTrainerJoint, nnUNetTrainerJoin
 from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 from nnunet_cin.training.transformer_trainers import (nnUNetTrainerCViT, nnUNetTrainerViTJoint,
                                                       nnUNetTrainerCSwinUNETR, nnUNetTrainerSwinUNETRJoint)
-from nnunet_cin.training.variants import nnUNetTrainerCINAllNorms, nnUNetTrainerCINAlternate
+from nnunet_cin.training.variants import (nnUNetTrainerCINAdapters, nnUNetTrainerCINAllNorms,
+                                          nnUNetTrainerCINAlternate)
 
 
 class nnUNetTrainerCIN_1epoch(nnUNetTrainerCIN): schedule_epochs = 1
@@ -28,6 +29,15 @@ class nnUNetTrainerCINAllNorms_20epochs(nnUNetTrainerCINAllNorms): schedule_epoc
 class nnUNetTrainerCINAllNorms_50epochs(nnUNetTrainerCINAllNorms): schedule_epochs = 50
 class nnUNetTrainerCINAllNorms_100epochs(nnUNetTrainerCINAllNorms): schedule_epochs = 100
 class nnUNetTrainerCINAllNorms_250epochs(nnUNetTrainerCINAllNorms): schedule_epochs = 250
+
+
+class nnUNetTrainerCINAdapters_1epoch(nnUNetTrainerCINAdapters): schedule_epochs = 1
+class nnUNetTrainerCINAdapters_5epochs(nnUNetTrainerCINAdapters): schedule_epochs = 5
+class nnUNetTrainerCINAdapters_10epochs(nnUNetTrainerCINAdapters): schedule_epochs = 10
+class nnUNetTrainerCINAdapters_20epochs(nnUNetTrainerCINAdapters): schedule_epochs = 20
+class nnUNetTrainerCINAdapters_50epochs(nnUNetTrainerCINAdapters): schedule_epochs = 50
+class nnUNetTrainerCINAdapters_100epochs(nnUNetTrainerCINAdapters): schedule_epochs = 100
+class nnUNetTrainerCINAdapters_250epochs(nnUNetTrainerCINAdapters): schedule_epochs = 250
 
 
 class nnUNetTrainerCINAlternate_1epoch(nnUNetTrainerCINAlternate): schedule_epochs = 1

@@ -15,6 +15,8 @@ subprocess per model, seed and fold):
     cin_zscore       nnUNetTrainerCIN on nnUNetPlans (z-score for every image)
     cin_alternate    nnUNetTrainerCINAlternate: conditional, one modality per batch in turn (opt-in)
     cin_all_norms    nnUNetTrainerCINAllNorms: CIN in every normalization, decoder too (opt-in)
+    cin_adapters     nnUNetTrainerCINAdapters: CIN in every normalization and a residual 1x1 adapter of each
+                     modality's own after it (opt-in)
     vit_joint, cvit  nnUNetTrainerViTJoint / nnUNetTrainerCViT (UNETR, LayerNorm vs CIN), opt-in
     swin_joint, cswin  nnUNetTrainerSwinUNETRJoint / nnUNetTrainerCSwinUNETR, opt-in
     NAME=TRAINER     (--arm) any other trainer that serves every modality

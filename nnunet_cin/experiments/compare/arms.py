@@ -52,6 +52,7 @@ METHODS = {m.key: m for m in (
     Method("cin_alternate", "conditional (CIN), alternating batches", "nnUNetTrainerCINAlternate",
            conditioning="encoder"),
     Method("cin_all_norms", "conditional (CIN in every norm)", "nnUNetTrainerCINAllNorms", conditioning="all"),
+    Method("cin_adapters", "conditional (CIN + adapters per modality)", "nnUNetTrainerCINAdapters", conditioning="all"),
     Method("vit_joint", "ViT-UNETR (LayerNorm)", "nnUNetTrainerViTJoint"),
     Method("cvit", "C-ViT-UNETR (CIN)", "nnUNetTrainerCViT", conditioning="encoder"),
     Method("swin_joint", "Swin-UNETR (LayerNorm)", "nnUNetTrainerSwinUNETRJoint"),
