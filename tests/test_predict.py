@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from damaged_files import truncate_half
-from nnunet_helpers import randomise_cin_rows
+from nnunet_helpers import descendants, randomise_cin_rows
 
 from nnunet_cin.dataset_conversion.synthetic import generate_case, write_nnunet_dataset
 
@@ -565,22 +565,6 @@ def test_sigterm_while_the_export_worker_is_idle_ends_the_run(tmp_path):
     assert "Traceback" not in proc.stderr.read()
 
 
-def _descendants(pid):
-    children = {}
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
-
-
 def _running(pid):
     """Alive and not a zombie (a container's init may never reap an orphan)."""
     try:
@@ -727,7 +711,7 @@ def test_sigterm_ends_the_workers_and_leaves_only_complete_outputs(model, rules_
     while proc.poll() is None and not list(out.glob("*.nii.gz")):
         time.sleep(0.05)
     time.sleep(rng.uniform(0, 0.3))
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     assert proc.poll() is None, "the run ended before it could be interrupted: give it more cases"
     assert len(workers) >= 2, workers  # nnU-Net's preprocessing worker and export pool worker (and its helpers)
     _sigterms(proc, rng)
@@ -757,13 +741,13 @@ def test_sigterm_at_a_random_moment_ends_the_run_cleanly(model, rules_prediction
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, env=model["env"], stdout=log, stderr=subprocess.STDOUT)
     if phase == "workers":
-        while proc.poll() is None and len(_descendants(proc.pid)) < 2:
+        while proc.poll() is None and len(descendants(proc.pid)) < 2:
             time.sleep(0.01)
     if phase == "export":
         while proc.poll() is None and not list(out.glob("*.nii.gz")):
             time.sleep(0.05)
     time.sleep(rng.uniform(0, 3 if phase == "start" else 1))
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     _sigterms(proc, rng)
     try:
         _ended_cleanly(proc, log_file, workers, out, rules_prediction)
@@ -1012,7 +996,7 @@ def test_a_2d_image_into_a_3d_configuration(model_env, inputs_copy, tmp_path, ca
 def test_sigkill_of_a_prediction_leaves_no_process_behind(model, tmp_path):
     """The issue's reproduction: nnUNetv2_predict_cin killed with SIGKILL (timeout -s KILL, a scheduler, the OOM
     killer) left its preprocessing and export workers blocked for hours with parent 1. They end with their parent."""
-    from nnunet_helpers import descendants, left_running
+    from nnunet_helpers import left_running
     inputs, out = tmp_path / "inputs", tmp_path / "pred"
     inputs.mkdir()
     for i in range(101, 105):
