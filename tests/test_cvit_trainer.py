@@ -193,7 +193,7 @@ def test_adamw_with_linear_warmup_then_poly(planned, nnunet_env):
 
 
 def test_warmup_is_capped_for_short_schedules_and_cosine_option(planned, nnunet_env):
-    from nnunet_cin.training.transformer_trainers import nnUNetTrainerCViT_5epochs, nnUNetTrainerCViT_100epochs
+    from nnunet_cin.training.training_length import nnUNetTrainerCViT_5epochs, nnUNetTrainerCViT_100epochs
 
     five = make_trainer(type("T5", (Tiny, nnUNetTrainerCViT_5epochs), {}), planned)
     assert five.num_epochs == 5 and five.effective_warmup_epochs() == 0
