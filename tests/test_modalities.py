@@ -159,7 +159,7 @@ def bad_datasets(nnunet_env):
 def test_check_dataset_accepts_good_and_names_every_bad_case(bad_datasets):
     (r, case_modality), schemes = check_dataset(str(bad_datasets.raw / "Dataset900_SyntheticHeart"))
     assert case_modality == {"ct_0000": "CT", "ct_0001": "CT", "mr_0000": "MR", "mr_0001": "MR"}
-    assert r.modalities == ["CT", "MR"] and schemes == {"CT": "CTNormalization", "MR": "ZScoreNormalization"}
+    assert r.modalities == ["CT", "MR"] and schemes == {"CT": "CTClipZScoreNormalization", "MR": "ZScoreNormalization"}
     for d, (_, fragments) in BAD.items():
         raises(lambda: check_dataset(str(bad_datasets.raw / f"Dataset{d}_Bad")), *fragments)
 
