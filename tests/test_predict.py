@@ -549,18 +549,23 @@ if __name__ == "__main__":
 """
 
 
-def test_sigterm_while_the_export_worker_is_idle_ends_the_run(tmp_path):
-    """SIGTERM when nnU-Net's export pool has nothing to do (CI once hung here for 600 s): the run ends at once with
-    128 + SIGTERM and no traceback."""
-    script = tmp_path / "idle_pool.py"
-    script.write_text(_IDLE_EXPORT_POOL)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _sigterm_once_ready(proc):
+    """SIGTERM a script once it prints "ready", wait for it (killed if it does not end within 60 s)."""
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
         proc.kill()
+
+
+def test_sigterm_while_the_export_worker_is_idle_ends_the_run(tmp_path):
+    """SIGTERM when nnU-Net's export pool has nothing to do (CI once hung here for 600 s): the run ends at once with
+    128 + SIGTERM and no traceback."""
+    script = tmp_path / "idle_pool.py"
+    script.write_text(_IDLE_EXPORT_POOL)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _sigterm_once_ready(proc)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in proc.stderr.read()
 
@@ -606,12 +611,7 @@ def test_sigterm_while_an_export_worker_is_mid_handshake_prints_no_traceback(tmp
     script.write_text(_STALLED_HANDSHAKE)
     proc = subprocess.Popen([sys.executable, str(script), str(flag)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
+    _sigterm_once_ready(proc)
     err = proc.stderr.read()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "Error" not in err, err
