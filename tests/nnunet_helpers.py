@@ -260,3 +260,34 @@ def left_running(pids: Iterable[int], seconds: float) -> List[int]:
     while any(running(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
     return [p for p in pids if running(p)]
+
+
+RUN_MARKER = "NNUNET_CIN_TEST_RUN"
+
+
+def marked_env(env: dict) -> dict:
+    """`env` plus a marker unique to one run: every process the run starts inherits it (forked, spawned, exec'd),
+    and keeps it when its parent dies, so `marked_running` finds what a run left behind, whoever its parent now is."""
+    import uuid
+    return {**env, RUN_MARKER: uuid.uuid4().hex}
+
+
+def marked_running(env: dict, seconds: float = 0.0) -> List[int]:
+    """The running processes that carry `env`'s run marker (after waiting up to `seconds` for them to end)."""
+    import time
+    needle = f"{RUN_MARKER}={env[RUN_MARKER]}".encode()
+
+    def scan():
+        found = []
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0") and running(int(d)):
+                        found.append(int(d))
+            except OSError:
+                continue
+        return found
+    deadline = time.time() + seconds
+    while scan() and time.time() < deadline:
+        time.sleep(0.2)
+    return scan()

@@ -113,8 +113,9 @@ def test_quick_demo_runs_every_stage_resumes_and_redoes_nothing(tmp_path):
     # SIGTERM during the prediction step (the issue: nnUNetv2_predict_cin's workers stayed behind for hours): the
     # demo passes it on, waits, and leaves no process of the run
     if os.path.isdir("/proc"):
-        from nnunet_helpers import descendants, left_running
+        from nnunet_helpers import descendants, left_running, marked_env, marked_running
         shutil.rmtree(out / "predictions")
+        env = marked_env(env)
         with open(tmp_path / "demo_log.txt", "w") as log:
             proc = subprocess.Popen(demo, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -127,7 +128,7 @@ def test_quick_demo_runs_every_stage_resumes_and_redoes_nothing(tmp_path):
             assert proc.poll() is None and family, (tmp_path / "demo_log.txt").read_text()[-3000:]
             proc.terminate()
             proc.wait(timeout=60)
-            left = left_running(family, 10)
+            left = left_running(family, 10) + marked_running(env, 10)
         finally:
             proc.kill()
         assert proc.returncode == 128 + signal.SIGTERM, (tmp_path / "demo_log.txt").read_text()[-3000:]

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from damaged_files import truncate_half
-from nnunet_helpers import descendants, randomise_cin_rows
+from nnunet_helpers import descendants, marked_env, marked_running, randomise_cin_rows
 
 from nnunet_cin.dataset_conversion.synthetic import generate_case, write_nnunet_dataset
 
@@ -675,10 +675,13 @@ def _sigterms(proc, rng):
         time.sleep(rng.uniform(0, 0.03))
 
 
-def _ended_cleanly(proc, log_file, workers, out, rules_prediction):
-    """The run ended with 128 + SIGTERM (or finished), printed no traceback, its workers are gone, and every output
-    there is a complete case that reads back right. Returns the finished cases."""
+def _ended_cleanly(proc, env, log_file, workers, out, rules_prediction):
+    """The run ended with 128 + SIGTERM (or finished), printed no traceback, no process of it is left (also none
+    started after `workers` was read), and every output there is a complete case that reads back right. Returns the
+    finished cases."""
     proc.wait(timeout=600)
+    left = marked_running(env, 10)
+    assert not left, f"processes of the run still running 10 s after it ended: {left}"
     log = log_file.read_text()
     if proc.returncode == -signal.SIGTERM:  # before Python installed the handler: nothing started, nothing written
         assert not out.exists() and not workers, log[-3000:]
@@ -706,8 +709,9 @@ def test_sigterm_ends_the_workers_and_leaves_only_complete_outputs(model, rules_
     and right, and --continue_prediction finishes the rest."""
     rng = np.random.default_rng()
     cmd, inputs, out, log_file = _interruptible_run(model, tmp_path)
+    env = marked_env(model["env"])
     with open(log_file, "w") as log:  # a file: a full pipe would stop the run
-        proc = subprocess.Popen(cmd, env=model["env"], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     while proc.poll() is None and not list(out.glob("*.nii.gz")):
         time.sleep(0.05)
     time.sleep(rng.uniform(0, 0.3))
@@ -715,7 +719,7 @@ def test_sigterm_ends_the_workers_and_leaves_only_complete_outputs(model, rules_
     assert proc.poll() is None, "the run ended before it could be interrupted: give it more cases"
     assert len(workers) >= 2, workers  # nnU-Net's preprocessing worker and export pool worker (and its helpers)
     _sigterms(proc, rng)
-    finished = _ended_cleanly(proc, log_file, workers, out, rules_prediction)
+    finished = _ended_cleanly(proc, env, log_file, workers, out, rules_prediction)
     assert proc.returncode == 128 + signal.SIGTERM
     assert finished and len(finished) < 6
     # the decisions are made for every case before the first is predicted, so they are all on record
@@ -738,8 +742,9 @@ def test_sigterm_at_a_random_moment_ends_the_run_cleanly(model, rules_prediction
     rng = np.random.default_rng(seed)
     cmd, _, out, log_file = _interruptible_run(model, tmp_path)
     phase = ["start", "workers", "export"][rng.integers(3)]
+    env = marked_env(model["env"])
     with open(log_file, "w") as log:
-        proc = subprocess.Popen(cmd, env=model["env"], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if phase == "workers":
         while proc.poll() is None and len(descendants(proc.pid)) < 2:
             time.sleep(0.01)
@@ -750,7 +755,7 @@ def test_sigterm_at_a_random_moment_ends_the_run_cleanly(model, rules_prediction
     workers = descendants(proc.pid)
     _sigterms(proc, rng)
     try:
-        _ended_cleanly(proc, log_file, workers, out, rules_prediction)
+        _ended_cleanly(proc, env, log_file, workers, out, rules_prediction)
     except AssertionError as e:
         raise AssertionError(f"SIGTERM in phase {phase!r}, seed {seed}: {e}") from e
 
@@ -1004,8 +1009,9 @@ def test_sigkill_of_a_prediction_leaves_no_process_behind(model, tmp_path):
             shutil.copy(model["inputs"]["all"] / f"{case}_0000.nii.gz", inputs / f"{case[:3]}0{i}_0000.nii.gz")
     cmd = ["nnUNetv2_predict_cin", "-i", str(inputs), "-o", str(out), "-d", str(DATASET_ID), "-c", "3d_fullres", "-f",
            "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+    env = marked_env(model["env"])
     with open(tmp_path / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, env=model["env"], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         while proc.poll() is None and not list(out.glob("*.nii.gz")):  # workers up and busy
             time.sleep(0.05)
@@ -1014,7 +1020,7 @@ def test_sigkill_of_a_prediction_leaves_no_process_behind(model, tmp_path):
         assert len(workers) >= 2, workers
         proc.kill()
         proc.wait(timeout=60)
-        left = left_running(workers, 10)
+        left = left_running(workers, 10) + marked_running(env, 10)
     finally:
         proc.kill()
     assert not left, f"processes of the killed run still running after 10 s: {left}"
