@@ -23,8 +23,8 @@ How a case's modality reaches the network:
    preprocessing.
 Around it: the inputs and the output are checked before the model is loaded (nnunet_cin.inference.checks), outputs
 are written complete or not at all and --continue_prediction re-predicts incomplete ones (nnunet_cin.inference.outputs),
-and SIGTERM ends the run with its workers; SIGKILL too (the workers end with their parent:
-nnunet_cin.inference.orphans).
+and SIGTERM ends the run with its workers (nnunet_cin.inference.signals); SIGKILL too (the workers end with their
+parent: nnunet_cin.inference.orphans).
 The predictor keeps the signatures of nnU-Net's nnUNetPredictor (nnU-Net records predict_from_files' arguments by
 inspecting its signature) and wraps nnU-Net's own bodies. Everything else (sliding window, Gaussian weighting,
 mirroring, fold ensembling, resampling, export, --save_probabilities, -num_parts/-part_id) is nnU-Net's: the outputs
@@ -33,10 +33,7 @@ are nnU-Net's, so nnUNetv2_ensemble and nnUNetv2_apply_postprocessing work on th
 import argparse
 import multiprocessing
 import os
-import signal
 import sys
-import threading
-import _thread
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -50,12 +47,13 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunet_cin.cin import cin_layers, condition
 from nnunet_cin.inference.checks import check_input_dimensions, check_prediction_inputs_and_outputs
 from nnunet_cin.inference.hounsfield import hu_modalities
-from nnunet_cin.inference.orphans import end_leftover_children, forked_children_end_with_this_process
+from nnunet_cin.inference.orphans import forked_children_end_with_this_process
 from nnunet_cin.inference.modality_check import (AUTO, BY_FLAG, BY_RULES, CaseModality, ModalityCheck,
                                                  array_features, features_of_cases, record_decisions,
                                                  table, unclear)
 from nnunet_cin.inference.outputs import OutputPlansManager, StagingFolders, why_unfinished
 from nnunet_cin.inference.preprocessing import ModalityConfigurationManager
+from nnunet_cin.inference.signals import sigterm_ends_run
 from nnunet_cin.plans import CINPlans
 from nnunet_cin.modalities import MODALITY_KEYS, ModalityError, ModalityRules, case_id_from_image_file
 
@@ -595,110 +593,6 @@ def _device(name: str) -> torch.device:
     return torch.device('mps')
 
 
-_sigterm_received = False  # a SIGTERM is ending the current run
-_forking = False  # inside os.fork's hooks (below)
-_sigterm_while_forking = False
-
-
-def _exit_on_sigterm(signum, frame):
-    global _sigterm_received, _sigterm_while_forking
-    if _forking:
-        # inside os.fork's hooks, where Python prints an exception and drops it (the run would go on): handled again
-        # once the fork is done (_unblock_sigterm)
-        _sigterm_while_forking = True
-        return
-    if _sigterm_received:  # repeated: a second SystemExit would interrupt the unwinding (its cleanup) halfway
-        return
-    _sigterm_received = True
-    # multiprocessing's resource-sharer thread hands file descriptors (shared tensors) to the export workers; one that
-    # Pool.terminate ends mid-handshake makes it print a ConnectionResetError traceback, which Python hides only once
-    # the interpreter is exiting (multiprocessing.util.is_exiting). The unwinding is the exit: hide it from now on.
-    if not isinstance(sys.excepthook, _QuietResourceSharer):
-        sys.excepthook = _QuietResourceSharer(sys.excepthook)
-    # nnU-Net's daemonic preprocessing workers first: left for Python's exit, they would print a traceback each when
-    # the Manager that holds their queues shuts down during the unwinding. Not the export pool's workers: an idle one
-    # waits for work holding the pool's queue lock, and killed with it, Pool.terminate (the unwinding's) would wait
-    # for that lock forever; Pool.terminate ends them itself.
-    for child in multiprocessing.active_children():
-        if child.daemon and "PoolWorker" not in child.name:
-            child.terminate()
-    raise SystemExit(128 + signum)
-
-
-class _QuietResourceSharer:
-    """sys.excepthook that drops the connection errors of multiprocessing's resource-sharer thread (a peer that
-    vanished while it was handed a file descriptor) and passes everything else on."""
-
-    def __init__(self, hook):
-        self.hook = hook
-
-    def __call__(self, exc_type, exc, tb):
-        in_sharer = tb is not None and tb.tb_frame.f_globals.get("__name__") == "multiprocessing.resource_sharer"
-        if not (in_sharer and issubclass(exc_type, (ConnectionError, EOFError))):
-            self.hook(exc_type, exc, tb)
-
-
-# Forked children (nnU-Net's file-listing pool, its Manager) must keep SIGTERM's default: multiprocessing ends them with
-# SIGTERM and waits. A Python handler in them would lose a SIGTERM that arrives before the child has set up (Python
-# drops signals pending at fork), and Pool.terminate would wait forever: SIGTERM stays blocked across the fork, and
-# the child unblocks it only after restoring the default.
-def _block_sigterm():
-    global _forking
-    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
-        _forking = True
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-
-
-def _unblock_sigterm():
-    global _forking, _sigterm_while_forking
-    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        if _sigterm_while_forking:
-            _sigterm_while_forking = False
-            # as if it arrived again, a moment later: from a thread, once the main thread has left the fork's hooks
-            threading.Timer(0.01, _thread.interrupt_main, (signal.SIGTERM,)).start()
-        # last (no point where a handler runs comes after it here), and this hook is the last one: registered when
-        # the first run starts, after the imported modules have registered theirs
-        _forking = False
-
-
-def _default_sigterm_in_child():
-    global _forking
-    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
-        _forking = False
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-_fork_hooks_registered = False
-
-
-@contextmanager
-def _sigterm_ends_run():
-    """SIGTERM (kill, timeout, a job scheduler) would end this process alone, and nnU-Net's preprocessing and export
-    workers would live on. Here it ends them, then unwinds like Ctrl-C (SystemExit): nnU-Net's export pool and
-    Manager are shut down and unfinished outputs removed."""
-    global _fork_hooks_registered
-    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
-        yield
-        return
-    if not _fork_hooks_registered:
-        os.register_at_fork(before=_block_sigterm, after_in_parent=_unblock_sigterm,
-                            after_in_child=_default_sigterm_in_child)
-        _fork_hooks_registered = True
-    global _sigterm_received
-    _sigterm_received = False
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        yield
-    finally:
-        # after a SIGTERM the process is on its way out: a repeated one would end it before Python's exit has shut
-        # down the Manager and the workers (and as killed by a signal, not with 128 + SIGTERM)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN if _sigterm_received else previous)
-        if _sigterm_received:  # the unwinding has shut down what it could: nothing of the run may outlive it
-            end_leftover_children()
-
-
 def _add_modality_check_arguments(parser: argparse.ArgumentParser):
     parser.add_argument('--skip-modality-check', action='store_true',
                         help="do not check the input images (by default a case whose image clearly looks like "
@@ -795,7 +689,7 @@ def predict_entry_point(argv: Optional[Sequence[str]] = None):
         parser.exit(2, f"{parser.prog}: error: no trained model at {model_folder} (-tr {args.tr} -p {args.p} -c "
                        f"{args.c}). Models of this dataset: {', '.join(trained) or 'none'} "
                        f"(TRAINER__PLANS__CONFIGURATION)\n")
-    with _sigterm_ends_run(), forked_children_end_with_this_process():
+    with sigterm_ends_run(), forked_children_end_with_this_process():
         _run(parser, args, model_folder, args.modality, args.num_parts, args.part_id)
 
 
@@ -813,8 +707,11 @@ def predict_from_modelfolder_entry_point(argv: Optional[Sequence[str]] = None):
     _add_modality_check_arguments(parser)
     _add_common_arguments(parser, 3, 3)
     args = parser.parse_args(argv)
-    with _sigterm_ends_run(), forked_children_end_with_this_process():
+    with sigterm_ends_run(), forked_children_end_with_this_process():
         _run(parser, args, args.m, args.modality, modality_flag='--modality')
+
+
+_sigterm_ends_run = sigterm_ends_run  # its name before nnunet_cin.inference.signals (scripts in tests import it)
 
 
 if __name__ == '__main__':
