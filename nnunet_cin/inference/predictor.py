@@ -43,7 +43,7 @@ from nnunet_cin.inference.modality_check import CaseModality, record_decisions
 from nnunet_cin.inference.outputs import OutputPlansManager, StagingFolders, why_unfinished
 from nnunet_cin.inference.preprocessing import ModalityConfigurationManager
 from nnunet_cin.modalities import ModalityError, ModalityRules
-from nnunet_cin.plans import CINPlans
+from nnunet_cin.plans import CINPlans, checkpoint_modalities
 
 
 class nnUNetPredictorCIN(nnUNetPredictor):
@@ -79,15 +79,14 @@ class nnUNetPredictorCIN(nnUNetPredictor):
                                              use_folds: Union[Tuple[Union[int, str]], None],
                                              checkpoint_name: str = 'checkpoint_final.pth'):
         """nnU-Net's, plus: clear errors for a missing model folder or fold, and the model's modalities (recorded in
-        every fold's checkpoint as checkpoint["modalities"]; all folds must agree)."""
+        every fold's checkpoint: nnunet_cin.plans.checkpoint_modalities; all folds must agree; else the model
+        folder's plans.json)."""
         folds = check_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         super().initialize_from_trained_model_folder(model_training_output_dir, folds, checkpoint_name)
         self.model_folder = model_training_output_dir
-        recorded = []
-        for f in folds:
-            ckpt = torch.load(join(model_training_output_dir, f'fold_{f}', checkpoint_name), map_location='cpu',
-                              weights_only=False, mmap=True)
-            recorded.append(ckpt.get("modalities"))
+        recorded = [checkpoint_modalities(torch.load(join(model_training_output_dir, f'fold_{f}', checkpoint_name),
+                                                     map_location='cpu', weights_only=False, mmap=True))
+                    for f in folds]
         if any(r != recorded[0] for r in recorded):
             raise ModalityError(f"the folds {list(folds)} of {model_training_output_dir} were trained for different "
                                 f"modalities: {recorded}")
