@@ -3,8 +3,9 @@ like in training.
 
 A conditional model predicts well only for the modality it is told; told the wrong one (a wrong -m, a file named
 after the wrong rule) it still returns a segmentation, a bad one, with exit code 0. Before anything is predicted or
-written, `nnUNetPredictorCIN.decide_modalities` reads every case's first channel with the plans' reader and gathers
-its evidence (`features_of_cases` -> `CaseEvidence`): the signature features (nnunet_cin.planning.signature: what each
+written, `ModalityDecisions.of_files` (nnunet_cin.inference.decisions) reads every case's first channel with the
+plans' reader and gathers its evidence (`features_of_cases` -> `CaseEvidence`): the signature features
+(nnunet_cin.planning.signature: what each
 modality's training cases looked like, in the plans) and what physics says about Hounsfield units
 (nnunet_cin.inference.hounsfield). `ModalityCheck` decides, two parts each deciding what it can:
 
