@@ -113,16 +113,28 @@ def _children(pid: int) -> list:
     return found
 
 
+def _cmdline(pid) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def end_leftover_children() -> list:
-    """SIGKILL every child (and its children) of this process that is still there (Linux; elsewhere nothing).
+    """SIGKILL every forked child of this process (and its forked children) still there; returns their pids (Linux;
+    elsewhere nothing).
 
     For the end of an interrupted run, after its own cleanup: a child forked at an unlucky moment (a SIGTERM in the
     middle of starting nnU-Net's Manager, a fork that deadlocks in a multi-threaded parent before its at-fork hook arms
-    the parent-death signal) is neither shut down by the cleanup nor ended by the kernel when this process exits."""
-    killed, todo = [], _children(os.getpid())
+    the parent-death signal) is neither shut down by the cleanup nor ended by the kernel when this process exits.
+    Forked means: still running this process's command line. Children that exec'd another program are left alone:
+    multiprocessing's resource tracker must outlive us to release shared memory, and spawned workers arm themselves."""
+    ours = _cmdline("self")
+    killed, todo = [], [c for c in _children(os.getpid()) if _cmdline(c) == ours]
     while todo:
         pid = todo.pop()
-        todo += _children(pid)
+        todo += [c for c in _children(pid) if _cmdline(c) == ours]
         try:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
