@@ -36,7 +36,6 @@ import os
 import signal
 import sys
 import threading
-import _thread
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -655,8 +654,10 @@ def _unblock_sigterm():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if _sigterm_while_forking:
             _sigterm_while_forking = False
-            # as if it arrived again, a moment later: from a thread, once the main thread has left the fork's hooks
-            threading.Timer(0.01, _thread.interrupt_main, (signal.SIGTERM,)).start()
+            # again, a moment later, once the main thread has left the fork's hooks: a real signal to the main thread
+            # (interrupt_main only sets Python's flag, which waits until a blocking call there returns, e.g. a 60 s
+            # sleep; a signal interrupts it)
+            threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM)).start()
         # last (no point where a handler runs comes after it here), and this hook is the last one: registered when
         # the first run starts, after the imported modules have registered theirs
         _forking = False
