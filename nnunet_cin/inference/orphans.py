@@ -102,47 +102,6 @@ def forked_children_end_with_this_process():
         _forking_parent = previous
 
 
-def _children(pid: int) -> list:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return found
-
-
-def _cmdline(pid) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def end_leftover_children() -> list:
-    """SIGKILL every forked child of this process (and its forked children) still there; returns their pids (Linux;
-    elsewhere nothing).
-
-    For the end of an interrupted run, after its own cleanup: a child forked at an unlucky moment (a SIGTERM in the
-    middle of starting nnU-Net's Manager, a fork that deadlocks in a multi-threaded parent before its at-fork hook arms
-    the parent-death signal) is neither shut down by the cleanup nor ended by the kernel when this process exits.
-    Forked means: still running this process's command line. Children that exec'd another program are left alone:
-    multiprocessing's resource tracker must outlive us to release shared memory, and spawned workers arm themselves."""
-    ours = _cmdline("self")
-    killed, todo = [], [c for c in _children(os.getpid()) if _cmdline(c) == ours]
-    while todo:
-        pid = todo.pop()
-        todo += [c for c in _children(pid) if _cmdline(c) == ours]
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except OSError:
-            pass
-    return killed  # not reaped here: multiprocessing reaps the children it knows, init the others
-
-
 class _Forwarder:
     def __init__(self):
         self.proc: Optional[subprocess.Popen] = None

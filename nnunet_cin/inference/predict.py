@@ -49,7 +49,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunet_cin.cin import cin_layers, condition
 from nnunet_cin.inference.checks import check_input_dimensions, check_prediction_inputs_and_outputs
 from nnunet_cin.inference.hounsfield import hu_modalities
-from nnunet_cin.inference.orphans import end_leftover_children, forked_children_end_with_this_process
+from nnunet_cin.inference.orphans import forked_children_end_with_this_process
 from nnunet_cin.inference.modality_check import (AUTO, BY_FLAG, BY_RULES, CaseModality, ModalityCheck,
                                                  array_features, features_of_cases, record_decisions,
                                                  table, unclear)
@@ -665,7 +665,10 @@ def _unblock_sigterm():
 
 def _default_sigterm_in_child():
     global _forking
-    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+    handler = signal.getsignal(signal.SIGTERM)
+    # also after the run's SIGTERM, when the parent ignores further ones: a child forked then must still end on the
+    # SIGTERM its Pool's cleanup sends it
+    if handler is _exit_on_sigterm or (_sigterm_received and handler == signal.SIG_IGN):
         _forking = False
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
@@ -696,8 +699,6 @@ def _sigterm_ends_run():
         # after a SIGTERM the process is on its way out: a repeated one would end it before Python's exit has shut
         # down the Manager and the workers (and as killed by a signal, not with 128 + SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_IGN if _sigterm_received else previous)
-        if _sigterm_received:  # the unwinding has shut down what it could: nothing of the run may outlive it
-            end_leftover_children()
 
 
 def _add_modality_check_arguments(parser: argparse.ArgumentParser):
