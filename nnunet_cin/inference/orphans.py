@@ -102,35 +102,6 @@ def forked_children_end_with_this_process():
         _forking_parent = previous
 
 
-def _children(pid: int) -> list:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return found
-
-
-def end_leftover_children() -> list:
-    """SIGKILL every child (and its children) of this process that is still there (Linux; elsewhere nothing).
-
-    For the end of an interrupted run, after its own cleanup: a child forked at an unlucky moment (a SIGTERM in the
-    middle of starting nnU-Net's Manager, a fork that deadlocks in a multi-threaded parent before its at-fork hook arms
-    the parent-death signal) is neither shut down by the cleanup nor ended by the kernel when this process exits."""
-    killed, todo = [], _children(os.getpid())
-    while todo:
-        pid = todo.pop()
-        todo += _children(pid)
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except OSError:
-            pass
-    return killed  # not reaped here: multiprocessing reaps the children it knows, init the others
-
-
 class _Forwarder:
     def __init__(self):
         self.proc: Optional[subprocess.Popen] = None

@@ -6,19 +6,16 @@ preprocessing and export workers would live on; handling it right at any moment 
 that are easier to reason about together than spread over the predictor: the handler (`_exit_on_sigterm`: ends the
 daemonic preprocessing workers, then unwinds with SystemExit(128 + SIGTERM)), os.fork's hooks (a forked child keeps
 SIGTERM's default; a SIGTERM that arrives inside the hooks is handled once the fork is done), an excepthook that hides
-the resource sharer's connection errors during the unwinding (`_QuietResourceSharer`), and, after the unwinding,
-`nnunet_cin.inference.orphans.end_leftover_children` for whatever a fork at an unlucky moment left. SIGKILL leaves no
-chance to do any of this: workers end with their parent instead (nnunet_cin.inference.orphans).
+the resource sharer's connection errors during the unwinding (`_QuietResourceSharer`). SIGKILL leaves no chance to do
+any of this: workers end with their parent instead (nnunet_cin.inference.orphans).
 """
 import multiprocessing
 import os
 import signal
 import sys
 import threading
-import _thread
 from contextlib import contextmanager
 
-from nnunet_cin.inference.orphans import end_leftover_children
 
 
 _sigterm_received = False  # a SIGTERM is ending the current run
@@ -81,8 +78,10 @@ def _unblock_sigterm():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if _sigterm_while_forking:
             _sigterm_while_forking = False
-            # as if it arrived again, a moment later: from a thread, once the main thread has left the fork's hooks
-            threading.Timer(0.01, _thread.interrupt_main, (signal.SIGTERM,)).start()
+            # again, a moment later, once the main thread has left the fork's hooks: a real signal to the main thread
+            # (interrupt_main only sets Python's flag, which waits until a blocking call there returns, e.g. a 60 s
+            # sleep; a signal interrupts it)
+            threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM)).start()
         # last (no point where a handler runs comes after it here), and this hook is the last one: registered when
         # the first run starts, after the imported modules have registered theirs
         _forking = False
@@ -90,7 +89,10 @@ def _unblock_sigterm():
 
 def _default_sigterm_in_child():
     global _forking
-    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+    handler = signal.getsignal(signal.SIGTERM)
+    # also after the run's SIGTERM, when the parent ignores further ones: a child forked then must still end on the
+    # SIGTERM its Pool's cleanup sends it
+    if handler is _exit_on_sigterm or (_sigterm_received and handler == signal.SIG_IGN):
         _forking = False
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
@@ -121,5 +123,3 @@ def sigterm_ends_run():
         # after a SIGTERM the process is on its way out: a repeated one would end it before Python's exit has shut
         # down the Manager and the workers (and as killed by a signal, not with 128 + SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_IGN if _sigterm_received else previous)
-        if _sigterm_received:  # the unwinding has shut down what it could: nothing of the run may outlive it
-            end_leftover_children()
