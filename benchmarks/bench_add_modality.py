@@ -198,7 +198,7 @@ def subset(root: Path, k: int, seed: int, pool: int) -> Path:
 def predict_and_score(model: Path, images: Path, labels: Path, out: Path, modality):
     """{case: {structure: Dice}} of nnU-Net's prediction (no test-time mirroring) of every image."""
     from nnunet_cin.evaluation.evaluate import evaluate_folder
-    from nnunet_cin.inference.predict import predict_from_modelfolder_entry_point
+    from nnunet_cin.inference.command import predict_from_modelfolder_entry_point
 
     if out.is_dir():
         shutil.rmtree(out)

@@ -88,16 +88,15 @@ def main(argv=None):
             dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA") or "1"))
     cin_plans = json.loads(plans_file.read_text())
     dataset_json = json.loads((raw / "dataset.json").read_text())
-    modalities = cin_plans["cin"]["modalities"]
+    modalities = CINPlans(cin_plans).modalities
 
     # the conditional model, as nnUNetTrainerCIN writes it
     cin_model_plans = nnUNetTrainerCIN.plans_for_training(CINPlans(cin_plans).with_modalities(modalities), CONFIG, None)
     cin_folder = root / "results" / DATASET / f"nnUNetTrainerCIN__nnUNetPlansCIN__{CONFIG}"
     write_model(cin_folder, "nnUNetTrainerCIN", cin_model_plans, dataset_json, modalities)
     # its plain counterpart: same plans, plain network, nnU-Net's preprocessor
-    plain_plans = json.loads(json.dumps(cin_plans))
+    plain_plans = CINPlans(cin_plans).without_entry()
     plain_plans["plans_name"] = "nnUNetPlans"
-    plain_plans.pop("cin")
     cfg = plain_plans["configurations"][CONFIG]
     cfg["architecture"] = plain_architecture(cfg["architecture"])
     cfg["preprocessor_name"] = "DefaultPreprocessor"

@@ -19,11 +19,11 @@ def plan_and_preprocess():
 
 
 def predict():
-    return _run("nnunet_cin.inference.predict", "predict_entry_point")
+    return _run("nnunet_cin.inference.command", "predict_entry_point")
 
 
 def predict_from_modelfolder():
-    return _run("nnunet_cin.inference.predict", "predict_from_modelfolder_entry_point")
+    return _run("nnunet_cin.inference.command", "predict_from_modelfolder_entry_point")
 
 
 def evaluate():

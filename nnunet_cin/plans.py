@@ -19,8 +19,8 @@ Plans made by plain `nnUNetv2_plan_and_preprocess` have no "cin" entry; a traine
 records only "modalities" (one normalization for every modality, nnU-Net's). Plans made before the modality signatures
 existed have no "signatures": `signatures` is None. A model's modalities travel in its plans.json and in every
 checkpoint (checkpoint["init_args"]["plans"]; see `checkpoint_modalities`). Like nnU-Net's PlansManager, this class
-reads a plans dict; `with_modalities` and `with_added_modality` return a new plans dict, the caller's is never
-modified.
+reads a plans dict; `with_modalities`, `with_added_modality` and `without_entry` return a new plans dict, the
+caller's is never modified.
 """
 from copy import deepcopy
 from typing import Dict, List, Optional, Sequence
@@ -155,6 +155,13 @@ class CINPlans:
         """A copy of the plans that records `modalities` as the conditioning order."""
         plans = deepcopy(self.plans)
         plans[KEY] = dict(plans.get(KEY) or {}, modalities=list(modalities))
+        return plans
+
+    def without_entry(self) -> dict:
+        """A copy of the plans without their CIN part: plain nnU-Net plans (a model's plain counterpart, e.g. in
+        benchmarks/bench_predict.py)."""
+        plans = deepcopy(self.plans)
+        plans.pop(KEY, None)
         return plans
 
 

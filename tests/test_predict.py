@@ -261,7 +261,7 @@ def test_a_case_given_the_wrong_modality_is_refused_and_nothing_is_written(model
     assert not out.exists()
     # the Python predictor checks too
     predictor = _predictor(m)
-    predictor.modality = "MR"
+    predictor.modality_override = "MR"
     with pytest.raises(ModalityCheckError, match=r"ct_0100: given MR.*looks like CT"):
         predictor.predict_from_files(str(m["inputs"]["CT"]), str(out), num_processes_preprocessing=1,
                                      num_processes_segmentation_export=1)
@@ -370,12 +370,13 @@ def test_arrays_are_checked_and_recognised_too(model_env, rules_prediction):
     from nnunet_cin.inference.modality_check import ModalityCheckError
     predictor = _predictor(model_env)
     img, props = SimpleITKIO().read_images([str(model_env["inputs"]["MR"] / "mr_0100_0000.nii.gz")])
-    with pytest.raises(ModalityCheckError, match=r"image 0: given CT \(by predictor.modality\), looks like MR"):
+    with pytest.raises(ModalityCheckError,
+                       match=r"image 0: given CT \(by predictor.modality_override\), looks like MR"):
         predictor.predict_single_npy_array(img, dict(props, modality="CT"))
-    predictor.modality = "auto"
+    predictor.modality_override = "auto"
     np.testing.assert_array_equal(predictor.predict_single_npy_array(img, props),
                                   read(rules_prediction / "mr_0100.nii.gz")[1])
-    predictor.modality, predictor.check_modalities = None, False
+    predictor.modality_override, predictor.check_modalities = None, False
     predictor.predict_single_npy_array(img, dict(props, modality="CT"))  # the check off: predicted as given
 
 
@@ -447,18 +448,18 @@ def test_python_api_single_array_and_plain_joint_network(model_env, rules_predic
     # nnU-Net's signature: the modality comes from the image's properties or from the predictor's state
     seg = predictor.predict_single_npy_array(img, dict(props, modality="MR"))
     np.testing.assert_array_equal(seg, read(rules_prediction / "mr_0100.nii.gz")[1])
-    predictor.modality = "MR"
+    predictor.modality_override = "MR"
     np.testing.assert_array_equal(predictor.predict_single_npy_array(img, props), seg)
-    with pytest.raises(ValueError, match=r'"CT" but predictor.modality is "MR"'):
+    with pytest.raises(ValueError, match=r'"CT" but predictor.modality_override is "MR"'):
         predictor.predict_single_npy_array(img, dict(props, modality="CT"))
-    predictor.modality = "PET"
+    predictor.modality_override = "PET"
     with pytest.raises(ValueError, match=r"unknown modality \"PET\".*\['CT', 'MR'\]"):
         predictor.predict_single_npy_array(img, props)
-    predictor.modality = None
-    with pytest.raises(ValueError, match=r"has no modality.*predictor.modality"):
+    predictor.modality_override = None
+    with pytest.raises(ValueError, match=r"has no modality.*predictor.modality_override"):
         predictor.predict_single_npy_array(img, props)
     # nnU-Net's multiprocessing path for arrays (predict_from_list_of_npy_arrays): same segmentation
-    predictor.modality = "MR"
+    predictor.modality_override = "MR"
     [seg_mp] = predictor.predict_from_list_of_npy_arrays([img], None, [props], None, 1, False, 1)
     np.testing.assert_array_equal(seg_mp, seg)
     # the Python API checks its inputs and outputs as the command does, before writing anything

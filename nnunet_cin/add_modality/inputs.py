@@ -16,6 +16,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subdirs
 
 from nnunet_cin.modalities import ModalityError, ModalityRules
+from nnunet_cin.planning.fingerprint import CINFingerprint
 from nnunet_cin.plans import CINPlans, checkpoint_modalities
 
 CLOSEST, MEAN = "closest", "mean"
@@ -174,7 +175,7 @@ def _check_extended_rules(model_dataset_json: dict, model_folder: str, new: str,
     expected = {c: new for c in new_cases} if pattern is not None else {}
     fingerprint = join(model_folder, "dataset_fingerprint.json")
     if isfile(fingerprint):
-        expected.update((load_json(fingerprint).get("cin") or {}).get("case_modality") or {})
+        expected.update(CINFingerprint(load_json(fingerprint)).case_modality)
     wrong = []
     for case, modality in expected.items():
         try:

@@ -6,8 +6,8 @@
   case exactly the model's channels (dataset.json "channel_names": one file CASE_XXXX per channel), and every file
   complete (nnunet_cin.io_checks: SimpleITK reads a truncated or corrupt .nii.gz without a word, zeros where the data
   is missing, and the prediction of a black slab looks like any other). The completeness check reads each file once
-  more (one decompression); a file found complete is not read again by this process while its size and modification
-  time are unchanged (the command checks before loading the model, the predictor again when it runs).
+  more (one decompression), once per run: the command checks before loading the model and hands the checked inputs
+  to the predictor (nnUNetPredictorCIN.prepare_run), which checks them itself only when it is called without them.
 Every problem found is listed in one PredictionInputError, naming the file and what to do.
 """
 import os
@@ -60,25 +60,6 @@ def check_output_folder(output_folder: str, input_folders: Sequence[str]) -> Non
     except OSError as e:
         raise PredictionInputError(f"-o {output_folder}: cannot write in {existing} ({e.strerror}); choose an output "
                                    f"folder you can write to") from None
-
-
-def file_key(file: str) -> tuple:
-    """What identifies a file's content for this process's checks: its path, size, modification time and inode."""
-    st = os.stat(file)
-    return os.path.realpath(file), st.st_size, st.st_mtime_ns, st.st_ino
-
-
-_complete = set()  # file_key of the input files this process has read completely
-
-
-def incomplete_files(files: List[str], num_workers: int = 4) -> Dict[str, str]:
-    """{file: what is wrong} for the files that do not hold what their header promises (nnunet_cin.io_checks), each
-    read completely unless this process has already found it complete."""
-    keys = {f: file_key(f) for f in files}
-    todo = [f for f in files if keys[f] not in _complete]
-    bad = check_files_complete(todo, num_workers)
-    _complete.update(keys[f] for f in todo if f not in bad)
-    return bad
 
 
 def _image_size(file: str):
@@ -142,7 +123,7 @@ def check_input_images(list_of_lists: List[List[str]], file_ending: str, channel
                 problems.append(str(e))
     problems += [f"{f} {reason}: the image would be read with zeros where its data is missing; replace it with a "
                  f"complete copy (copy or convert it again from its source)"
-                 for f, reason in incomplete_files(readable).items()]
+                 for f, reason in check_files_complete(readable).items()]
     if problems:
         head = f"{len(problems)} input problems:\n" if len(problems) > 1 else ""
         raise PredictionInputError(head + "\n".join(f"- {p}" if len(problems) > 1 else p for p in problems))

@@ -51,13 +51,10 @@ def needs_hu(scheme: Optional[str]) -> bool:
 
 
 def hu_modalities(plans: dict) -> List[str]:
-    """The modalities of `plans` whose normalization needs HU (plans["cin"]["normalization_schemes"]; plain nnU-Net
-    plans: none known)."""
+    """The modalities of `plans` whose normalization needs HU (CINPlans.normalization_schemes; plain nnU-Net plans:
+    none known)."""
     from nnunet_cin.plans import CINPlans
-    cin = CINPlans(plans)
-    if not cin.per_modality_normalization:
-        return []
-    return [m for m, scheme in cin.entry["normalization_schemes"].items() if needs_hu(scheme)]
+    return [m for m, scheme in (CINPlans(plans).normalization_schemes or {}).items() if needs_hu(scheme)]
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@ like in training.
 
 A conditional model predicts well only for the modality it is told; told the wrong one (a wrong -m, a file named
 after the wrong rule) it still returns a segmentation, a bad one, with exit code 0. Before anything is predicted or
-written, `nnUNetPredictorCIN.decide_modalities` reads every case's first channel with the plans' reader and gathers
-its evidence (`features_of_cases` -> `CaseEvidence`): the signature features (nnunet_cin.planning.signature: what each
+written, `ModalityDecisions.of_files` (nnunet_cin.inference.decisions) reads every case's first channel with the
+plans' reader and gathers its evidence (`features_of_cases` -> `CaseEvidence`): the signature features
+(nnunet_cin.planning.signature: what each
 modality's training cases looked like, in the plans) and what physics says about Hounsfield units
 (nnunet_cin.inference.hounsfield). `ModalityCheck` decides, two parts each deciding what it can:
 
@@ -36,14 +37,12 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from nnunet_cin.inference import hounsfield as hf
-from nnunet_cin.inference.checks import file_key
 from nnunet_cin.modalities import ModalityError
 from nnunet_cin.planning import signature as sig
 
 AUTO = "auto"  # -m auto: each case's modality recognised from the signatures
 BY_RULES, BY_FLAG, BY_SIGNATURE = "rules", "-m", "auto"  # how a case's modality was decided (modalities.json)
 OVERRIDE = "--skip-modality-check (Python: predictor.check_modalities = False)"
-MAX_CACHED = 100_000
 
 
 class ModalityCheckError(ModalityError):
@@ -121,19 +120,11 @@ def _as_evidence(x) -> CaseEvidence:
     return x if isinstance(x, CaseEvidence) else CaseEvidence(x, hf.HUEvidence("unknown", hf.NOT_MEASURED))
 
 
-_cache: Dict[tuple, CaseEvidence] = {}  # (file, size, mtime, inode, reader) -> evidence: a run's checks read once
-
-
 def image_features(files: Sequence[str], reader_class: type) -> CaseEvidence:
     """array_evidence of a case's first channel (files[0]), read as nnU-Net reads it for prediction (the plans'
     reader class); the features are those fingerprinting computed on the training cases."""
-    key = (*file_key(files[0]), reader_class.__name__)
-    if key not in _cache:
-        image, properties = reader_class().read_images([files[0]])
-        if len(_cache) >= MAX_CACHED:
-            _cache.clear()
-        _cache[key] = array_evidence(image, properties["spacing"])
-    return _cache[key]
+    image, properties = reader_class().read_images([files[0]])
+    return array_evidence(image, properties["spacing"])
 
 
 def features_of_cases(cases: Mapping[str, Sequence[str]], reader_class: type, num_workers: int = 4

@@ -1,14 +1,17 @@
-"""The preprocessing side of nnunet_cin.inference.predict: nnU-Net's inference preprocessing, told each case's modality.
+"""The preprocessing side of prediction: nnU-Net's inference preprocessing, told each case's modality, writes it into
+the case's properties (the one carrier from the run's decisions to the network; see nnunet_cin.inference.predictor).
 
 nnU-Net's data iterators (predict_from_files, predict_from_list_of_npy_arrays, predict_single_npy_array) create the
 preprocessor as `configuration_manager.preprocessor_class(verbose=...)`, in spawned worker processes, and call
 `run_case` / `run_case_npy` without a modality. `ModalityConfigurationManager` (the predictor's configuration
 manager) answers with a `ModalityPreprocessor`: the plans' preprocessor (CINPreprocessor for per-modality plans),
-given the resolved modality of each case, which it also records in the case properties.
+given the modality decided for each case of the run (`run_modalities`), which it also writes into the case
+properties (properties["modality"], properties["modality_index"]).
 
-nnU-Net's sequential loop (predict_from_files_sequential, -npp 0 -nps 0) preprocesses a case in the predictor's own
-process and hands the data, without its properties, straight to the network: there, the preprocessor also tells the
-predictor (`ModalityConfigurationManager.on_case_preprocessed`) the modality of the case it has just prepared.
+Where nnU-Net preprocesses in the predictor's own process and hands the data, without its properties, straight to the
+network (its sequential loop, predict_from_files_sequential / -npp 0 -nps 0, and predict_single_npy_array), the
+preprocessor also hands the properties it has just written to the predictor: the one callback,
+`ModalityConfigurationManager.on_case_preprocessed`.
 
 This module is imported by every spawned preprocessing and export worker (they unpickle the configuration manager):
 it stays light on purpose (no nnU-Net predictor, no torch._dynamo; CINPreprocessor imported where it is used).
@@ -27,34 +30,34 @@ end_with_parent()  # this module is imported by nnU-Net's spawned workers: they 
 
 
 class ModalityPreprocessor:
-    """The plans' preprocessor for one prediction run, with the resolved modality of every input case.
+    """The plans' preprocessor for one prediction run, with the decided modality of every input case.
 
     nnU-Net's data iterators create it through `configuration_manager.preprocessor_class(verbose=...)` (in their
     worker processes) and call `run_case` / `run_case_npy` without a modality: it adds the case's modality, passes it
     to CINPreprocessor (which normalizes with the modality's scheme and statistics), and records it in the case
     properties for any preprocessor, which is where the predictor reads it back."""
 
-    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str],
-                 verbose: bool = False, on_case: Optional[Callable[[str], None]] = None):
+    def __init__(self, base_class: type, modalities: Sequence[str], run_modalities: Dict[str, str],
+                 verbose: bool = False, on_case: Optional[Callable[[dict], None]] = None):
         from nnunet_cin.preprocessing.preprocessor import CINPreprocessor
         self.base = base_class(verbose=verbose)
         self.modalities = list(modalities)
-        self.case_modalities = dict(case_modalities)
+        self.run_modalities = dict(run_modalities)
         self.takes_modality = issubclass(base_class, CINPreprocessor)
         self.on_case = on_case
 
     def modality_of_files(self, image_files: List[str], file_ending: str) -> str:
         case_id = case_id_from_image_file(image_files[0], file_ending)
-        if case_id not in self.case_modalities:
+        if case_id not in self.run_modalities:
             raise ModalityError(f'case "{case_id}" ({image_files[0]}) was not among the cases whose modality was '
-                                f'resolved for this prediction run')
-        return self.case_modalities[case_id]
+                                f'decided for this prediction run')
+        return self.run_modalities[case_id]
 
     def _tag(self, properties: dict, modality: str) -> dict:
         properties["modality"] = modality
         properties["modality_index"] = self.modalities.index(modality)
         if self.on_case is not None:
-            self.on_case(modality)
+            self.on_case(properties)
         return properties
 
     def run_case(self, image_files, seg_file, plans_manager, configuration_manager, dataset_json):
@@ -80,13 +83,13 @@ class ModalityPreprocessorFactory:
     """What `ModalityConfigurationManager.preprocessor_class` returns: called like a preprocessor class. Picklable,
     so that nnU-Net's spawned preprocessing workers receive it with the configuration manager."""
 
-    def __init__(self, base_class: type, modalities: Sequence[str], case_modalities: Dict[str, str],
-                 on_case: Optional[Callable[[str], None]] = None):
-        self.base_class, self.modalities, self.case_modalities = base_class, list(modalities), dict(case_modalities)
+    def __init__(self, base_class: type, modalities: Sequence[str], run_modalities: Dict[str, str],
+                 on_case: Optional[Callable[[dict], None]] = None):
+        self.base_class, self.modalities, self.run_modalities = base_class, list(modalities), dict(run_modalities)
         self.on_case = on_case
 
     def __call__(self, verbose: bool = False) -> ModalityPreprocessor:
-        return ModalityPreprocessor(self.base_class, self.modalities, self.case_modalities, verbose, self.on_case)
+        return ModalityPreprocessor(self.base_class, self.modalities, self.run_modalities, verbose, self.on_case)
 
 
 class ModalityConfigurationManager(ConfigurationManager):
@@ -100,9 +103,10 @@ class ModalityConfigurationManager(ConfigurationManager):
         super().__init__(configuration_dict)
         self.per_modality_normalization = per_modality_normalization
         self.modalities = list(modalities)
-        self.case_modalities: Dict[str, str] = {}  # of the cases of the current prediction run
-        # called with each case's modality by preprocessors created in this process (nnU-Net's sequential loop)
-        self.on_case_preprocessed: Optional[Callable[[str], None]] = None
+        self.run_modalities: Dict[str, str] = {}  # {case: modality} decided for the current prediction run
+        # called with each case's properties by preprocessors created in this process (nnU-Net's sequential loop,
+        # predict_single_npy_array): how the predictor learns the modality of the case it predicts next
+        self.on_case_preprocessed: Optional[Callable[[dict], None]] = None
 
     def __getstate__(self):
         # nnU-Net's spawned workers receive a copy: they have no predictor to tell (and must not pickle one)
@@ -120,5 +124,5 @@ class ModalityConfigurationManager(ConfigurationManager):
 
     @property
     def preprocessor_class(self) -> ModalityPreprocessorFactory:
-        return ModalityPreprocessorFactory(self.base_preprocessor_class, self.modalities, self.case_modalities,
+        return ModalityPreprocessorFactory(self.base_preprocessor_class, self.modalities, self.run_modalities,
                                            self.on_case_preprocessed)
