@@ -14,7 +14,7 @@ setup(
         "torch==2.14.1",
         "torchvision==0.29.1",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={
         "console_scripts": [  # nnunet_cin.commands: each command's module imported without dependencies' noise
             "nnunet-cin=nnunet_cin.commands:nnunet_cin",

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,23 +41,59 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, made by build(folder) once for the whole test run: also when pytest-xdist runs the suite in
+    several worker processes (they share the folder above their own temporary folders; a lock makes the others wait
+    for the first). The builder must leave nothing a later reader could change; readers must not write to it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def planned_hearts(tmp_path_factory):
     """Dataset999_SyntheticHeart: 4 CT + 4 MR generated hearts of 24^3, planned and preprocessed once per session by
     nnU-Net's own nnUNetv2_plan_and_preprocess (2d, 3d_fullres), plus "nnUNetPlansTiny": its plans with a narrower
-    U-Net (same preprocessed data), fast on CPU. Shared by the trainer tests: they read it, and only
-    splits_final.json gets written (by the first trainer that needs it; the same seeded split every time).
-    Returns nnunet_helpers.plan_synthetic_dataset's folders; results: unused (each module has its own)."""
+    U-Net (same preprocessed data), fast on CPU, and splits_final.json as our trainers write it (modality-stratified,
+    seeded): the trainer tests only read it. Returns nnunet_helpers.plan_synthetic_dataset's folders; results: unused
+    (each module has its own)."""
     import json
 
-    from nnunet_helpers import narrower_plans, plan_synthetic_dataset
+    from nnunet_helpers import narrower_plans, nnunet_folders, plan_synthetic_dataset
 
-    paths = plan_synthetic_dataset(tmp_path_factory.mktemp("hearts"), 999, {"CT": 4, "MR": 4}, (24, 24, 24),
-                                   configurations=("2d", "3d_fullres"))
-    folder = paths.preprocessed / paths.folder_name
-    plans = narrower_plans(json.loads((folder / "nnUNetPlans.json").read_text()), "nnUNetPlansTiny")
-    (folder / "nnUNetPlansTiny.json").write_text(json.dumps(plans, indent=2))
+    from nnunet_cin.training.splits import stratified_crossval_split
+
+    def build(root):
+        paths = plan_synthetic_dataset(root, 999, {"CT": 4, "MR": 4}, (24, 24, 24),
+                                       configurations=("2d", "3d_fullres"))
+        folder = paths.preprocessed / paths.folder_name
+        plans = narrower_plans(json.loads((folder / "nnUNetPlans.json").read_text()), "nnUNetPlansTiny")
+        (folder / "nnUNetPlansTiny.json").write_text(json.dumps(plans, indent=2))
+        cases = [f"{m}_{i:04d}" for m in ("ct", "mr") for i in range(4)]
+        splits = stratified_crossval_split(cases, {c: c[:2].upper() for c in cases})
+        (folder / "splits_final.json").write_text(json.dumps(splits, indent=4))
+
+    paths = nnunet_folders(built_once(tmp_path_factory, "hearts", build))
+    paths.dataset_id, paths.folder_name = 999, "Dataset999_SyntheticHeart"
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """One tiny conditional model trained by the real commands for the whole run (nnunet_helpers.train_tiny_model);
+    modules take their own copy (nnunet_helpers.copy_of_tiny_model) and never change this one."""
+    from nnunet_helpers import train_tiny_model
+    return built_once(tmp_path_factory, "tiny_model", train_tiny_model)
 
 
 def pytest_configure(config):

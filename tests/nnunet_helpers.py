@@ -226,6 +226,69 @@ def softmax_of_mean_logits(*probabilities: np.ndarray) -> np.ndarray:
     return e / e.sum(0, keepdims=True)
 
 
+# ------------------------------------------------------------------------------------------------- the tiny model
+TINY_MODEL_ID, TINY_MODEL_NAME = 987, "TinyCIN"
+TINY_MODEL_DATASET = f"Dataset{TINY_MODEL_ID}_{TINY_MODEL_NAME}"
+TINY_MODEL_TRAINER = "nnUNetTrainerCINTinyTest"
+TINY_MODEL_TRAINER_SOURCE = '''
+import torch
+from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+
+
+class nnUNetTrainerCINTinyTest(nnUNetTrainerCIN):
+    """A user's short schedule: 1 epoch of 3 iterations, no final validation."""
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 3
+        self.num_val_iterations_per_epoch = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        pass
+'''
+
+
+def tiny_model_environment(root: Path) -> dict:
+    """The environment of nnU-Net's commands on a copy of the tiny model under `root`."""
+    return dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+                nnUNet_results=str(root / "results"), nnUNet_compile="false", nnUNet_n_proc_DA="0",
+                nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE",
+                nnUNet_cin_fingerprint_samples="1e5", nnUNet_cin_seed="0",
+                nnUNet_extTrainer=os.pathsep.join([str(root / "trainers"), OUR_TRAINERS]))
+
+
+def train_tiny_model(root: Path) -> None:
+    """A user's run, by the real commands: nnUNetv2_plan_and_preprocess_cin, a narrower network than planned (a
+    user's plans edit, same preprocessed data: fast on 2 CPU cores), nnUNetv2_train of a user trainer in its own
+    nnUNet_extTrainer folder; on 3 CT + 3 MR generated hearts of 24^3 (seed 5) and one test case per modality."""
+    for k in ("raw", "preprocessed", "results", "trainers"):
+        (root / k).mkdir(parents=True, exist_ok=True)
+    (root / "trainers" / f"{TINY_MODEL_TRAINER}.py").write_text(TINY_MODEL_TRAINER_SOURCE)
+    env = tiny_model_environment(root)
+    write_nnunet_dataset(root / "raw", TINY_MODEL_ID, TINY_MODEL_NAME, {"CT": 3, "MR": 3}, shape=(24, 24, 24), seed=5,
+                         test_cases_per_modality=1)
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 is not allowed there
+    run(["nnUNetv2_plan_and_preprocess_cin", "-d", TINY_MODEL_ID, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env,
+        {"nnUNet_n_proc_DA": "1"})
+    import json
+    plans_file = root / "preprocessed" / TINY_MODEL_DATASET / "nnUNetPlansCIN.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 16]
+    plans_file.write_text(json.dumps(plans, indent=2))
+    run(["nnUNetv2_train", TINY_MODEL_ID, "3d_fullres", "0", "-tr", TINY_MODEL_TRAINER, "-p", "nnUNetPlansCIN",
+         "-device", "cpu"], env)
+
+
+def copy_of_tiny_model(pristine: Path, root: Path) -> dict:
+    """A module's own copy of the tiny model (its raw, preprocessed and results folders, its trainer): what a module
+    changes stays there. Returns its environment, its root and its model folder."""
+    import shutil
+    shutil.copytree(pristine, root, dirs_exist_ok=True)
+    return {"root": root, "env": tiny_model_environment(root), "raw": root / "raw" / TINY_MODEL_DATASET,
+            "folder": root / "results" / TINY_MODEL_DATASET / f"{TINY_MODEL_TRAINER}__nnUNetPlansCIN__3d_fullres"}
+
+
 # ------------------------------------------------------------------------------------------------------ processes
 def descendants(pid: int) -> List[int]:
     """Every process below `pid` (from /proc), children first."""

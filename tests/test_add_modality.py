@@ -4,7 +4,6 @@ those of the original; the checkpoint grows by the new CIN rows only; the new mo
 refused before anything is written."""
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 
@@ -13,25 +12,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_helpers import TINY_MODEL_DATASET, TINY_MODEL_ID, TINY_MODEL_TRAINER, copy_of_tiny_model
+
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
-BASE_ID, NEW_ID = 971, 972
-BASE = f"Dataset{BASE_ID}_AddBase"
-TRAINER = "nnUNetTrainerCINAddTest"
-TRAINER_SOURCE = '''
-import torch
-from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
-
-
-class nnUNetTrainerCINAddTest(nnUNetTrainerCIN):
-    """A user's short schedule: 1 epoch of 3 iterations."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 1
-'''
+BASE_ID, BASE, TRAINER = TINY_MODEL_ID, TINY_MODEL_DATASET, TINY_MODEL_TRAINER
+NEW_ID = 972
 ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer",
             "nnUNet_cin_fingerprint_samples")
 
@@ -53,33 +39,15 @@ def _tree_hashes(folder):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """nnUNetv2_plan_and_preprocess_cin + nnUNetv2_train (a user trainer in its own nnUNet_extTrainer folder) on 3 CT
-    + 3 MR cases of 24^3, with a narrow network; a T2 raw dataset of 2 labelled cases (+ 1 test case)."""
-    import nnunet_cin.trainers
-    root = tmp_path_factory.mktemp("add_modality")
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_compile="false", nnUNet_n_proc_DA="0",
-               nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE",
-               nnUNet_cin_fingerprint_samples="1e5", nnUNet_cin_seed="0",
-               nnUNet_extTrainer=os.pathsep.join([str(root / "trainers"), nnunet_cin.trainers.__path__[0]]))
-    for k in ("raw", "preprocessed", "results", "trainers"):
-        (root / k).mkdir()
-    (root / "trainers" / f"{TRAINER}.py").write_text(TRAINER_SOURCE)
-    write_nnunet_dataset(root / "raw", BASE_ID, "AddBase", {"CT": 3, "MR": 3}, shape=(24, 24, 24), seed=5,
-                         test_cases_per_modality=1)
+def base(tiny_model, tmp_path_factory):
+    """This module's copy of the session's tiny model (nnUNetv2_plan_and_preprocess_cin + nnUNetv2_train of a user
+    trainer in its own nnUNet_extTrainer folder, on 3 CT + 3 MR cases of 24^3, a narrow network); a T2 raw dataset of
+    2 labelled cases (+ 1 test case)."""
+    copy = copy_of_tiny_model(tiny_model, tmp_path_factory.mktemp("add_modality"))
+    root, model = copy["root"], copy["folder"]
     new = write_nnunet_dataset(root / "raw", NEW_ID, "AddT2", {"T2": 2}, shape=(24, 24, 24), seed=6,
                                test_cases_per_modality=1)
-    _run(["nnUNetv2_plan_and_preprocess_cin", "-d", str(BASE_ID), "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-         dict(env, nnUNet_n_proc_DA="1"))
-    plans_file = root / "preprocessed" / BASE / "nnUNetPlansCIN.json"
-    plans = json.loads(plans_file.read_text())
-    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 16]
-    plans_file.write_text(json.dumps(plans, indent=2))
-    _run(["nnUNetv2_train", str(BASE_ID), "3d_fullres", "0", "-tr", TRAINER, "-p", "nnUNetPlansCIN", "-device",
-          "cpu"], env)
-    model = root / "results" / BASE / f"{TRAINER}__nnUNetPlansCIN__3d_fullres"
-    return {"root": root, "env": env, "model": model, "new": new, "base_raw": root / "raw" / BASE,
+    return {"root": root, "env": copy["env"], "model": model, "new": new, "base_raw": copy["raw"],
             "untouched": {"model": _tree_hashes(model), "preprocessed": _tree_hashes(root / "preprocessed" / BASE),
                           "new": _tree_hashes(new)}}
 

@@ -15,32 +15,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 from damaged_files import truncate_half
-from nnunet_helpers import descendants, marked_env, marked_running, randomise_cin_rows
+from nnunet_helpers import (TINY_MODEL_DATASET, TINY_MODEL_ID, TINY_MODEL_TRAINER, copy_of_tiny_model,
+                            descendants, marked_env, marked_running, randomise_cin_rows)
 
-from nnunet_cin.dataset_conversion.synthetic import generate_case, write_nnunet_dataset
+from nnunet_cin.dataset_conversion.synthetic import generate_case
 
-DATASET_ID = 987
-DATASET = f"Dataset{DATASET_ID}_PredictCIN"
-TRAINER = "nnUNetTrainerCINPredictTest"
+DATASET_ID, DATASET, TRAINER = TINY_MODEL_ID, TINY_MODEL_DATASET, TINY_MODEL_TRAINER
 LABELS = list(range(8))  # background + 7 structures
-
-TRAINER_SOURCE = '''
-import torch
-from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
-
-
-class nnUNetTrainerCINPredictTest(nnUNetTrainerCIN):
-    """A user's short schedule: 1 epoch of 3 iterations, no final validation."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 3
-        self.num_val_iterations_per_epoch = 1
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        pass
-'''
 
 
 def _run(cmd, env):
@@ -50,32 +31,12 @@ def _run(cmd, env):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """nnUNetv2_plan_and_preprocess_cin + nnUNetv2_train of a user trainer (in its own nnUNet_extTrainer folder), on
-    3 CT + 3 MR synthetic cases of 24^3. Test inputs: one held-out case per modality; the MR one re-spaced so that it
-    fits one patch (fast), which still needs resampling."""
-    import nnunet_cin.trainers
-    root = tmp_path_factory.mktemp("predict")
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_compile="false", nnUNet_n_proc_DA="0",
-               nnUNet_def_n_proc="1", OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", nnUNet_cin_seed="0",
-               nnUNet_extTrainer=os.pathsep.join([str(root / "trainers"), nnunet_cin.trainers.__path__[0]]))
-    for k in ("raw", "preprocessed", "results", "trainers"):
-        (root / k).mkdir()
-    (root / "trainers" / f"{TRAINER}.py").write_text(TRAINER_SOURCE)
-    raw = write_nnunet_dataset(root / "raw", DATASET_ID, "PredictCIN", {"CT": 3, "MR": 3}, shape=(24, 24, 24), seed=5)
-    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 is not allowed there
-    _run(["nnUNetv2_plan_and_preprocess_cin", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-         dict(env, nnUNet_n_proc_DA="1"))
-    # a narrower network than planned (a user's plans edit; same preprocessed data): fast on 2 CPU cores
-    plans_file = root / "preprocessed" / DATASET / "nnUNetPlansCIN.json"
-    plans = json.loads(plans_file.read_text())
-    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 16]
-    plans_file.write_text(json.dumps(plans, indent=2))
-    _run(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", TRAINER, "-p", "nnUNetPlansCIN",
-          "-device", "cpu"], env)
-    folder = root / "results" / DATASET / f"{TRAINER}__nnUNetPlansCIN__3d_fullres"
-
+def model(tiny_model, tmp_path_factory):
+    """This module's copy of the session's tiny model (nnUNetv2_plan_and_preprocess_cin + nnUNetv2_train of a user
+    trainer in its own nnUNet_extTrainer folder, on 3 CT + 3 MR synthetic cases of 24^3). Test inputs: one held-out
+    case per modality; the MR one re-spaced so that it fits one patch (fast), which still needs resampling."""
+    copy = copy_of_tiny_model(tiny_model, tmp_path_factory.mktemp("predict"))
+    root, env = copy["root"], copy["env"]
     inputs = {m: root / f"inputs_{m}" for m in ("CT", "MR", "all")}
     for f in inputs.values():
         f.mkdir()
@@ -90,7 +51,7 @@ def model(tmp_path_factory):
         (root / "labels").mkdir(exist_ok=True)
         label.SetOrigin((12.5, -40.0, 7.25))
         sitk.WriteImage(label, str(root / "labels" / f"{case}.nii.gz"))
-    return {"root": root, "env": env, "folder": folder, "inputs": inputs, "raw": raw}
+    return {"root": root, "env": env, "folder": copy["folder"], "inputs": inputs, "raw": copy["raw"]}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,41 +1,37 @@
 """No rule drift in training: the modality rules in dataset.json changed after nnUNetv2_plan_and_preprocess_cin
 stored each case's modality in its properties; every trainer of ours refuses to start, naming the cases."""
 import json
-import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from nnunet_helpers import TINY_MODEL_DATASET, TINY_MODEL_ID, copy_of_tiny_model
 
 import nnunet_cin.trainers
-from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 from nnunet_cin.modalities import ModalityError, ModalityRules
-from nnunet_cin.planning.fingerprint import SAMPLES_ENV
 from nnunet_cin.preprocessing.drift import MAX_LISTED as SHOWN
 from nnunet_cin.preprocessing.drift import refuse_rule_drift
 from nnunet_cin.preprocessing.preprocessor import stored_modalities
 
-DATASET_ID, DATASET = 996, "Dataset996_SyntheticHeart"
+DATASET_ID, DATASET = TINY_MODEL_ID, TINY_MODEL_DATASET
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def preprocessed(tmp_path_factory):
-    """nnUNetv2_plan_and_preprocess_cin on 3 CT + 3 MR tiny cases; then the patterns of the preprocessed dataset.json
-    are swapped (CT <-> MR), as a user editing the file after preprocessing would."""
-    root = tmp_path_factory.mktemp("drift")
-    env = {**os.environ, **{n: str(root / n) for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")},
-           "nnUNet_extTrainer": nnunet_cin.trainers.__path__[0], SAMPLES_ENV: "3e5", "nnUNet_n_proc_DA": "0"}
-    for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        Path(env[n]).mkdir()
-    write_nnunet_dataset(env["nnUNet_raw"], DATASET_ID, cases_per_modality={"CT": 3, "MR": 3}, shape=(20, 20, 20))
-    res = subprocess.run([BIN / "nnUNetv2_plan_and_preprocess_cin", "-d", str(DATASET_ID), "-c", "3d_fullres",
-                          "-np", "1", "-npfp", "1", "--no_pbar"], env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+def preprocessed(tiny_model, tmp_path_factory):
+    """3 CT + 3 MR tiny cases as nnUNetv2_plan_and_preprocess_cin preprocessed them (a copy of the session's tiny
+    model, before training: no results, no split); then the patterns of the preprocessed dataset.json are swapped
+    (CT <-> MR), as a user editing the file after preprocessing would."""
+    copy = copy_of_tiny_model(tiny_model, tmp_path_factory.mktemp("drift"))
+    env = {**copy["env"], "nnUNet_extTrainer": nnunet_cin.trainers.__path__[0]}
+    shutil.rmtree(env["nnUNet_results"])
+    Path(env["nnUNet_results"]).mkdir()
     folder = Path(env["nnUNet_preprocessed"]) / DATASET
+    (folder / "splits_final.json").unlink()
     dataset_json = json.loads((folder / "dataset.json").read_text())
     assert dataset_json["modality_patterns"] == {"CT": "^ct_", "MR": "^mr_"}
     dataset_json["modality_patterns"] = {"CT": "^mr_", "MR": "^ct_"}
