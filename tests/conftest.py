@@ -100,3 +100,15 @@ def pytest_configure(config):
     # CI runs every test; a developer can leave the slowest end-to-end ones out: python -m pytest -m "not slow" tests
     config.addinivalue_line("markers", "slow: a slow end-to-end test (real nnU-Net commands); deselect with "
                                        "-m \"not slow\"")
+
+
+# The test files that take longest (measured with --durations), started first: pytest-xdist hands whole files to its
+# workers in collection order, and a long file started last keeps one worker busy while the other idles.
+LONGEST_FIRST = ["test_compare_end_to_end.py", "test_predict.py", "test_trainer.py", "test_demo.py",
+                 "test_planning.py", "test_add_modality.py", "test_cvit_trainer.py", "test_convert_pretrained.py",
+                 "test_swin_trainer.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept

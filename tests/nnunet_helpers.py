@@ -236,16 +236,13 @@ from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
 
 
 class nnUNetTrainerCINTinyTest(nnUNetTrainerCIN):
-    """A user's short schedule: 1 epoch of 3 iterations, no final validation."""
+    """A user's short schedule: 1 epoch of 3 iterations, then nnU-Net's final validation (add-modality keeps it)."""
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 1
         self.num_iterations_per_epoch = 3
         self.num_val_iterations_per_epoch = 1
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        pass
 '''
 
 

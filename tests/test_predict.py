@@ -854,12 +854,6 @@ def test_export_to_zip_and_install_keep_what_inference_needs(model, rules_predic
     nnUNetv2_predict_cin gives the same segmentation (the modalities, rules and conditional architecture travel in
     the zip's plans.json, dataset.json and checkpoint)."""
     zip_file = tmp_path / "model.zip"
-    # nnU-Net's exporter always packs fold_0/validation/summary.json, which this test's trainer (final validation
-    # skipped for speed) never wrote: give it a stand-in; inference does not read it
-    validation = model["folder"] / "fold_0" / "validation"
-    validation.mkdir(exist_ok=True)
-    if not (validation / "summary.json").exists():
-        (validation / "summary.json").write_text("{}")
     _run(["nnUNetv2_export_model_to_zip", "-d", str(DATASET_ID), "-o", str(zip_file), "-c", "3d_fullres", "-tr",
           TRAINER, "-p", "nnUNetPlansCIN", "-f", "0", "--not_strict"], model["env"])
     installed = dict(model["env"], nnUNet_results=str(tmp_path / "installed_results"))
