@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -154,3 +155,25 @@ def test_foreground_oversampling_keeps_nnunet_meaning(dataset):
     assert all(forced_has_fg)
     assert np.mean(free_has_fg) < 0.9  # random crops do miss the small foreground
     assert 0.2 < np.mean(forced_modality) < 0.8
+
+
+@pytest.mark.parametrize("shares", ["proportional", "equal"])
+def test_uniform_probabilities_draw_nnunets_own_batches(dataset, shares):
+    """When every case has the same probability (proportional shares; equal shares of equally many cases per
+    modality), the loader draws what nnU-Net's nnUNetDataLoader draws from the same numpy seed, number for number: a
+    seeded run of ours then sees the batches a seeded nnUNetTrainer sees, so that comparisons of the two are paired
+    (same init, same batches) and differ only in the network."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    label_manager = LabelManager({"background": 0, "heart": 1}, regions_class_order=None)
+    balanced = nnUNetDatasetBlosc2(dataset.source_folder, CT_CASES[:2] + MR_CASES) if shares == "equal" else dataset
+    ours = make_loader(balanced, batch_size=3, shares=shares, oversample=0.33)
+    nnunets = nnUNetDataLoader(balanced, 3, PATCH, PATCH, label_manager, oversample_foreground_percent=0.33)
+    for seed in range(3):
+        np.random.seed(seed)
+        expected = [nnunets.generate_train_batch() for _ in range(20)]
+        np.random.seed(seed)
+        got = [ours.generate_train_batch() for _ in range(20)]
+        assert [list(b["keys"]) for b in got] == [list(b["keys"]) for b in expected]
+        assert all(torch.equal(g["data"], e["data"]) and torch.equal(g["target"], e["target"])
+                   for g, e in zip(got, expected))

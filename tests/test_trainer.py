@@ -574,18 +574,18 @@ class TinySeededRun:
     (nnU-Net's run_training entry point runs that separately)."""
 
     @staticmethod
-    def trainer(trainer_class, continue_training=False):
+    def trainer(trainer_class, continue_training=False, fold=0, iterations=2):
         from nnunetv2.paths import nnUNet_preprocessed
 
         folder = Path(nnUNet_preprocessed) / DATASET
         plans = {**load_json(folder / f"{PLANS}.json"), "continue_training": continue_training}
-        trainer = trainer_class(plans, "3d_fullres", 0, load_json(folder / "dataset.json"), torch.device("cpu"))
-        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 2, 2, 1
+        trainer = trainer_class(plans, "3d_fullres", fold, load_json(folder / "dataset.json"), torch.device("cpu"))
+        trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 2, iterations, 1
         return trainer
 
     @classmethod
-    def train(cls, trainer_class):
-        trainer = cls.trainer(trainer_class)
+    def train(cls, trainer_class, **kwargs):
+        trainer = cls.trainer(trainer_class, **kwargs)
         trainer.run_training()
         return cls.final(trainer), load_json(Path(trainer.output_folder) / "debug.json")
 
@@ -619,6 +619,33 @@ def test_same_seed_gives_bit_identical_weights(local, monkeypatch):
     assert first["logging"]["train_losses"] == second["logging"]["train_losses"] != other["logging"]["train_losses"]
     assert first["init_args"]["seed"] == 3 and other["init_args"]["seed"] == 4 and debug["seed"] == "3"
     assert "rng_state" in first["init_args"]  # for --c
+
+
+def test_joint_trains_what_nnunets_trainer_trains_and_cin_starts_there(local, monkeypatch):
+    """The reference for what conditioning changes: from the same seed, on a fold with as many CT as MR cases,
+    nnUNetTrainerJoint (our data pipeline, sampler and steps, plain network) trains exactly what nnU-Net's own
+    nnUNetTrainer (seeded like ours) trains: same batches, losses and weights. nnUNetTrainerCIN starts from the same
+    weights on the same first batch (its first loss is nnU-Net's), then its modality rows make it differ."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_cin.training.baselines import nnUNetTrainerJoint
+    from nnunet_cin.training.cin_trainer import nnUNetTrainerCIN
+    from nnunet_cin.training.mixins import OMPThreads, Seeded
+
+    class nnUNetTrainerSeeded(Seeded, OMPThreads, nnUNetTrainer):
+        pass
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_cin_seed", "5")
+    # fold "all": the 4 CT and 4 MR cases, whichever split file the session wrote; 1 iteration per epoch, so that
+    # epoch 0's loss is the first batch's
+    runs = {cls: TinySeededRun.train(cls, fold="all", iterations=1)[0]
+            for cls in (nnUNetTrainerSeeded, nnUNetTrainerJoint, nnUNetTrainerCIN)}
+    nnunet, joint, cin = runs.values()
+    assert joint["logging"]["train_losses"] == nnunet["logging"]["train_losses"]
+    assert same_weights(joint["network_weights"], nnunet["network_weights"])
+    assert cin["logging"]["train_losses"][0] == nnunet["logging"]["train_losses"][0]
+    assert cin["logging"]["train_losses"][1] != nnunet["logging"]["train_losses"][1]
 
 
 @pytest.mark.slow

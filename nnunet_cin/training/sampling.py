@@ -6,7 +6,10 @@ Modes
   is nnU-Net's own infinite random sampling with per-case `sampling_probabilities`, so cropping, foreground
   oversampling (the last round(batch_size * (1 - p)) samples of a batch are forced to contain foreground, nnU-Net's
   meaning) and DDP (each rank draws its own part of the global batch from the same distribution, so the global shares
-  hold) are untouched.
+  hold) are untouched. When every case gets the same probability (shares "proportional", or "equal" shares of
+  modalities with equally many cases) no probabilities are passed: numpy then draws exactly what nnU-Net's loader
+  draws from the same seed, so a seeded run of ours sees the batches a seeded nnUNetTrainer sees and comparisons of
+  the two are paired (numpy's choice draws other numbers when given probabilities, even equal ones).
 - "alternate" (the joint-training baseline): each batch holds one modality; batch number t is modality
   t mod M (modalities in their conditioning order). Every data-augmentation worker numbers its batches as
   t = offset + worker + k * num_workers, so the stream alternates exactly with nnUNet_n_proc_DA=0 (and with
@@ -85,8 +88,10 @@ class ModalityDataLoader(nnUNetDataLoader):
             raise ValueError("alternate sampling gives every modality the same number of batches; shares must be "
                              "'equal'")
         probabilities = case_probabilities(self.case_modality_index, list(self.shares.values()))
+        if mode != "mixed" or np.allclose(probabilities, probabilities[0], rtol=1e-9, atol=0):
+            probabilities = None  # nnU-Net's uniform draw (see the module docstring)
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
-                         sampling_probabilities=probabilities if mode == "mixed" else None, **kwargs)
+                         sampling_probabilities=probabilities, **kwargs)
         self.mode = mode
         # alternate: the cycle skips modalities without cases; `first_batch` continues a resumed run's order
         self.cycle = [m for m in range(len(self.modalities)) if counts[m] > 0]
