@@ -18,12 +18,18 @@ def plan_and_preprocess():
     return _run("nnunet_cin.planning.plan_and_preprocess", "main")
 
 
+def _predict(function: str):
+    from nnunet_cin.inference.orphans import forks_end_with_this_process_from_now
+    forks_end_with_this_process_from_now()  # the process is the command: its forks end with it, also after the run
+    return _run("nnunet_cin.inference.command", function)
+
+
 def predict():
-    return _run("nnunet_cin.inference.command", "predict_entry_point")
+    return _predict("predict_entry_point")
 
 
 def predict_from_modelfolder():
-    return _run("nnunet_cin.inference.command", "predict_from_modelfolder_entry_point")
+    return _predict("predict_from_modelfolder_entry_point")
 
 
 def evaluate():

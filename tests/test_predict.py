@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 from damaged_files import truncate_half
 from nnunet_helpers import (TINY_MODEL_DATASET, TINY_MODEL_ID, TINY_MODEL_TRAINER, copy_of_tiny_model,
-                            descendants, marked_env, marked_running, randomise_cin_rows)
+                            RUN_MARKER, descendants, marked_env, marked_running, randomise_cin_rows)
 
 from nnunet_cin.dataset_conversion.synthetic import generate_case
 
@@ -639,9 +639,9 @@ def _sigterms(proc, rng):
 
 def _ended_cleanly(proc, env, log_file, workers, out, rules_prediction):
     """The run ended with 128 + SIGTERM (or finished), printed no traceback, the workers seen before the signal are
-    gone, and every output there is a complete case that reads back right. Returns the finished cases. (Not checked:
-    processes forked after the snapshot; a fork interrupted at an unlucky moment can still be left behind, see
-    issue 22's note.)"""
+    gone, and so is every process that carries the run's marker (`marked_env`: also those forked after the snapshot,
+    whoever their parent now is), and every output there is a complete case that reads back right. Returns the
+    finished cases."""
     proc.wait(timeout=600)
     log = log_file.read_text()
     if proc.returncode == -signal.SIGTERM:  # before Python installed the handler: nothing started, nothing written
@@ -653,6 +653,9 @@ def _ended_cleanly(proc, env, log_file, workers, out, rules_prediction):
     while any(_running(w) for w in workers) and time.time() < deadline:
         time.sleep(0.2)
     assert not [w for w in workers if _running(w)], "worker processes outlived the terminated run"
+    if RUN_MARKER in env:
+        left = marked_running(env, 10)
+        assert not left, f"processes of the run still running 10 s after it ended: {left}"
     if not out.exists():
         return []
     finished = sorted(f.name[:-len(".nii.gz")] for f in out.glob("*.nii.gz"))

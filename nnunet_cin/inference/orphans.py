@@ -84,22 +84,38 @@ def _after_fork_in_child():
         _arm(_fork_parent_pid)
 
 
+def _register_fork_hook() -> bool:
+    global _fork_hook_registered
+    if not hasattr(os, "register_at_fork"):
+        return False
+    if not _fork_hook_registered:
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+        _fork_hook_registered = True
+    return True
+
+
 @contextmanager
 def forked_children_end_with_this_process():
     """Inside: processes forked from this one (nnU-Net's Manager server and file-listing pool, which torch's and
     Python's default fork context start) end when it dies. Spawned workers arm themselves (`end_with_parent`)."""
-    global _forking_parent, _fork_hook_registered
-    if not hasattr(os, "register_at_fork"):
+    global _forking_parent
+    if not _register_fork_hook():
         yield
         return
-    if not _fork_hook_registered:
-        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-        _fork_hook_registered = True
     previous, _forking_parent = _forking_parent, os.getpid()
     try:
         yield
     finally:
         _forking_parent = previous
+
+
+def forks_end_with_this_process_from_now() -> None:
+    """For a process whose whole life is one command (the prediction commands): every process forked from it, for
+    the rest of its life, ends when it dies. The context above ends with its block, and a SIGTERM's unwinding
+    still forks after it (a Pool refilling itself while it is shut down, at the interpreter's exit)."""
+    global _forking_parent
+    if _register_fork_hook():
+        _forking_parent = os.getpid()
 
 
 class _Forwarder:
