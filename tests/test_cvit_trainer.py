@@ -17,9 +17,10 @@ from nnunet_cin.training.transformer_trainers import UNETR_CLASS, WarmupPolyLRSc
 from nnunet_cin.trainers.nnUNetTrainerViTJoint import nnUNetTrainerViTJoint
 from nnunet_cin.networks.unetr import ConditionalUNETR
 from nnunet_cin.networks.vit import TokenConditionalInstanceNorm, ViTBlock
-from transformer_e2e import nnunets_predict_refuses, plan_tiny_dataset, predict_test_cases, train_user_trainer
+from nnunet_helpers import TINY_MODEL_ID
+from transformer_e2e import nnunets_predict_refuses, predict_test_cases, session_planned_data, train_user_trainer
 
-DATASET = 999
+DATASET = TINY_MODEL_ID
 
 
 class Tiny:
@@ -38,9 +39,9 @@ class TinyViTJoint(Tiny, nnUNetTrainerViTJoint):
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    """Tiny CT+MR data, planned once for this module (transformer_e2e.plan_tiny_dataset)."""
-    return plan_tiny_dataset(tmp_path_factory.mktemp("cvit_planned"), DATASET, "SyntheticHeart")
+def planned(tiny_model):
+    """The session's planned conditional data (transformer_e2e.session_planned_data), read only."""
+    return session_planned_data(tiny_model)
 
 
 def make_trainer(cls, planned, configuration="3d_fullres", patch_size=None):

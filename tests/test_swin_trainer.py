@@ -17,9 +17,10 @@ from nnunet_cin.training.transformer_trainers import SWIN_UNETR_CLASS, nnUNetTra
 from nnunet_cin.trainers.nnUNetTrainerSwinUNETRJoint import nnUNetTrainerSwinUNETRJoint
 from nnunet_cin.training.transformer_trainers import nnUNetTrainerCViT
 from nnunet_cin.networks.vit import TokenConditionalInstanceNorm
-from transformer_e2e import plan_tiny_dataset, predict_test_cases, train_user_trainer
+from nnunet_helpers import TINY_MODEL_ID
+from transformer_e2e import predict_test_cases, session_planned_data, train_user_trainer
 
-DATASET = 996
+DATASET = TINY_MODEL_ID
 
 
 class Tiny:
@@ -41,9 +42,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    """Tiny CT+MR data, planned once for this module (transformer_e2e.plan_tiny_dataset)."""
-    return plan_tiny_dataset(tmp_path_factory.mktemp("swin_planned"), DATASET, "SwinHeart")
+def planned(tiny_model):
+    """The session's planned conditional data (transformer_e2e.session_planned_data), read only."""
+    return session_planned_data(tiny_model)
 
 
 def make_trainer(cls, planned, configuration="3d_fullres", patch_size=None):

@@ -1,5 +1,6 @@
 """Shared scaffolding of the transformer trainer tests (test_cvit_trainer.py, test_swin_trainer.py): nnU-Net's real
-commands in subprocesses, a tiny planned dataset per module, and a user's tiny trainer trained and predicted."""
+commands in subprocesses, the session's planned conditional data (read only), a user's tiny trainer trained and
+predicted."""
 import importlib.util
 import json
 import os
@@ -15,7 +16,6 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 import nnunet_cin.trainers
-from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
 
 BIN = Path(sys.executable).parent
 TRAINERS = nnunet_cin.trainers.__path__[0]
@@ -36,18 +36,14 @@ def subprocess_env(paths, ext_trainers=()):
                 nnUNet_extTrainer=os.pathsep.join([TRAINERS, *map(str, ext_trainers)]))
 
 
-def plan_tiny_dataset(root: Path, dataset: int, name: str) -> SimpleNamespace:
-    """Synthetic CT+MR data (2+2 training cases of 24^3, one test case per modality), planned and preprocessed
-    (3d_fullres) by nnUNetv2_plan_and_preprocess_cin. Returns the folders, folder_name, plans and dataset_json."""
-    paths = SimpleNamespace(raw=root / "raw", preprocessed=root / "preprocessed", results=root / "results")
-    for p in vars(paths).values():
-        p.mkdir()
-    folder = write_nnunet_dataset(paths.raw, dataset, name, cases_per_modality={"CT": 2, "MR": 2},
-                                  shape=(24, 24, 24), test_cases_per_modality=1)
-    env = dict(subprocess_env(paths), nnUNet_n_proc_DA="1")  # nnU-Net's planner needs >= 1 thread here
-    run(["nnUNetv2_plan_and_preprocess_cin", "-d", dataset, "-c", "3d_fullres", "-np", 1, "-npfp", 1], env)
-    pre = paths.preprocessed / folder.name
-    paths.folder_name = folder.name
+def session_planned_data(tiny_model: Path) -> SimpleNamespace:
+    """The session's planned conditional data (conftest's `tiny_model`: 3 CT + 3 MR generated hearts of 24^3, one test
+    case per modality, planned and preprocessed by nnUNetv2_plan_and_preprocess_cin), read only: each test copies it
+    into its own folders. Returns the folders, folder_name, plans and dataset_json."""
+    from nnunet_helpers import TINY_MODEL_DATASET
+    paths = SimpleNamespace(raw=tiny_model / "raw", preprocessed=tiny_model / "preprocessed",
+                            folder_name=TINY_MODEL_DATASET)
+    pre = paths.preprocessed / TINY_MODEL_DATASET
     paths.plans = json.loads((pre / f"{PLANS}.json").read_text())
     paths.dataset_json = json.loads((pre / "dataset.json").read_text())
     return paths
@@ -62,7 +58,8 @@ def train_user_trainer(planned, nnunet_env, tmp_path, dataset: int, trainer: str
     starts from it (nnUNetv2_train -pretrained_weights).
     Returns (model folder, checkpoint, the model's plans.json 3d_fullres configuration, env)."""
     for name in ("raw", "preprocessed"):
-        shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name)
+        shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name,
+                        ignore=shutil.ignore_patterns("splits_final.json"))
     cases = sorted(p.name[:-len(".nii.gz")] for p in (nnunet_env.raw / planned.folder_name / "labelsTr").iterdir())
     (nnunet_env.preprocessed / planned.folder_name / "splits_final.json").write_text(
         json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
