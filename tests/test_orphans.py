@@ -50,3 +50,19 @@ def test_a_child_forked_outside_the_block_is_not_armed(tmp_path):
     finally:
         for pid in result.left:
             os.kill(pid, 9)
+
+
+def test_a_command_arms_its_forks_for_the_rest_of_its_life(tmp_path):
+    """The prediction commands (nnunet_cin.commands) arm every fork of their process, also one made after the run's
+    block has ended (a SIGTERM's unwinding, a Pool refilling itself at the interpreter's exit)."""
+    result = _run_script("""
+        orphans.forks_end_with_this_process_from_now()
+        with orphans.forked_children_end_with_this_process():
+            pass
+        if os.fork() == 0:  # after the block
+            time.sleep(60)
+            os._exit(0)
+        os._exit(0)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not result.left, "a child forked after the block outlived the command's process"
