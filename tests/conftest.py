@@ -105,9 +105,9 @@ def pytest_configure(config):
 # The test files that take longest (measured with --durations), started first: pytest-xdist hands whole files to its
 # workers in collection order (pytest.ini turns off its own order, by number of tests), and a long file started last
 # keeps one worker busy while the other idles.
-LONGEST_FIRST = ["test_compare_end_to_end.py", "test_predict.py", "test_trainer.py", "test_demo.py",
-                 "test_planning.py", "test_add_modality.py", "test_cvit_trainer.py", "test_convert_pretrained.py",
-                 "test_swin_trainer.py"]
+LONGEST_FIRST = ["test_compare_arms_end_to_end.py", "test_demo.py", "test_compare_seeds_end_to_end.py",
+                 "test_predict.py", "test_trainer.py", "test_planning.py", "test_add_modality.py",
+                 "test_cvit_trainer.py", "test_convert_pretrained.py", "test_swin_trainer.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -65,6 +65,26 @@ def run(command: Sequence, env: Mapping[str, str], extra_env: Optional[Mapping[s
     return ran
 
 
+def plan_in_process(*argv, returncode: int = 0) -> Ran:
+    """nnUNetv2_plan_and_preprocess_cin's main(argv) in this process, with this process's environment: what the
+    command returns and prints (not its pool workers' output). A subprocess would pay ~10 s of imports per call; the
+    console script itself is run by the tiny model's fixture and test_packaging. torch's thread count is restored
+    (nnU-Net's planner sets it from nnUNet_n_proc_DA)."""
+    import contextlib
+    import io
+
+    from nnunet_cin.planning.plan_and_preprocess import main
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in argv])
+    finally:
+        torch.set_num_threads(threads)
+    ran = Ran("nnUNetv2_plan_and_preprocess_cin " + " ".join(map(str, argv)), code, out.getvalue(), err.getvalue())
+    assert ran.returncode == returncode, f"{ran.command}: {ran.returncode}\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}"
+    return ran
+
+
 def nnunet_environment(paths, ext_trainers: Iterable = (), **overrides: str) -> dict:
     """os.environ for nnU-Net's commands: the folders of `paths` (.raw, .preprocessed, .results), CPU settings for a
     shared 2-core machine (no torch.compile, augmentation in the main process, one export worker), nnUNet_extTrainer

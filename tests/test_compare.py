@@ -1,6 +1,6 @@
 """nnunet-cin compare: what is trained (arms, plans, seeds, folders, commands), how it is evaluated (through
 nnunet_cin.evaluation) and resumed, how per-case values become statistics and tables (fabricated evaluations). End to
-end with nnU-Net's real commands: test_compare_end_to_end.py."""
+end with nnU-Net's real commands: test_compare_arms_end_to_end.py, test_compare_seeds_end_to_end.py."""
 import csv
 import json
 import math

@@ -52,6 +52,7 @@ def test_quick_demo_runs_every_stage_resumes_and_redoes_nothing(tmp_path):
                                                                                         "nnUNet_def_n_proc",
                                                                                         "nnUNet_compile")}
     env["nnUNet_extTrainer"] = str(trainers)  # the demo appends ours after it
+    env["nnUNet_def_n_proc"] = "1"  # nnU-Net's validation export and evaluation pools: one spawned worker each
     demo = ["nnunet-cin", "demo", "--quick", "-o", str(out), "-device", "cpu"]
 
     stopped = subprocess.run(demo, env={**env, "TEST_STOP_AFTER_EPOCH": "0"}, capture_output=True, text=True)

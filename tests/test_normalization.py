@@ -17,6 +17,7 @@ from nnunet_cin.experiments.compare.arms import parse_normalization_arm, plan_ar
 from nnunet_cin.modalities import ModalityError
 from nnunet_cin.planning.planners import modality_normalization, normalization_schemes
 from nnunet_cin.preprocessing.normalization import CTClipZScoreNormalization, scheme_class
+from nnunet_helpers import plan_in_process
 
 # padding outside the scan circle, air, lung, fat, myocardium, blood, bone, saturated metal
 CHEST = np.array([-3024, -1000, -850, -100, 100, 300, 700, 4000], np.float32)
@@ -79,10 +80,7 @@ def test_dataset_json_names_the_scheme_and_unknown_names_list_it():
 
 
 def _plan(*args, returncode=0):
-    res = subprocess.run(["nnUNetv2_plan_and_preprocess_cin", *args, "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-                          "--no_pbar"], env=os.environ, capture_output=True, text=True, timeout=600)
-    assert res.returncode == returncode, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
+    return plan_in_process(*args, "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar", returncode=returncode)
 
 
 def test_one_dataset_planned_with_several_normalizations_side_by_side(nnunet_env, monkeypatch):

@@ -2,9 +2,7 @@
 values computed here from the raw files, conditional architecture in the plans, modality in the case properties."""
 import hashlib
 import json
-import os
 import pickle
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from nnunet_cin.planning import signature
 from nnunet_cin.planning.fingerprint import SAMPLES_ENV, fingerprint_is_current
 from nnunet_cin.planning.planners import modality_normalization, normalization_schemes
 from nnunet_cin.plans import CINPlans
+from nnunet_helpers import plan_in_process
 
 SHAPE = (24, 24, 24)
 
@@ -27,10 +26,7 @@ def tree_hash(folder: Path) -> dict:
 
 
 def run_cli(*args, returncode=0):
-    res = subprocess.run(["nnUNetv2_plan_and_preprocess_cin", *args, "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-                          "--no_pbar"], env=os.environ, capture_output=True, text=True, timeout=600)
-    assert res.returncode == returncode, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
+    return plan_in_process(*args, "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar", returncode=returncode)
 
 
 def read(path: Path) -> np.ndarray:

@@ -108,8 +108,9 @@ def run_demo(output: Path, device: str, quick: bool = False, cases_per_modality:
     _stage(2, total, "plan and preprocess, per-modality normalization (nnUNetv2_plan_and_preprocess_cin)")
     plans = Path(env["nnUNet_preprocessed"]) / dataset / "nnUNetPlansCIN.json"
     if not plans.is_file():
+        # -npfp too: nnU-Net's default starts 8 fingerprint workers, each importing torch, for a few small cases
         _run(["nnUNetv2_plan_and_preprocess_cin", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np",
-              str(num_processes)], env)
+              str(num_processes), "-npfp", str(num_processes)], env)
     else:
         print("    already there")
 
