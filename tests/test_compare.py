@@ -1,12 +1,13 @@
 """nnunet-cin compare: what is trained (arms, plans, seeds, folders, commands), how it is evaluated (through
 nnunet_cin.evaluation) and resumed, how per-case values become statistics and tables (fabricated evaluations). End to
 end with nnU-Net's real commands: test_compare_arms_end_to_end.py, test_compare_seeds_end_to_end.py."""
+import contextlib
 import csv
+import io
 import json
 import math
 import os
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +24,6 @@ from nnunet_cin.experiments.nnunet_runs import prepare_continue, training_state
 from nnunet_cin.evaluation.statistics import compare_paired, mean_ci
 
 STRUCTURES = ["MYO", "LA"]
-COMPARE = [sys.executable, "-m", "nnunet_cin.experiments.compare"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -377,8 +377,17 @@ def test_csv_and_plots(tmp_path):
 # the command: checks and dry run
 
 
-def _run_compare(*args, ok=True, env=None):
-    result = subprocess.run([*COMPARE, *args], capture_output=True, text=True, env=env or dict(os.environ))
+def _run_compare(*args, ok=True):
+    """nnunet-cin compare's main in this process (the command itself runs in test_compare_*_end_to_end.py): its exit
+    code and what it printed."""
+    from nnunet_cin.experiments.compare import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's errors
+            code = e.code
+    result = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
     if ok:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -426,6 +435,8 @@ def test_every_arm_names_a_trainer_nnunet_finds(nnunet_env):
     plan = plan_arms(["CT", "MR"], list(METHODS), schedule="_1epoch")
     names = sorted({a.trainer for a in plan.arms.values()})
     assert {"nnUNetTrainerCINAlternate_1epoch", "nnUNetTrainerCINAllNorms_1epoch", "nnUNetTrainer_1epoch"} <= set(names)
-    check_trainers(names, dict(os.environ))
-    with pytest.raises(RuntimeError, match="nnUNetTrainerNoSuchThing"):
-        check_trainers(["nnUNetTrainerCIN", "nnUNetTrainerNoSuchThing"], dict(os.environ))
+    # one lookup (a subprocess, ~10 s of imports): only the unknown name is refused, so every arm's trainer was found
+    with pytest.raises(RuntimeError) as refused:
+        check_trainers([*names, "nnUNetTrainerNoSuchThing"], dict(os.environ))
+    listed = str(refused.value).split("\n", 1)[1]
+    assert listed.startswith("nnUNetTrainerNoSuchThing: ") and len(listed.strip().splitlines()) == 1, listed

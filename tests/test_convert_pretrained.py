@@ -1,5 +1,6 @@
-"""`nnunet-cin convert-pretrained` (the command, in a subprocess) for every kind of trainer of ours as the target: the
-conversion matrix, checked on the values and on what the converted networks compute.
+"""`nnunet-cin convert-pretrained` for every kind of trainer of ours as the target: the conversion matrix, checked on
+the values and on what the converted networks compute (the command's main in this process; the refusal through the
+console script in a subprocess).
 
 The datasets need no images: the command reads only nnUNet_preprocessed/<dataset>/<plans>.json and dataset.json,
 written here by hand (a tiny conv U-Net, as nnU-Net's planner writes it, and plans["cin"] as ours do). The source
@@ -8,11 +9,14 @@ checkpoints hold what nnU-Net's save_checkpoint writes for a trainer: the weight
 and every CIN row differs, and init_args with the trainer's plans. Tiny transformer trainers are users' subclasses in
 their own folder on nnUNet_extTrainer.
 """
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -140,13 +144,25 @@ def trained_network(name: str, dataset: str, env, seed: int = 0):
     return net, checkpoint
 
 
-def convert(env, source: dict, target_trainer: str, dataset: str, tmp_path, name: str):
+def convert(env, source: dict, target_trainer: str, dataset: str, tmp_path, name: str, command: bool = False):
+    """`nnunet-cin convert-pretrained` of `source`: the console script in a subprocess (command=True), else its main
+    in this process with the command's environment (the same code without ~10 s of imports)."""
     src, dst = tmp_path / f"{name}_source.pth", tmp_path / f"{name}_converted.pth"
     torch.save(source, src)
-    result = subprocess.run([str(BIN / "nnunet-cin"), "convert-pretrained", str(src), str(dst), "-d", dataset,
-                             "-p", PLANS, "-tr", target_trainer], env=env[0], capture_output=True, text=True,
-                            timeout=600)
-    return result, dst
+    argv = ["convert-pretrained", str(src), str(dst), "-d", dataset, "-p", PLANS, "-tr", target_trainer]
+    if command:
+        return subprocess.run([str(BIN / "nnunet-cin"), *argv], env=env[0], capture_output=True, text=True,
+                              timeout=600), dst
+    from nnunet_cin.cli import main
+    out, err, before = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.update({k: v for k, v in env[0].items() if k.startswith("nnUNet_")})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue()), dst
 
 
 def converted_network(env, target_trainer: str, dataset: str, converted: Path):
@@ -261,7 +277,7 @@ def test_between_modality_sets_rows_follow_the_names(env, tmp_path, trainer):
 
 def test_conv_unet_into_a_transformer_is_refused_in_one_line(env, tmp_path):
     _, checkpoint = trained_network("nnUNetTrainerJoint", CT_MR, env)
-    result, converted = convert(env, checkpoint, "nnUNetTrainerCViTTiny", CT_MR, tmp_path, "refused")
+    result, converted = convert(env, checkpoint, "nnUNetTrainerCViTTiny", CT_MR, tmp_path, "refused", command=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("nnunet-cin convert-pretrained: error:")]
     assert len(lines) == 1, result.stderr  # (torch may add its own warnings around it)

@@ -1,11 +1,11 @@
 """Modality rules (dataset.json keys) and the checks nnUNetv2_plan_and_preprocess_cin runs before writing anything."""
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -165,29 +165,22 @@ def test_check_dataset_accepts_good_and_names_every_bad_case(bad_datasets):
 
 
 def test_cli_fails_before_writing_anything(bad_datasets):
-    """Every bad dataset through the command's main() (one interpreter), and the installed console script once:
+    """Every bad dataset through the command's main() (in this process), and the installed console script once:
     exit status 2, a message naming the case/key, nothing in nnUNet_preprocessed, raw data unchanged."""
     env = bad_datasets
     before = tree_hash(env.raw)
-    script = textwrap.dedent(f"""
-        import contextlib, io, json, os
-        from nnunet_cin.planning.plan_and_preprocess import main
-        out = {{}}
-        for d in {sorted(BAD)}:
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                rc = main(["-d", str(d), "-c", "3d_fullres", "-np", "1", "-npfp", "1"])
-            out[d] = [rc, err.getvalue(), os.listdir(os.environ["nnUNet_preprocessed"])]
-        # a good dataset listed after a bad one: still nothing written (all datasets are checked first)
+    from nnunet_cin.planning.plan_and_preprocess import main
+    out = {}
+    for d in sorted(BAD):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            rc = main(["-d", "900", "906", "-c", "3d_fullres"])
-        out["900+906"] = [rc, err.getvalue(), os.listdir(os.environ["nnUNet_preprocessed"])]
-        print(json.dumps(out))
-    """)
-    res = subprocess.run([sys.executable, "-c", script], env=os.environ, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+            rc = main(["-d", str(d), "-c", "3d_fullres", "-np", "1", "-npfp", "1"])
+        out[str(d)] = [rc, err.getvalue(), os.listdir(os.environ["nnUNet_preprocessed"])]
+    # a good dataset listed after a bad one: still nothing written (all datasets are checked first)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["-d", "900", "906", "-c", "3d_fullres"])
+    out["900+906"] = [rc, err.getvalue(), os.listdir(os.environ["nnUNet_preprocessed"])]
     for d, (_, fragments) in BAD.items():
         rc, err, written = out[str(d)]
         assert rc == 2 and written == [], (d, rc, err, written)
