@@ -217,8 +217,18 @@ def test_checkpoint_grows_by_the_new_cin_rows_only(env, added):
     assert any(not torch.equal(new[k][2], old[k][1]) for k in cin)
 
 
+@pytest.fixture(scope="module")
+def old_predictions(env, tmp_path_factory):
+    """The original model's predictions of the base test cases under each modality (the modality check off: every
+    row on every case), once for both extended models."""
+    root = tmp_path_factory.mktemp("old_predictions")
+    for modality in ("CT", "MR"):
+        predict(env["model"], env["base_raw"] / "imagesTs", root / modality, modality, "--skip-modality-check")
+    return root
+
+
 @pytest.mark.parametrize("extended", ["added", "added_adapters"])
-def test_old_modalities_predict_bitwise_as_before(env, extended, tmp_path, request):
+def test_old_modalities_predict_bitwise_as_before(env, old_predictions, extended, tmp_path, request):
     """The exported probabilities and segmentations of CT and MR cases (nnU-Net's sliding window with mirroring),
     and the network's logits on the same input, of the original and the extended model folder (--adapt rows, the
     default, and --adapt adapters: other tensors in the decoder's norms and adapters after every norm)."""
@@ -229,14 +239,12 @@ def test_old_modalities_predict_bitwise_as_before(env, extended, tmp_path, reque
     # every row on every case: CT and MR cases each predicted as both modalities (the modality check would refuse
     # the mismatched ones)
     for modality in ("CT", "MR"):
-        predict(env["model"], env["base_raw"] / "imagesTs", tmp_path / f"old_{modality}", modality,
-                "--skip-modality-check")
         predict(added, env["base_raw"] / "imagesTs", tmp_path / f"new_{modality}", modality, "--skip-modality-check")
         for case in ("ct_0003", "mr_0003"):
-            a = np.load(tmp_path / f"old_{modality}" / f"{case}.npz")["probabilities"]
+            a = np.load(old_predictions / modality / f"{case}.npz")["probabilities"]
             b = np.load(tmp_path / f"new_{modality}" / f"{case}.npz")["probabilities"]
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (modality, case)
-            seg_a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"old_{modality}" / f"{case}.nii.gz")))
+            seg_a = sitk.GetArrayFromImage(sitk.ReadImage(str(old_predictions / modality / f"{case}.nii.gz")))
             seg_b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"new_{modality}" / f"{case}.nii.gz")))
             assert np.array_equal(seg_a, seg_b)
     networks = []
