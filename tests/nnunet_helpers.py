@@ -65,22 +65,34 @@ def run(command: Sequence, env: Mapping[str, str], extra_env: Optional[Mapping[s
     return ran
 
 
-def plan_in_process(*argv, returncode: int = 0) -> Ran:
-    """nnUNetv2_plan_and_preprocess_cin's main(argv) in this process, with this process's environment: what the
-    command returns and prints (not its pool workers' output). A subprocess would pay ~10 s of imports per call; the
-    console script itself is run by the tiny model's fixture and test_packaging. torch's thread count is restored
-    (nnU-Net's planner sets it from nnUNet_n_proc_DA)."""
+def main_in_process(main, argv: Sequence, env: Optional[Mapping[str, str]] = None) -> Ran:
+    """A command's `main(argv)` in this process (a subprocess would pay ~10 s of imports per call): its exit code
+    (argparse's SystemExit included) and what it printed, not what its worker processes print. `env`: variables set
+    while it runs, restored afterwards, as is torch's thread count (nnU-Net's planner sets it)."""
     import contextlib
     import io
 
-    from nnunet_cin.planning.plan_and_preprocess import main
-    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    argv = [str(a) for a in argv]
+    out, err, threads, before = io.StringIO(), io.StringIO(), torch.get_num_threads(), dict(os.environ)
+    os.environ.update(env or {})
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in argv])
+            try:
+                code = main(argv)
+            except SystemExit as e:
+                code = e.code
     finally:
+        os.environ.clear()
+        os.environ.update(before)
         torch.set_num_threads(threads)
-    ran = Ran("nnUNetv2_plan_and_preprocess_cin " + " ".join(map(str, argv)), code, out.getvalue(), err.getvalue())
+    return Ran(" ".join(argv), code, out.getvalue(), err.getvalue())
+
+
+def plan_in_process(*argv, returncode: int = 0) -> Ran:
+    """nnUNetv2_plan_and_preprocess_cin's main(argv) in this process and its environment (`main_in_process`); the
+    console script itself is run by the tiny model's fixture and test_packaging."""
+    from nnunet_cin.planning.plan_and_preprocess import main
+    ran = main_in_process(main, argv)
     assert ran.returncode == returncode, f"{ran.command}: {ran.returncode}\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}"
     return ran
 

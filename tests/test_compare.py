@@ -1,13 +1,10 @@
 """nnunet-cin compare: what is trained (arms, plans, seeds, folders, commands), how it is evaluated (through
 nnunet_cin.evaluation) and resumed, how per-case values become statistics and tables (fabricated evaluations). End to
 end with nnU-Net's real commands: test_compare_arms_end_to_end.py, test_compare_seeds_end_to_end.py."""
-import contextlib
 import csv
-import io
 import json
 import math
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ from nnunet_cin.experiments.compare.reporting import Statistics, bar_plot, markd
 from nnunet_cin.experiments.compare.running import Setup, evaluate, train_command
 from nnunet_cin.experiments.nnunet_runs import prepare_continue, training_state
 from nnunet_cin.evaluation.statistics import compare_paired, mean_ci
+from nnunet_helpers import main_in_process
 
 STRUCTURES = ["MYO", "LA"]
 
@@ -378,16 +376,9 @@ def test_csv_and_plots(tmp_path):
 
 
 def _run_compare(*args, ok=True):
-    """nnunet-cin compare's main in this process (the command itself runs in test_compare_*_end_to_end.py): its exit
-    code and what it printed."""
+    """nnunet-cin compare's main in this process (the command itself runs in test_compare_*_end_to_end.py)."""
     from nnunet_cin.experiments.compare import main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as e:  # argparse's errors
-            code = e.code
-    result = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    result = main_in_process(main, args)
     if ok:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

@@ -9,14 +9,11 @@ checkpoints hold what nnU-Net's save_checkpoint writes for a trainer: the weight
 and every CIN row differs, and init_args with the trainer's plans. Tiny transformer trainers are users' subclasses in
 their own folder on nnUNet_extTrainer.
 """
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,6 +25,7 @@ import nnunet_cin.trainers
 from nnunet_cin import condition
 from nnunet_cin.cin import cin_layers
 from nnunet_cin.plans import CINPlans
+from nnunet_helpers import main_in_process
 
 BIN = Path(sys.executable).parent
 PLANS = "nnUNetPlansCIN"
@@ -154,15 +152,7 @@ def convert(env, source: dict, target_trainer: str, dataset: str, tmp_path, name
         return subprocess.run([str(BIN / "nnunet-cin"), *argv], env=env[0], capture_output=True, text=True,
                               timeout=600), dst
     from nnunet_cin.cli import main
-    out, err, before = io.StringIO(), io.StringIO(), dict(os.environ)
-    os.environ.update({k: v for k, v in env[0].items() if k.startswith("nnUNet_")})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-    finally:
-        os.environ.clear()
-        os.environ.update(before)
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue()), dst
+    return main_in_process(main, argv, {k: v for k, v in env[0].items() if k.startswith("nnUNet_")}), dst
 
 
 def converted_network(env, target_trainer: str, dataset: str, converted: Path):

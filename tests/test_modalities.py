@@ -1,7 +1,5 @@
 """Modality rules (dataset.json keys) and the checks nnUNetv2_plan_and_preprocess_cin runs before writing anything."""
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -14,6 +12,7 @@ from nnunet_cin.modalities import (ModalityError, ModalityRules, case_id_from_im
                                    case_id_from_preprocessed_file, case_ids_from_image_files, channel_of_image_file)
 from nnunet_cin.planning.plan_and_preprocess import check_dataset
 from nnunet_cin.dataset_conversion.synthetic import write_nnunet_dataset
+from nnunet_helpers import main_in_process
 
 RULES = {"modalities": ["CT", "MR"], "modality_patterns": {"CT": "^ct_", "MR": "^mr_"}}
 
@@ -172,15 +171,11 @@ def test_cli_fails_before_writing_anything(bad_datasets):
     from nnunet_cin.planning.plan_and_preprocess import main
     out = {}
     for d in sorted(BAD):
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            rc = main(["-d", str(d), "-c", "3d_fullres", "-np", "1", "-npfp", "1"])
-        out[str(d)] = [rc, err.getvalue(), os.listdir(os.environ["nnUNet_preprocessed"])]
+        ran = main_in_process(main, ["-d", d, "-c", "3d_fullres", "-np", "1", "-npfp", "1"])
+        out[str(d)] = [ran.returncode, ran.stderr, os.listdir(os.environ["nnUNet_preprocessed"])]
     # a good dataset listed after a bad one: still nothing written (all datasets are checked first)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(["-d", "900", "906", "-c", "3d_fullres"])
-    out["900+906"] = [rc, err.getvalue(), os.listdir(os.environ["nnUNet_preprocessed"])]
+    ran = main_in_process(main, ["-d", "900", "906", "-c", "3d_fullres"])
+    out["900+906"] = [ran.returncode, ran.stderr, os.listdir(os.environ["nnUNet_preprocessed"])]
     for d, (_, fragments) in BAD.items():
         rc, err, written = out[str(d)]
         assert rc == 2 and written == [], (d, rc, err, written)
