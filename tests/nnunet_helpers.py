@@ -280,6 +280,7 @@ class nnUNetTrainerCINTinyTest(nnUNetTrainerCIN):
         super().initialize()
         # CT's and MR's rows made different on purpose (seeded): 3 iterations from nnU-Net's 1 / 0 would leave them
         # nearly equal, and the tests that predict a case under each modality need them to compute different things
+        # (randomise_cin_rows's body, repeated: this source runs where tests/ is not importable)
         from nnunet_cin.cin import cin_layers
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():

@@ -58,8 +58,7 @@ def train_user_trainer(planned, nnunet_env, tmp_path, dataset: int, trainer: str
     starts from it (nnUNetv2_train -pretrained_weights).
     Returns (model folder, checkpoint, the model's plans.json 3d_fullres configuration, env)."""
     for name in ("raw", "preprocessed"):
-        shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name,
-                        ignore=shutil.ignore_patterns("splits_final.json"))
+        shutil.copytree(getattr(planned, name) / planned.folder_name, getattr(nnunet_env, name) / planned.folder_name)
     cases = sorted(p.name[:-len(".nii.gz")] for p in (nnunet_env.raw / planned.folder_name / "labelsTr").iterdir())
     (nnunet_env.preprocessed / planned.folder_name / "splits_final.json").write_text(
         json.dumps([{"train": cases[:-1], "val": cases[-1:]}]))
